@@ -1,0 +1,274 @@
+"""The `farm` command: services, migrations, workers, simulator, jobs and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from farm.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+@click.group()
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """farm: an LLM task farm on Celery."""
+    try:
+        ctx.obj = Settings()
+    except Exception as exc:  # pydantic's message names the bad variable
+        raise click.ClickException(f"bad configuration: {exc}") from None
+
+
+@main.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Start (or reuse) the embedded Valkey and PostgreSQL under FARM_DATA_DIR."""
+    from farm import services
+
+    settings = _settings(ctx)
+    if settings.broker_url and settings.database_url:
+        click.echo("FARM_BROKER_URL and FARM_DATABASE_URL are set: nothing embedded to start")
+        return
+    endpoints = services.up(settings.data_dir)
+    click.echo(f"broker   {endpoints.broker_url}\ndatabase {endpoints.database_url}")
+
+
+@main.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop the embedded services."""
+    from farm import services
+
+    stopped = services.down(_settings(ctx).data_dir)
+    click.echo("stopped: " + (", ".join(stopped) or "nothing was running"))
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the Postgres schema (Alembic)."""
+    from farm.migrate import upgrade
+
+    upgrade(_settings(ctx))
+    click.echo("database schema is up to date")
+
+
+@main.command()
+@click.option("--queue", "-Q", "queues", multiple=True, help="Queue(s) to consume.")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 2000), default=None)
+@click.option("--pool", "-P", type=click.Choice(["threads", "gevent", "prefork", "solo"]))
+@click.option("--loglevel", "-l", default="INFO")
+@click.pass_context
+def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
+           pool: str | None, loglevel: str) -> None:
+    """Run a Celery worker (same as `celery -A farm worker`)."""
+    settings = _settings(ctx)
+    if settings.anthropic_api_key is None:
+        raise click.ClickException(
+            "ANTHROPIC_API_KEY is not set: a worker needs it to call the Claude API "
+            "(for the simulator, any value and ANTHROPIC_BASE_URL=http://127.0.0.1:8787)"
+        )
+    known = (*settings.queue_names, "farm-intake")
+    for name in queues:
+        if name not in known:
+            raise click.ClickException(f"unknown queue {name!r}; known: {', '.join(known)}")
+    names = ",".join(queues or known)
+    argv = [sys.executable, "-m", "celery", "-A", "farm", "worker", "-Q", names,
+            "-c", str(concurrency or settings.worker_concurrency),
+            "-P", pool or settings.worker_pool, "-l", loglevel, "-E",
+            "-n", f"{names.split(',')[0]}-%h-{os.getpid()}", "--without-gossip",
+            "--without-mingle"]
+    os.execvp(argv[0], argv)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", type=int, default=None)
+@click.option("--latency", "fixed_latency_s", type=float, default=None,
+              help="Fixed latency of every call, seconds (default: ttft + tokens/speed).")
+@click.option("--ttft", "ttft_s", type=float, default=0.2)
+@click.option("--tokens-per-s", "output_tokens_per_s", type=float, default=200.0)
+@click.option("--rpm", "rpm_limit", type=int, default=None)
+@click.option("--itpm", "itpm_limit", type=int, default=None)
+@click.option("--otpm", "otpm_limit", type=int, default=None)
+@click.option("--fault-529", "fault_529_rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--fault-500", "fault_500_rate", type=click.FloatRange(0, 1), default=0.0)
+@click.option("--seed", type=int, default=0)
+@click.pass_context
+def sim(ctx: click.Context, port: int | None, **options: Any) -> None:
+    """Serve the simulated Claude Messages API (for demos, tests and benchmarks)."""
+    from farm.sim import SimConfig, run
+
+    run(SimConfig(port=port or _settings(ctx).sim_port, **options))
+
+
+def _farm(ctx: click.Context) -> Any:
+    from farm.client import Farm
+
+    try:
+        return Farm(_settings(ctx))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--prompt", help="The user prompt.")
+@click.option("--system", default=None)
+@click.option("--complexity", type=click.Choice(["auto", "simple", "complex"]), default="auto")
+@click.option("--model", default=None)
+@click.option("--max-tokens", type=int, default=1024)
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal")
+@click.option("--tenant", default="default")
+@click.option("--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
+              help="JSONL: one job per line, with the Python API's field names.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def submit(ctx: click.Context, prompt: str | None, path: str | None, as_json: bool,
+           **fields: Any) -> None:
+    """Submit one job (--prompt) or many (--file jobs.jsonl)."""
+    from farm.client import InvalidJobError
+
+    if (prompt is None) == (path is None):
+        raise click.UsageError("give exactly one of --prompt or --file")
+    if path is not None:
+        jobs = _read_jsonl(path)
+    else:
+        jobs = [{k: v for k, v in {**fields, "prompt": prompt}.items() if v is not None}]
+    with _farm(ctx) as farm:
+        try:
+            ids = farm.submit_many(jobs)
+        except InvalidJobError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"job_ids": [str(i) for i in ids]}))
+    else:
+        click.echo("\n".join(str(i) for i in ids))
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    stream = click.open_file(path, "r", encoding="utf-8")
+    jobs = []
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"{path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(item, dict):
+                raise click.ClickException(f"{path}:{number}: a job must be a JSON object")
+            jobs.append(item)
+    if not jobs:
+        raise click.ClickException(f"{path}: no jobs")
+    return jobs
+
+
+def _view_dict(view: Any) -> dict[str, Any]:
+    return json.loads(view.model_dump_json())
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Show one job."""
+    with _farm(ctx) as farm:
+        try:
+            view = farm.status(job_id)
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(str(exc).strip("'")) from None
+    data = _view_dict(view)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            click.echo(f"{key:<28}{value}")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def wait(ctx: click.Context, job_ids: tuple[str, ...], timeout: float | None,
+         as_json: bool) -> None:
+    """Wait until the jobs are finished; print their results."""
+    with _farm(ctx) as farm:
+        try:
+            views = farm.wait(list(job_ids), timeout=timeout)
+        except TimeoutError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ValueError as exc:
+            raise click.ClickException(f"bad job id: {exc}") from None
+    if as_json:
+        click.echo(json.dumps([_view_dict(v) for v in views], indent=2))
+    else:
+        for v in views:
+            click.echo(f"{v.id} {v.status.value} {v.served_model or v.model} "
+                       f"cost={v.cost_usd} {(v.response_text or v.error or '')[:80]!r}")
+    if any(v.status.value != "succeeded" for v in views):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def cancel(ctx: click.Context, job_id: str) -> None:
+    """Cancel a queued or running job."""
+    with _farm(ctx) as farm:
+        try:
+            click.echo(farm.cancel(job_id).value)
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(str(exc).strip("'")) from None
+
+
+@main.command()
+@click.option("--since-hours", type=float, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None:
+    """Cost report per queue and model: jobs, tokens, cost, latency, errors."""
+    from farm.reports import render
+
+    with _farm(ctx) as farm:
+        rows = farm.report(since_hours=since_hours)
+    if as_json:
+        click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
+    else:
+        click.echo(render(rows))
+
+
+@main.command()
+@click.option("--port", type=int, default=None)
+@click.pass_context
+def flower(ctx: click.Context, port: int | None) -> None:
+    """Run Flower on the farm's broker, behind basic auth."""
+    settings = _settings(ctx)
+    if not settings.flower_user or settings.flower_password is None:
+        raise click.ClickException(
+            "Flower needs credentials: set FARM_FLOWER_USER and FARM_FLOWER_PASSWORD"
+        )
+    env = dict(os.environ)
+    # given through the environment, never on the command line (visible in `ps`)
+    env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    argv = [sys.executable, "-m", "celery", "-A", "farm", "flower",
+            f"--port={port or settings.flower_port}", "--address=127.0.0.1"]
+    os.execvpe(argv[0], argv, env)
+
+
+if __name__ == "__main__":
+    main()

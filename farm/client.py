@@ -1,0 +1,199 @@
+"""The Python API for services: submit, status, wait, cancel, report.
+
+    from farm.client import Farm
+    with Farm() as farm:
+        job_id = farm.submit(prompt="Summarise this …", tenant="search")
+        view = farm.wait([job_id], timeout=60)[0]
+        print(view.status, view.response_text, view.cost_usd)
+
+Every job is validated (pydantic) and routed before anything is written; a batch with one
+bad job raises InvalidJobError naming each bad field and enqueues nothing. Job rows are
+committed before their messages are published.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from farm import reports, store
+from farm.celery_app import create_app, resolve_urls
+from farm.db import make_engine
+from farm.jobs import JobRequest, JobStatus, Route, new_job_id
+from farm.routing import route
+from farm.settings import Settings
+
+JobLike = JobRequest | Mapping[str, Any]
+
+
+class InvalidJobError(ValueError):
+    """One or more jobs failed validation; `problems` lists (job index, field, message)."""
+
+    def __init__(self, problems: list[tuple[int, str, str]]) -> None:
+        self.problems = problems
+        lines = [f"job {i}: {field}: {msg}" for i, field, msg in problems]
+        super().__init__("invalid job(s), nothing was enqueued:\n  " + "\n  ".join(lines))
+
+
+class JobView(BaseModel):
+    """A job as stored in Postgres."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    status: JobStatus
+    queue: str
+    model: str
+    served_model: str | None
+    complexity: str
+    priority: str
+    tenant: str
+    response_text: str | None
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: Decimal | None
+    attempts: int
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.status.terminal
+
+
+def validate(jobs: Sequence[JobLike], settings: Settings) -> list[tuple[JobRequest, Route]]:
+    """Validate and route every job (pure); raise InvalidJobError listing all problems."""
+    problems: list[tuple[int, str, str]] = []
+    out: list[tuple[JobRequest, Route]] = []
+    for index, job in enumerate(jobs):
+        try:
+            request = job if isinstance(job, JobRequest) else JobRequest.model_validate(job)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "job"
+                problems.append((index, field, err["msg"]))
+            continue
+        try:
+            request.check_fits_context()
+            out.append((request, route(request, settings.queues)))
+        except ValueError as exc:
+            field = str(exc).split(":", 1)[0] if ":" in str(exc) else "job"
+            problems.append((index, field, str(exc)))
+    if problems:
+        raise InvalidJobError(problems)
+    return out
+
+
+class Farm:
+    """A handle on the farm for one service process. Thread-safe; close() when done."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        _, database_url = resolve_urls(self.settings)
+        self.app = create_app(self.settings)
+        self.engine = make_engine(database_url, pool_size=4, max_overflow=4)
+
+    def __enter__(self) -> Farm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.app.close()
+
+    # --- submitting -------------------------------------------------------------------
+
+    def submit(self, job: JobLike | None = None, /, **fields: Any) -> uuid.UUID:
+        """Submit one job, given as a JobRequest, a mapping, or keyword fields."""
+        return self.submit_many([job if job is not None else fields])[0]
+
+    def submit_many(self, jobs: Iterable[JobLike]) -> list[uuid.UUID]:
+        """Validate all, record all rows in one transaction, then publish each."""
+        routed = validate(list(jobs), self.settings)
+        ids = [new_job_id() for _ in routed]
+        rows = [store.new_job_row(i, req, rte) for i, (req, rte) in zip(ids, routed, strict=True)]
+        with self.engine.begin() as conn:
+            store.insert_jobs(conn, rows)
+        published = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for job_id, (request, chosen) in zip(ids, routed, strict=True):
+                    self.app.send_task(
+                        "farm.run_job",
+                        kwargs={"job_id": str(job_id)},
+                        task_id=str(job_id),
+                        queue=chosen.queue,
+                        priority=request.priority.celery_priority,
+                        producer=producer,
+                    )
+                    published += 1
+        except Exception as exc:
+            with self.engine.begin() as conn:
+                for job_id in ids[published:]:
+                    store.insert_failed_job(conn, job_id, None, "unpublished", "")
+                    conn.execute(
+                        store.update(store.jobs)
+                        .where(store.jobs.c.id == job_id, store.jobs.c.status == "queued")
+                        .values(status="failed", error=f"publish failed: {type(exc).__name__}")
+                    )
+            raise
+        return ids
+
+    # --- reading ----------------------------------------------------------------------
+
+    def status(self, job_id: uuid.UUID | str) -> JobView:
+        views = self.statuses([job_id])
+        if not views:
+            raise KeyError(f"no job {job_id}")
+        return views[0]
+
+    def statuses(self, job_ids: Iterable[uuid.UUID | str]) -> list[JobView]:
+        ids = [uuid.UUID(str(i)) for i in job_ids]
+        rows = store.get_jobs(self.engine, ids)
+        return [JobView.model_validate(rows[i]) for i in ids if i in rows]
+
+    def wait(
+        self,
+        job_ids: Sequence[uuid.UUID | str],
+        *,
+        timeout: float | None = None,
+        poll_s: float = 0.25,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> list[JobView]:
+        """Block until every job is terminal; TimeoutError names how many are not."""
+        ids = [uuid.UUID(str(i)) for i in job_ids]
+        pending = set(ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pending = store.unfinished(self.engine, list(pending)) if pending else set()
+            if on_progress is not None:
+                on_progress(len(ids) - len(pending), len(ids))
+            if not pending:
+                return self.statuses(ids)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not finished in {timeout}s")
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: uuid.UUID | str) -> JobStatus:
+        """Cancel a queued or running job (a running one's late result is kept, not returned
+        as success). Returns the job's status after the call."""
+        status = store.cancel_job(self.engine, uuid.UUID(str(job_id)))
+        if status is None:
+            raise KeyError(f"no job {job_id}")
+        return JobStatus(status)
+
+    def report(self, *, since_hours: float | None = None) -> list[reports.ReportRow]:
+        return reports.summary(self.engine, since_hours=since_hours)

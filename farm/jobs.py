@@ -1,0 +1,133 @@
+"""Domain values of a job: what a caller submits and what the farm records.
+
+Everything here is frozen and typed; validation errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 800_000  # ~200k tokens at ~4 chars/token: the context window
+MAX_OUTPUT_TOKENS = 64_000
+CONTEXT_WINDOW_TOKENS = 200_000  # every model the farm routes to has at least this window
+
+
+class Complexity(StrEnum):
+    AUTO = "auto"
+    SIMPLE = "simple"
+    COMPLEX = "complex"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def celery_priority(self) -> int:
+        """Celery/Redis priority: 0 is served first."""
+        return {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}[self]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED}
+)
+
+Tenant = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class JobRequest(BaseModel):
+    """One job as a caller submits it (Python API, `farm submit`, JSONL, send_task)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    system: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    complexity: Complexity = Complexity.AUTO
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    queue: str | None = Field(default=None, min_length=1, max_length=64)
+    max_tokens: int = Field(default=1024, ge=1, le=MAX_OUTPUT_TOKENS)
+    priority: Priority = Priority.NORMAL
+    tenant: Tenant = "default"
+    tools: tuple[dict[str, Any], ...] = ()
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is blank")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 32:
+            raise ValueError("metadata holds at most 32 keys")
+        for key, item in value.items():
+            if len(key) > 64 or len(item) > 1024:
+                raise ValueError(f"metadata entry {key[:64]!r} is too long")
+        return value
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": self.prompt}]
+
+    def approx_input_tokens(self) -> int:
+        """A cheap estimate (4 chars/token, rounded up), no I/O."""
+        chars = len(self.prompt) + len(self.system or "")
+        return max(1, -(-chars // 4))
+
+    def check_fits_context(self, window: int = CONTEXT_WINDOW_TOKENS) -> None:
+        """Raise ValueError when prompt + system + max_tokens cannot fit the context window."""
+        need = self.approx_input_tokens() + self.max_tokens
+        if need > window:
+            raise ValueError(
+                f"prompt: about {self.approx_input_tokens()} input tokens + max_tokens "
+                f"{self.max_tokens} exceed the model's {window}-token context window"
+            )
+
+
+class Route(BaseModel):
+    """Where the router sends a job: the queue, the model, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    model: str
+    complexity: Complexity
+    reason: str
+
+
+class Usage(BaseModel):
+    """Token usage exactly as the Messages API reports it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    # breakdown of cache writes by TTL; None when the API did not send one
+    cache_creation_5m_input_tokens: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+
+
+def new_job_id() -> uuid.UUID:
+    return uuid.uuid4()

@@ -1,0 +1,149 @@
+"""The provider call: one Messages API request through the official SDK.
+
+A client is built once per worker process (it holds the HTTP connection pool) and shared by
+all threads. The SDK's own retries are off: the farm's retry policy owns retrying.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anthropic
+from pydantic import BaseModel, ConfigDict
+
+from farm.jobs import JobRequest, Usage
+from farm.policies import ErrorKind, kind_for_status
+from farm.settings import Settings
+
+
+class CallResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    stop_reason: str | None
+    usage: Usage
+    model: str  # the model that actually served the call
+    request_id: str | None
+    latency_s: float
+
+
+class ProviderError(Exception):
+    """A failed provider call, classified. The message never contains the API key."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        request_id: str | None = None,
+        latency_s: float = 0.0,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.request_id = request_id
+        self.latency_s = latency_s
+
+
+class MissingApiKey(RuntimeError):
+    pass
+
+
+def make_client(settings: Settings, *, max_connections: int | None = None) -> anthropic.Anthropic:
+    if settings.anthropic_api_key is None:
+        raise MissingApiKey(
+            "ANTHROPIC_API_KEY is not set: a worker needs it to call the Claude API "
+            "(for the local simulator any non-empty value works, e.g. ANTHROPIC_API_KEY=sim)"
+        )
+    import httpx2
+
+    limit = max(100, max_connections or settings.worker_concurrency)
+    http_client = httpx2.Client(
+        limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit),
+        timeout=httpx2.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+    )
+    return anthropic.Anthropic(
+        api_key=settings.anthropic_api_key.get_secret_value(),
+        base_url=settings.anthropic_base_url,
+        max_retries=0,
+        timeout=anthropic.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+        http_client=http_client,
+    )
+
+
+def _usage(raw: Any) -> Usage:
+    breakdown = getattr(raw, "cache_creation", None)
+    return Usage(
+        input_tokens=raw.input_tokens or 0,
+        output_tokens=raw.output_tokens or 0,
+        cache_creation_input_tokens=getattr(raw, "cache_creation_input_tokens", None) or 0,
+        cache_read_input_tokens=getattr(raw, "cache_read_input_tokens", None) or 0,
+        cache_creation_5m_input_tokens=(
+            breakdown.ephemeral_5m_input_tokens if breakdown is not None else None
+        ),
+        cache_creation_1h_input_tokens=(
+            breakdown.ephemeral_1h_input_tokens if breakdown is not None else None
+        ),
+    )
+
+
+def _retry_after(headers: Any) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name) if headers is not None else None
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None
+
+
+def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallResult:
+    """One provider call; raises ProviderError with a classified kind on failure."""
+    params: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.max_tokens,
+        "messages": request.messages(),
+    }
+    if request.system:
+        params["system"] = request.system
+    if request.tools:
+        params["tools"] = list(request.tools)
+    started = time.monotonic()
+    try:
+        message = client.messages.create(**params)
+    except anthropic.APIStatusError as exc:
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        raise ProviderError(
+            kind_for_status(exc.status_code, str(error.get("type", "")), str(error.get("message", ""))),
+            f"{exc.status_code} {error.get('type', type(exc).__name__)}: "
+            f"{error.get('message', '')}"[:2000],
+            status=exc.status_code,
+            retry_after_s=_retry_after(exc.response.headers),
+            request_id=exc.request_id,
+            latency_s=time.monotonic() - started,
+        ) from None
+    except anthropic.APITimeoutError:
+        raise ProviderError(
+            ErrorKind.TIMEOUT, "request timed out", latency_s=time.monotonic() - started
+        ) from None
+    except anthropic.APIConnectionError as exc:
+        raise ProviderError(
+            ErrorKind.CONNECTION, f"connection error: {type(exc.__cause__).__name__}",
+            latency_s=time.monotonic() - started,
+        ) from None
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return CallResult(
+        text=text,
+        stop_reason=message.stop_reason,
+        usage=_usage(message.usage),
+        model=message.model,
+        request_id=getattr(message, "_request_id", None),
+        latency_s=time.monotonic() - started,
+    )

@@ -1,0 +1,103 @@
+"""Cost reports: SQL over `jobs` and `attempts` (the views in the README are the same sums,
+per day). Percentiles are computed over raw rows because they do not add up across days."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+SUMMARY_SQL = text(
+    """
+    WITH j AS (
+        SELECT queue, coalesce(served_model, model) AS model,
+               count(*) AS jobs,
+               count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE status IN ('failed', 'dead')) AS failed,
+               count(*) FILTER (WHERE status IN ('queued', 'running')) AS pending,
+               coalesce(sum(input_tokens), 0) AS input_tokens,
+               coalesce(sum(output_tokens), 0) AS output_tokens,
+               coalesce(sum(cache_creation_input_tokens + cache_read_input_tokens), 0)
+                   AS cache_tokens,
+               sum(cost_usd) AS cost_usd,
+               count(*) FILTER (WHERE cost_unknown) AS unpriced_jobs
+        FROM jobs
+        WHERE (CAST(:since_hours AS float8) IS NULL
+               OR created_at >= now() - make_interval(secs => :since_hours * 3600))
+        GROUP BY 1, 2
+    ), a AS (
+        SELECT a.queue, a.model,
+               count(*) AS calls,
+               count(*) FILTER (WHERE a.outcome <> 'ok') AS errors,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency_ms)
+                   FILTER (WHERE a.outcome = 'ok') AS p50_ms,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms)
+                   FILTER (WHERE a.outcome = 'ok') AS p95_ms
+        FROM attempts a JOIN jobs ON jobs.id = a.job_id
+        WHERE (CAST(:since_hours AS float8) IS NULL
+               OR jobs.created_at >= now() - make_interval(secs => :since_hours * 3600))
+        GROUP BY 1, 2
+    )
+    SELECT j.*, coalesce(a.calls, 0) AS calls, coalesce(a.errors, 0) AS errors,
+           a.p50_ms, a.p95_ms
+    FROM j LEFT JOIN a USING (queue, model)
+    ORDER BY j.queue, j.model
+    """
+)
+
+
+class ReportRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    model: str
+    jobs: int
+    succeeded: int
+    failed: int
+    pending: int
+    input_tokens: int
+    output_tokens: int
+    cache_tokens: int
+    cost_usd: Decimal | None
+    unpriced_jobs: int
+    calls: int
+    errors: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+def summary(engine: Engine, *, since_hours: float | None = None) -> list[ReportRow]:
+    with engine.connect() as conn:
+        rows = conn.execute(SUMMARY_SQL, {"since_hours": since_hours}).mappings().all()
+    return [ReportRow.model_validate(dict(r)) for r in rows]
+
+
+def render(rows: list[ReportRow]) -> str:
+    """A fixed-width table for terminals."""
+    head = (f"{'queue':<16}{'model':<20}{'jobs':>6}{'ok':>6}{'fail':>6}{'in tok':>10}"
+            f"{'out tok':>10}{'cost USD':>14}{'p50 ms':>9}{'p95 ms':>9}{'err%':>7}")
+    lines = [head, "-" * len(head)]
+    total = Decimal(0)
+    unpriced = 0
+    for r in rows:
+        total += r.cost_usd or Decimal(0)
+        unpriced += r.unpriced_jobs
+        cost = "unknown" if r.cost_usd is None and r.jobs else f"{r.cost_usd or 0:.6f}"
+        p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.0f}"
+        p95 = "-" if r.p95_ms is None else f"{r.p95_ms:.0f}"
+        lines.append(
+            f"{r.queue:<16}{r.model:<20}{r.jobs:>6}{r.succeeded:>6}{r.failed:>6}"
+            f"{r.input_tokens:>10}{r.output_tokens:>10}{cost:>14}{p50:>9}{p95:>9}"
+            f"{100 * r.error_rate:>6.1f}%"
+        )
+    lines.append("-" * len(head))
+    lines.append(f"{'total':<36}{sum(r.jobs for r in rows):>6}{'':>42}{total:>14.6f}")
+    if unpriced:
+        lines.append(f"WARNING: {unpriced} job(s) ran on a model with no price row: cost unknown")
+    return "\n".join(lines)

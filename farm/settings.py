@@ -1,0 +1,101 @@
+"""Settings: built once at the edge (CLI, worker boot, client) and passed down.
+
+Environment variables use the prefix ``FARM_``; the SDK's own ``ANTHROPIC_API_KEY`` and
+``ANTHROPIC_BASE_URL`` are honoured as they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class QueueSpec(BaseModel):
+    """A specialization queue and the model its workers call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    model: str
+    complexity: str  # "simple" | "complex"
+
+
+DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
+    QueueSpec(name="haiku-simple", model="claude-haiku-4-5", complexity="simple"),
+    QueueSpec(name="sonnet-complex", model="claude-sonnet-5-5", complexity="complex"),
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and pin the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise ValueError(
+        f"FARM_DATABASE_URL must be a postgresql:// or postgresql+psycopg:// URL, got {url.split(':', 1)[0]}://…"
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FARM_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    broker_url: str | None = None
+    database_url: str | None = None
+    data_dir: Path = Path(".farm")
+
+    queues: tuple[QueueSpec, ...] = DEFAULT_QUEUES
+
+    # the SDK's own variables, read without the prefix
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "FARM_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "FARM_ANTHROPIC_BASE_URL")
+    )
+    # every provider call has a timeout (seconds)
+    request_timeout: float = Field(default=120.0, gt=0, le=600)
+    connect_timeout: float = Field(default=5.0, gt=0, le=60)
+
+    worker_concurrency: int = Field(default=100, ge=1, le=2000)
+    worker_pool: str = Field(default="threads", pattern="^(threads|gevent|prefork|solo)$")
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    flower_port: int = 5555
+
+    sim_port: int = 8787
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_db(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else normalize_database_url(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://", "valkey://")):
+            raise ValueError("FARM_BROKER_URL must be a redis:// or rediss:// URL")
+        return value.replace("valkey://", "redis://", 1)
+
+    def queue(self, name: str) -> QueueSpec:
+        for spec in self.queues:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"unknown queue {name!r}; known: {', '.join(q.name for q in self.queues)}")
+
+    def queue_for(self, complexity: str) -> QueueSpec:
+        for spec in self.queues:
+            if spec.complexity == complexity:
+                return spec
+        raise KeyError(f"no queue serves complexity {complexity!r}")
+
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        return tuple(q.name for q in self.queues)

