@@ -81,6 +81,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
             "(for the simulator, any value and ANTHROPIC_BASE_URL=http://127.0.0.1:8787)"
         )
     known = (*settings.queue_names, "farm-intake")
+    queues = tuple(n.strip() for q in queues for n in q.split(",") if n.strip())
     for name in queues:
         if name not in known:
             raise click.ClickException(f"unknown queue {name!r}; known: {', '.join(known)}")

@@ -88,7 +88,7 @@ def render(rows: list[ReportRow]) -> str:
     for r in rows:
         total += r.cost_usd or Decimal(0)
         unpriced += r.unpriced_jobs
-        cost = "unknown" if r.cost_usd is None and r.jobs else f"{r.cost_usd or 0:.6f}"
+        cost = f"{r.cost_usd or 0:.6f}" + ("+unknown" if r.unpriced_jobs else "")
         p50 = "-" if r.p50_ms is None else f"{r.p50_ms:.0f}"
         p95 = "-" if r.p95_ms is None else f"{r.p95_ms:.0f}"
         lines.append(

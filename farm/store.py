@@ -146,23 +146,20 @@ def finish_job(
 
     A cancelled job keeps its status; its late result is still recorded.
     """
-    totals = (
+    totals = conn.execute(
         select(
             func.coalesce(func.sum(attempts.c.input_tokens), 0),
             func.coalesce(func.sum(attempts.c.output_tokens), 0),
             func.coalesce(func.sum(attempts.c.cache_creation_input_tokens), 0),
             func.coalesce(func.sum(attempts.c.cache_read_input_tokens), 0),
             func.sum(attempts.c.cost_usd),
-            func.bool_or(attempts.c.cost_usd.is_(None)),
-        )
-        .where(attempts.c.job_id == job_id)
-        .subquery()
-    )
-    cols = list(totals.c)
+            func.coalesce(func.bool_or(attempts.c.cost_usd.is_(None)), False),
+        ).where(attempts.c.job_id == job_id)
+    ).one()
     values: dict[str, Any] = {
-        "input_tokens": cols[0], "output_tokens": cols[1],
-        "cache_creation_input_tokens": cols[2], "cache_read_input_tokens": cols[3],
-        "cost_usd": cols[4], "cost_unknown": func.coalesce(cols[5], False),
+        "input_tokens": totals[0], "output_tokens": totals[1],
+        "cache_creation_input_tokens": totals[2], "cache_read_input_tokens": totals[3],
+        "cost_usd": None if totals[5] else totals[4], "cost_unknown": totals[5],
         "response_text": response_text, "stop_reason": stop_reason,
         "served_model": served_model, "error": error, "finished_at": func.now(),
     }

@@ -9,6 +9,9 @@ from typing import Any
 from celery import signals
 
 log = logging.getLogger("farm.worker")
+# one line per HTTP request at INFO would drown the worker log
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _settings(sender: Any) -> Any:

@@ -25,7 +25,7 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     assert url, "sqlalchemy.url is not set: run migrations through `farm migrate`"
     engine = create_engine(url, poolclass=pool.NullPool)
-    with engine.connect() as connection:
+    with engine.connect() as connection, connection.begin():
         # serialize concurrent `farm migrate` runs (several workers booting at once)
         connection.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
         context.configure(connection=connection, target_metadata=target_metadata)

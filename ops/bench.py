@@ -1,0 +1,200 @@
+"""`make bench`: the farm against a plain Celery task, in one run, same simulator, same SDK,
+same pool and concurrency; 1 s simulated latency.
+
+For each variant it starts one worker process, publishes N jobs and measures, from the
+first publish to the last completion: jobs/s; the worker's CPU seconds per job (user+sys
+from /proc); and the worker's peak RSS (VmHWM). Variants alternate (farm, baseline, farm,
+baseline, …) so drift on a noisy machine hits both; the medians and the ratio are printed.
+
+Environment: FARM_BENCH_JOBS (default 1500), FARM_BENCH_ROUNDS (2), FARM_BENCH_CONCURRENCY
+(100), FARM_BENCH_POOLS (threads; e.g. "threads,gevent" to compare pools).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from farm.celery_app import resolve_urls
+from farm.client import Farm
+from farm.migrate import upgrade
+from farm.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+N = int(os.environ.get("FARM_BENCH_JOBS", "1500"))
+ROUNDS = int(os.environ.get("FARM_BENCH_ROUNDS", "2"))
+CONCURRENCY = int(os.environ.get("FARM_BENCH_CONCURRENCY", "100"))
+POOLS = os.environ.get("FARM_BENCH_POOLS", "threads").split(",")
+PROMPT = "What is the capital of France? Answer in one word. (bench {i})"
+MAX_TOKENS = 64
+
+
+@dataclass
+class Result:
+    variant: str
+    jobs_per_s: float
+    cpu_s_per_job: float
+    peak_rss_mb: float
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while " ready." not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"bench: worker failed to start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> Result:
+    argv = [sys.executable, "-m", "celery", "-A", "farm", "worker", "-Q", "haiku-simple",
+            "-P", pool, "-c", str(CONCURRENCY), "-l", "WARNING", "--without-gossip",
+            "--without-mingle", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    worker = _start_worker(argv, env, log)
+    try:
+        cpu0 = _proc_cpu(worker.pid)
+        with Farm(settings) as farm:
+            jobs = [{"prompt": PROMPT.format(i=i), "max_tokens": MAX_TOKENS,
+                     "complexity": "simple", "tenant": "bench"} for i in range(N)]
+            start = time.monotonic()
+            ids = farm.submit_many(jobs)
+            views = farm.wait(ids, timeout=600, poll_s=0.2)
+            elapsed = time.monotonic() - start
+        bad = [v for v in views if v.status.value != "succeeded"]
+        if bad:
+            raise SystemExit(f"bench: {len(bad)} farm jobs did not succeed: {bad[0].error}")
+        cpu = _proc_cpu(worker.pid) - cpu0
+        return Result(f"farm/{pool}", N / elapsed, cpu / N, _peak_rss_mb(worker.pid))
+    finally:
+        _stop(worker)
+
+
+def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> Result:
+    from celery import Celery
+
+    env = {**env, "BASELINE_BROKER_URL": broker_url}
+    argv = [sys.executable, "-m", "celery", "-A", "ops.baseline", "worker", "-Q", "baseline",
+            "-P", pool, "-c", str(CONCURRENCY), "-l", "WARNING", "--without-gossip",
+            "--without-mingle", "-n", f"baseline-{uuid.uuid4().hex[:6]}@%h"]
+    worker = _start_worker(argv, env, log)
+    counter = redis.Redis.from_url(broker_url)
+    sender = Celery("bench-sender", broker=broker_url, set_as_current=False)
+    sender.conf.task_serializer = "json"
+    run = uuid.uuid4().hex
+    try:
+        cpu0 = _proc_cpu(worker.pid)
+        start = time.monotonic()
+        with sender.producer_or_acquire() as producer:
+            for i in range(N):
+                sender.send_task("baseline.call", args=(PROMPT.format(i=i), MAX_TOKENS, run),
+                                 queue="baseline", producer=producer)
+        while int(counter.get(f"baseline:done:{run}") or 0) < N:
+            if time.monotonic() - start > 600:
+                raise SystemExit("bench: baseline did not finish in 600 s")
+            time.sleep(0.2)
+        elapsed = time.monotonic() - start
+        cpu = _proc_cpu(worker.pid) - cpu0
+        return Result(f"plain-celery/{pool}", N / elapsed, cpu / N, _peak_rss_mb(worker.pid))
+    finally:
+        _stop(worker)
+        counter.delete(f"baseline:done:{run}")
+        counter.close()
+        sender.close()
+
+
+def main() -> int:
+    base = Settings()
+    if base.broker_url is None or base.database_url is None:
+        from farm import services
+
+        services.up(base.data_dir)
+    sim_port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env.update({"ANTHROPIC_API_KEY": "sim-bench-key",
+                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}",
+                "PYTHONPATH": str(ROOT)})
+    settings = Settings(anthropic_api_key="sim-bench-key",
+                        anthropic_base_url=env["ANTHROPIC_BASE_URL"])
+    upgrade(settings)
+    broker_url, _ = resolve_urls(settings)
+    logs = base.data_dir / "run"
+    logs.mkdir(parents=True, exist_ok=True)
+    sim = subprocess.Popen([sys.executable, "-m", "farm.cli", "sim", "--port", str(sim_port),
+                            "--latency", "1.0"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    results: list[Result] = []
+    try:
+        time.sleep(1.5)
+        print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
+              f"{ROUNDS} round(s), pools {POOLS}, on {os.cpu_count()} cores")
+        for round_no in range(ROUNDS):
+            for pool in POOLS:
+                for variant in ("farm", "baseline"):
+                    log = logs / f"bench-{variant}-{pool}.log"
+                    if variant == "farm":
+                        r = run_farm(settings, env, pool, log)
+                    else:
+                        r = run_baseline(broker_url, env, pool, log)
+                    results.append(r)
+                    print(f"  round {round_no + 1} {r.variant:<22} {r.jobs_per_s:7.1f} jobs/s  "
+                          f"{1000 * r.cpu_s_per_job:6.2f} ms CPU/job  {r.peak_rss_mb:6.1f} MB")
+    finally:
+        os.killpg(sim.pid, signal.SIGTERM)
+        sim.wait(10)
+    print("\nmedians:")
+    print(f"{'variant':<24}{'jobs/s':>9}{'CPU ms/job':>12}{'peak RSS MB':>13}")
+    medians: dict[str, float] = {}
+    for variant in dict.fromkeys(r.variant for r in results):
+        rs = [r for r in results if r.variant == variant]
+        medians[variant] = statistics.median(r.jobs_per_s for r in rs)
+        print(f"{variant:<24}{medians[variant]:>9.1f}"
+              f"{1000 * statistics.median(r.cpu_s_per_job for r in rs):>12.2f}"
+              f"{max(r.peak_rss_mb for r in rs):>13.1f}")
+    for pool in POOLS:
+        ratio = medians[f"farm/{pool}"] / medians[f"plain-celery/{pool}"]
+        print(f"throughput ratio farm/plain-celery ({pool}): {ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

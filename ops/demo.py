@@ -1,0 +1,161 @@
+"""`make demo`: the whole farm, end to end, on the embedded services and the SIMULATOR.
+
+Starts the embedded Valkey + PostgreSQL, migrates, starts the simulated Claude API, one
+worker per queue and Flower; submits 300 mixed jobs from Python; waits with a progress bar;
+prints the cost report; stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from farm import services
+from farm.client import Farm
+from farm.migrate import upgrade
+from farm.reports import render
+from farm.settings import Settings
+
+JOBS = int(os.environ.get("FARM_DEMO_JOBS", "300"))
+SIMPLE = [
+    "Translate 'good morning' into French.",
+    "What is the capital of Australia?",
+    "Classify the sentiment of: 'The delivery was late again.'",
+    "Extract the email address from: contact bob@example.com for details.",
+    "Give a one-line definition of photosynthesis.",
+    "Is 97 a prime number?",
+]
+COMPLEX = [
+    "Debug this function and explain each fix step by step:\n```python\ndef mean(xs):\n"
+    "    return sum(xs) / len(xs) if xs else None\n```",
+    "Design the architecture of a multi-region event-sourced billing system; analyze the "
+    "trade-offs of each storage option and outline a migration plan.",
+    "Prove that there are infinitely many primes, then generalise the argument to primes of "
+    "the form 4k+3.",
+    "Refactor this module for testability and explain the design decisions:\n```python\n"
+    "import requests\ndef fetch():\n    return requests.get('http://x').json()\n```",
+    "Write a detailed 1500-word report comparing three approaches to rate limiting in "
+    "distributed systems.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"demo: {what} did not come up on port {port}")
+
+
+def _bar(done: int, total: int, started: float) -> None:
+    width = 40
+    filled = width * done // max(1, total)
+    rate = done / max(1e-9, time.monotonic() - started)
+    sys.stdout.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                     f"{rate:5.1f} jobs/s")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("FARM_DATA_DIR", ".farm"))
+    base = Settings()
+    if base.broker_url is None or base.database_url is None:
+        print("starting the embedded Valkey and PostgreSQL …")
+        services.up(data_dir)
+    sim_port = _free_port()
+    flower_port = _free_port()
+    password = secrets.token_urlsafe(12)
+    env = {
+        **os.environ,
+        "FARM_DATA_DIR": str(data_dir),
+        # the demo runs on the simulator, on purpose: never a real key, never the real API
+        "ANTHROPIC_API_KEY": "sim-demo-key",
+        "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}",
+        "FARM_FLOWER_USER": "demo",
+        "FARM_FLOWER_PASSWORD": password,
+    }
+    settings = Settings(_env_file=None, anthropic_api_key="sim-demo-key",
+                        anthropic_base_url=env["ANTHROPIC_BASE_URL"])
+    upgrade(settings)
+    log_dir = data_dir / "run"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    farm_cmd = [sys.executable, "-m", "farm.cli"]
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, argv: list[str]) -> None:
+        log = open(log_dir / f"demo-{name}.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    try:
+        spawn("sim", [*farm_cmd, "sim", "--port", str(sim_port)])
+        _wait_port(sim_port, "the simulator")
+        for queue in settings.queue_names:
+            spawn(f"worker-{queue}", [*farm_cmd, "worker", "-Q", queue, "-l", "WARNING"])
+        spawn("flower", [*farm_cmd, "flower", "--port", str(flower_port)])
+        _wait_port(flower_port, "Flower")
+        print(f"simulated Claude API on 127.0.0.1:{sim_port} — this demo does NOT call the "
+              "real API")
+        print(f"Flower: http://127.0.0.1:{flower_port}  (user demo, password {password})")
+
+        rng = random.Random(7)
+        jobs = []
+        for i in range(JOBS):
+            complex_job = rng.random() < 0.35
+            prompt = rng.choice(COMPLEX if complex_job else SIMPLE)
+            jobs.append({
+                "prompt": f"{prompt}\n(request {i})",
+                "max_tokens": rng.choice([1024, 2048]) if complex_job else 256,
+                "priority": rng.choice(["high", "normal", "normal", "low"]),
+                "tenant": rng.choice(["search", "support", "billing"]),
+            })
+        with Farm(settings) as farm:
+            started = time.monotonic()
+            ids = farm.submit_many(jobs)
+            print(f"submitted {len(ids)} jobs in {time.monotonic() - started:.2f}s; waiting …")
+            views = farm.wait(ids, timeout=170, poll_s=0.5,
+                              on_progress=lambda d, t: _bar(d, t, started))
+            elapsed = time.monotonic() - started
+            print()
+            by_status: dict[str, int] = {}
+            for view in views:
+                by_status[view.status.value] = by_status.get(view.status.value, 0) + 1
+            print(f"all {len(views)} jobs finished in {elapsed:.1f}s: {by_status}")
+            print()
+            print(render(farm.report(since_hours=1)))
+        print("\n(ran on the simulated Claude API; costs are what the real API would bill for "
+              "the same token counts)")
+        return 0 if by_status.get("succeeded") == len(views) else 1
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if base.broker_url is None or base.database_url is None:
+            services.down(data_dir)
+        print("stopped the simulator, workers, Flower and the embedded services")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

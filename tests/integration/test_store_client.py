@@ -1,0 +1,100 @@
+"""The client and the store against a real Postgres and a real Redis broker (no workers)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from farm.client import Farm, InvalidJobError
+from farm.jobs import JobRequest, JobStatus
+from farm.settings import Settings
+
+
+@pytest.fixture
+def farm(broker_url: str, database_url: str, tmp_path: object) -> Iterator[Farm]:
+    client = redis.Redis.from_url(broker_url)
+    client.flushdb()
+    client.close()
+    settings = Settings(broker_url=broker_url, database_url=database_url, data_dir=tmp_path)
+    with Farm(settings) as f:
+        yield f
+
+
+def _queued_messages(broker_url: str) -> dict[str, list[dict[str, object]]]:
+    client = redis.Redis.from_url(broker_url)
+    out: dict[str, list[dict[str, object]]] = {}
+    try:
+        for key in client.keys("*"):
+            name = key.decode()
+            if client.type(key) == b"list":
+                out[name] = [json.loads(m) for m in client.lrange(key, 0, -1)]
+    finally:
+        client.close()
+    return out
+
+
+def test_submit_records_row_then_publishes_to_the_routed_queue(farm: Farm, broker_url: str) -> None:
+    simple = farm.submit(prompt="What is the capital of France?", tenant="t1")
+    complex_ = farm.submit(JobRequest(prompt="x", complexity="complex", priority="high"))
+    views = {v.id: v for v in farm.statuses([simple, complex_])}
+    assert views[simple].status is JobStatus.QUEUED
+    assert views[simple].queue == "haiku-simple"
+    assert views[simple].model == "claude-haiku-4-5"
+    assert views[simple].tenant == "t1"
+    assert views[complex_].queue == "sonnet-complex"
+    messages = _queued_messages(broker_url)
+    haiku = [k for k in messages if k.startswith("haiku-simple")]
+    sonnet = [k for k in messages if k.startswith("sonnet-complex")]
+    assert haiku and sonnet
+    body = messages[haiku[0]][0]
+    assert body["headers"]["id"] == str(simple)  # type: ignore[index]
+    # only the job id travels: no prompt in the message or its repr
+    raw = json.dumps(messages)
+    assert "capital of France" not in raw
+
+
+def test_invalid_batch_enqueues_nothing(farm: Farm, broker_url: str, database_url: str) -> None:
+    with farm.engine.connect() as conn:
+        before = conn.execute(text("select count(*) from jobs")).scalar()
+    with pytest.raises(InvalidJobError) as info:
+        farm.submit_many([{"prompt": "fine"}, {"prompt": "x", "max_tokens": -1}])
+    assert info.value.problems[0][:2] == (1, "max_tokens")
+    with farm.engine.connect() as conn:
+        assert conn.execute(text("select count(*) from jobs")).scalar() == before
+    assert _queued_messages(broker_url) == {}
+
+
+def test_cancel_queued_job(farm: Farm) -> None:
+    job = farm.submit(prompt="hello")
+    assert farm.cancel(job) is JobStatus.CANCELLED
+    assert farm.status(job).status is JobStatus.CANCELLED
+    # cancelling again is harmless and reports the state
+    assert farm.cancel(job) is JobStatus.CANCELLED
+    with pytest.raises(KeyError):
+        farm.cancel(uuid.uuid4())
+
+
+def test_wait_times_out_with_a_count(farm: Farm) -> None:
+    job = farm.submit(prompt="hello")
+    with pytest.raises(TimeoutError, match="1 of 1"):
+        farm.wait([job], timeout=0.3, poll_s=0.1)
+
+
+def test_report_views_exist_and_are_queryable(farm: Farm) -> None:
+    with farm.engine.connect() as conn:
+        for view in ("cost_report", "cost_report_jobs", "cost_report_attempts"):
+            conn.execute(text(f"select * from {view} limit 1")).all()
+    rows = farm.report()
+    assert all(r.jobs >= 0 for r in rows)
+
+
+def test_indexes_serve_the_report_queries(farm: Farm) -> None:
+    with farm.engine.connect() as conn:
+        names = set(conn.execute(text("select indexname from pg_indexes")).scalars())
+    assert {"ix_jobs_created_at", "ix_jobs_active", "uq_attempts_job_attempt",
+            "ix_attempts_started_at"} <= names
