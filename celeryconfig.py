@@ -5,7 +5,7 @@ The broker URL is not here: it comes from the farm's settings (FARM_BROKER_URL o
 embedded Valkey) when the app is built (farm.app.create_app).
 """
 
-from kombu import Queue
+from kombu.entity import Queue
 
 from farm.policies import ErrorKind, RetryPolicy
 

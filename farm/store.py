@@ -11,17 +11,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from farm.db import Attempt, Job
 from farm.jobs import TERMINAL_STATUSES, JobRequest, JobStatus, Route, Usage
 
-jobs = Job.__table__
-attempts = Attempt.__table__
+jobs = cast(Table, Job.__table__)
+attempts = cast(Table, Attempt.__table__)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ def insert_job_once(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(pg_insert(jobs).values(**row).on_conflict_do_nothing(index_elements=["id"]))
 
 
-def insert_failed_job(conn: Connection, job_id: uuid.UUID, raw: Any, queue: str, error: str) -> None:
+def insert_failed_job(
+    conn: Connection, job_id: uuid.UUID, raw: Any, queue: str, error: str
+) -> None:
     """A message that carried an invalid job: record it as failed with the reason."""
     conn.execute(
         pg_insert(jobs)
@@ -175,6 +177,15 @@ def finish_job(
             .values(**values)
         )
     return bool(done)
+
+
+def fail_unpublished(conn: Connection, job_ids: Sequence[uuid.UUID], error: str) -> None:
+    """Jobs whose message could not be published: failed, with the reason."""
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(list(job_ids)), jobs.c.status == JobStatus.QUEUED.value)
+        .values(status=JobStatus.FAILED.value, error=error, finished_at=func.now())
+    )
 
 
 def requeue_job(conn: Connection, job_id: uuid.UUID, error: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from celery import Task, shared_task
@@ -113,7 +114,7 @@ def _failed(
     with runtime.engine.begin() as conn:
         store.record_attempt(
             conn, job, model=job.model, outcome=exc.kind.value, started_at=started,
-            latency_s=exc.latency_s, cost=0, http_status=exc.status, error=exc.message,
+            latency_s=exc.latency_s, cost=Decimal(0), http_status=exc.status, error=exc.message,
             request_id=exc.request_id,
         )
         if decision.action is Action.RETRY:

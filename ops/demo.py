@@ -7,6 +7,7 @@ prints the cost report; stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -143,10 +144,8 @@ def main() -> int:
         return 0 if by_status.get("succeeded") == len(views) else 1
     finally:
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for proc in procs:
             try:
                 proc.wait(20)

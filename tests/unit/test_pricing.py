@@ -241,7 +241,7 @@ def test_price_rejects_float_and_negative_and_nan() -> None:
 
 
 def test_negative_token_count_is_rejected(book: PriceBook) -> None:
-    with pytest.raises(ValueError, match="usage.output_tokens is negative"):
+    with pytest.raises(ValueError, match=r"usage\.output_tokens is negative"):
         cost(haiku(book), Usage(output_tokens=-1))
 
 

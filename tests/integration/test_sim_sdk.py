@@ -1,0 +1,279 @@
+"""The simulator driven by the real ``anthropic`` SDK over real HTTP (no Redis/Postgres needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from aiohttp import web
+
+from farm.sim import SimConfig, make_app
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "claude-haiku-4-5"
+FAST = {"ttft_s": 0.005, "output_tokens_per_s": 100_000.0, "fixed_latency_s": None,
+        "rpm_limit": None, "itpm_limit": None, "otpm_limit": None, "fault_529_rate": 0.0,
+        "fault_500_rate": 0.0, "overload_until": None, "require_api_key": True, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """The simulator on a free port, served by an event loop on a background thread."""
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(make_app(SimConfig(port=0, **FAST)), access_log=None)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def admin(url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+    data = None if payload is None else json.dumps(payload).encode()
+    method = "GET" if data is None else "POST"
+    request = urllib.request.Request(url + path, data=data, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def url(server: str) -> str:
+    """The server with default (fast) settings and zeroed counters."""
+    admin(server, "/_sim/config", FAST)
+    admin(server, "/_sim/reset", {})
+    return server
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=url, api_key="test-key", max_retries=0) as c:
+        yield c
+
+
+def ask(text: str, **kw: Any) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 300, "messages": [{"role": "user", "content": text}],
+            **kw}
+
+
+def test_message_wire_format_and_determinism(client: anthropic.Anthropic) -> None:
+    first = client.messages.create(**ask("Tell me about bees."))
+    again = client.messages.create(**ask("Tell me about bees."))
+    assert first.id.startswith("msg_") and first.id != again.id
+    assert first._request_id is not None and first._request_id.startswith("req_")
+    assert first.type == "message" and first.role == "assistant" and first.model == MODEL
+    assert first.stop_reason == "end_turn" and first.stop_sequence is None
+    assert first.content[0].type == "text" and first.content[0].text
+    assert first.content == again.content and first.usage == again.usage
+    usage = first.usage
+    assert usage.input_tokens > 0 and 16 <= usage.output_tokens < 300
+    assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
+    assert usage.cache_creation is not None and usage.cache_creation.ephemeral_5m_input_tokens == 0
+    assert usage.service_tier == "standard"
+
+
+def test_max_tokens_stop(client: anthropic.Anthropic) -> None:
+    message = client.messages.create(**ask("Write a detailed 2000 words essay", max_tokens=40))
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 40
+
+
+def test_streaming_matches_non_streaming(client: anthropic.Anthropic) -> None:
+    plain = client.messages.create(**ask("Write a short poem about rivers."))
+    with client.messages.stream(**ask("Write a short poem about rivers.")) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+        assert (stream.request_id or "").startswith("req_")
+        assert stream.response.headers["content-type"].startswith("text/event-stream")
+    assert len(pieces) > 1 and "".join(pieces) == plain.content[0].text
+    assert final.content[0].type == "text" and final.content[0].text == plain.content[0].text
+    assert final.stop_reason == plain.stop_reason and final.usage == plain.usage
+
+
+def test_raw_stream_events(client: anthropic.Anthropic) -> None:
+    kinds = [e.type for e in client.messages.create(**ask("hello"), stream=True)]
+    assert kinds[0] == "message_start" and kinds[1] == "content_block_start"
+    assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert "content_block_delta" in kinds
+
+
+def test_count_tokens(client: anthropic.Anthropic) -> None:
+    body = ask("How many tokens is this?", system="You are terse.")
+    counted = client.messages.count_tokens(model=MODEL, system=body["system"],
+                                           messages=body["messages"])
+    assert counted.input_tokens == client.messages.create(**body).usage.input_tokens
+
+
+def test_prompt_cache_write_then_read(client: anthropic.Anthropic) -> None:
+    system = [{"type": "text", "text": "rules " * 400, "cache_control": {"type": "ephemeral"}}]
+    first = client.messages.create(**ask("q1", system=system))
+    second = client.messages.create(**ask("q2", system=system))
+    assert first.usage.cache_creation_input_tokens == 600 == second.usage.cache_read_input_tokens
+    assert first.usage.cache_creation is not None
+    assert first.usage.cache_creation.ephemeral_5m_input_tokens == 600
+    assert second.usage.cache_creation_input_tokens == 0
+    hour = [{"type": "text", "text": "other " * 400, "cache_control": {"type": "ephemeral",
+                                                                        "ttl": "1h"}}]
+    third = client.messages.create(**ask("q3", system=hour))
+    assert third.usage.cache_creation is not None
+    assert third.usage.cache_creation.ephemeral_1h_input_tokens == 600
+
+
+def test_bad_requests(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as empty:
+        client.messages.create(model=MODEL, max_tokens=10, messages=[])
+    assert "messages" in empty.value.message
+    with pytest.raises(anthropic.BadRequestError) as zero:
+        client.messages.create(**ask("hi", max_tokens=0))
+    assert "max_tokens" in zero.value.message
+    with pytest.raises(anthropic.BadRequestError) as marker:
+        client.messages.create(**ask("[[sim:status=400]]"))
+    assert marker.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert marker.value.request_id is not None and marker.value.request_id.startswith("req_")
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(**ask("hi", model="gpt-4o"))
+
+
+def test_missing_key_is_401(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_AUTH_TOKEN", raising=False)
+    with (anthropic.Anthropic(base_url=url, api_key=None, max_retries=0,
+                              default_headers={"Authorization": anthropic.omit},  # type: ignore[dict-item]
+                              ) as bare,
+          pytest.raises(anthropic.AuthenticationError) as err):
+        bare.messages.create(**ask("hi"))
+    assert err.value.status_code == 401
+    request = urllib.request.Request(url + "/v1/messages", data=json.dumps(ask("hi")).encode())
+    with pytest.raises(urllib.error.HTTPError) as raw:
+        urllib.request.urlopen(request, timeout=10).close()
+    with raw.value as response:
+        assert response.status == 401 and response.headers["request-id"].startswith("req_")
+        assert json.load(response)["error"]["type"] == "authentication_error"
+
+
+def test_rate_limit_429(url: str, client: anthropic.Anthropic) -> None:
+    admin(url, "/_sim/config", {"rpm_limit": 1, "otpm_limit": 50_000})
+    ok = client.messages.with_raw_response.create(**ask("one"))
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert ok.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert ok.headers["anthropic-ratelimit-output-tokens-remaining"] == "49000"  # 50k - 300
+    assert ok.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client.messages.create(**ask("two"))
+    assert err.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert int(err.value.response.headers["retry-after"]) >= 1
+    assert err.value.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    stats = admin(url, "/_sim/stats")
+    assert stats["by_status"] == {"200": 1, "429": 1} and stats["successful_calls"] == 1
+
+
+def test_overloaded_and_server_errors(url: str, client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.OverloadedError) as overloaded:
+        client.messages.create(**ask("[[sim:status=529]]"))
+    assert isinstance(overloaded.value, anthropic.InternalServerError)
+    assert overloaded.value.status_code == 529
+    assert overloaded.value.response.headers["x-should-retry"] == "true"
+    assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        client.messages.create(**ask("[[sim:status=500]]"))
+    assert not isinstance(failed.value, anthropic.OverloadedError)
+    assert failed.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    admin(url, "/_sim/config", {"fault_529_rate": 1.0})
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(**ask("hi"))
+    admin(url, "/_sim/config", {"fault_529_rate": 0.0, "overload_until": time.time() + 60})
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(**ask("hi"))
+    admin(url, "/_sim/config", {"overload_until": None})
+    assert client.messages.create(**ask("hi")).stop_reason == "end_turn"
+
+
+def test_spend_limit_and_refusal(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client.messages.create(**ask("[[sim:spend_limit]]"))
+    assert "enforced_spend_limit_reached" in err.value.message
+    refused = client.messages.create(**ask("[[sim:refusal]] do something bad"))
+    assert refused.stop_reason == "refusal"
+    assert refused.stop_details is not None and refused.stop_details.type == "refusal"
+
+
+def test_sdk_retries_a_529_then_succeeds(url: str) -> None:
+    admin(url, "/_sim/config", {"fault_529_rate": 0.5, "seed": 3})
+    with anthropic.Anthropic(base_url=url, api_key="test-key", max_retries=8) as retrying:
+        retrying._calculate_retry_timeout = lambda *a, **k: 0.01  # type: ignore[method-assign]
+        for _ in range(5):
+            assert retrying.messages.create(**ask("hi")).stop_reason == "end_turn"
+    stats = admin(url, "/_sim/stats")
+    assert stats["successful_calls"] == 5 and stats["by_status"].get("529", 0) >= 1
+
+
+def test_latency(url: str, client: anthropic.Anthropic) -> None:
+    started = time.monotonic()
+    client.messages.create(**ask("[[sim:latency=0.3]]"))
+    assert 0.3 <= time.monotonic() - started < 2
+    admin(url, "/_sim/config", {"fixed_latency_s": 0.2})
+    started = time.monotonic()
+    client.messages.create(**ask("hi"))
+    assert 0.2 <= time.monotonic() - started < 2
+    started = time.monotonic()
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(**ask("[[sim:status=400]]"))
+    assert time.monotonic() - started < 0.2
+
+
+def test_stats_and_reset(url: str, client: anthropic.Anthropic) -> None:
+    for _ in range(3):
+        client.messages.create(**ask("hi"))
+    client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(**ask("[[sim:status=400]]"))
+    stats = admin(url, "/_sim/stats")
+    assert stats["requests_total"] == 5 and stats["messages_requests"] == 4
+    assert stats["count_tokens_requests"] == 1 and stats["successful_calls"] == 3
+    assert stats["by_status"] == {"200": 4, "400": 1} and stats["by_model"] == {MODEL: 4}
+    assert stats["successful_by_model"] == {MODEL: 3} and stats["in_flight"] == 0
+    cleared = admin(url, "/_sim/reset", {})
+    assert cleared["requests_total"] == 0 and cleared["by_status"] == {}
+
+
+def test_config_rejects_unknown_fields(url: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        admin(url, "/_sim/config", {"port": 1})
+    with err.value as response:
+        assert response.status == 400
+    assert admin(url, "/_sim/config")["rpm_limit"] is None
+
+
+def test_run_serves_until_sigterm() -> None:
+    code = ("from farm.sim import SimConfig, run; "
+            "run(SimConfig(port=0, ttft_s=0, output_tokens_per_s=1e6))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("farm simulator listening on http://127.0.0.1:")
+        assert line.rstrip().endswith("(SIMULATED Claude API)")
+        base = line.split()[4]
+        with anthropic.Anthropic(base_url=base, api_key="k", max_retries=0) as c:
+            assert c.messages.create(**ask("hi")).stop_reason == "end_turn"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
