@@ -49,7 +49,7 @@ demo: install          ## the whole farm end to end on the embedded services + s
 	$(BIN)/python ops/demo.py
 
 test: install          ## the whole suite: unit, integration (real Redis/Postgres), e2e (real workers)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +247,11 @@ def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None
     """Cost report per queue and model: jobs, tokens, cost, latency, errors."""
     from farm.reports import render
 
+    since = None
+    if since_hours is not None:
+        since = datetime.now(UTC) - timedelta(hours=since_hours)
     with _farm(ctx) as farm:
-        rows = farm.report(since_hours=since_hours)
+        rows = farm.report(since=since)
     if as_json:
         click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
     else:

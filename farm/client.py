@@ -190,5 +190,6 @@ class Farm:
             raise KeyError(f"no job {job_id}")
         return JobStatus(status)
 
-    def report(self, *, since_hours: float | None = None) -> list[reports.ReportRow]:
-        return reports.summary(self.engine, since_hours=since_hours)
+    def report(self, *, since: datetime | None = None) -> list[reports.ReportRow]:
+        """Cost report per queue and model over jobs created since `since` (default: all)."""
+        return reports.summary(self.engine, since=since)

@@ -3,6 +3,7 @@ per day). Percentiles are computed over raw rows because they do not add up acro
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
@@ -24,8 +25,7 @@ SUMMARY_SQL = text(
                sum(cost_usd) AS cost_usd,
                count(*) FILTER (WHERE cost_unknown) AS unpriced_jobs
         FROM jobs
-        WHERE (CAST(:since_hours AS float8) IS NULL
-               OR created_at >= now() - make_interval(secs => :since_hours * 3600))
+        WHERE created_at >= :since
         GROUP BY 1, 2
     ), a AS (
         SELECT a.queue, a.model,
@@ -36,8 +36,7 @@ SUMMARY_SQL = text(
                percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency_ms)
                    FILTER (WHERE a.outcome = 'ok') AS p95_ms
         FROM attempts a JOIN jobs ON jobs.id = a.job_id
-        WHERE (CAST(:since_hours AS float8) IS NULL
-               OR jobs.created_at >= now() - make_interval(secs => :since_hours * 3600))
+        WHERE jobs.created_at >= :since
         GROUP BY 1, 2
     )
     SELECT j.*, coalesce(a.calls, 0) AS calls, coalesce(a.errors, 0) AS errors,
@@ -72,9 +71,11 @@ class ReportRow(BaseModel):
         return self.errors / self.calls if self.calls else 0.0
 
 
-def summary(engine: Engine, *, since_hours: float | None = None) -> list[ReportRow]:
+def summary(engine: Engine, *, since: datetime | None = None) -> list[ReportRow]:
+    """Per queue and served model, over jobs created at or after `since` (default: all)."""
+    start = since or datetime(1970, 1, 1, tzinfo=UTC)
     with engine.connect() as conn:
-        rows = conn.execute(SUMMARY_SQL, {"since_hours": since_hours}).mappings().all()
+        rows = conn.execute(SUMMARY_SQL, {"since": start}).mappings().all()
     return [ReportRow.model_validate(dict(r)) for r in rows]
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from farm import services
@@ -63,7 +64,13 @@ def _wait_port(port: int, what: str, timeout: float = 30) -> None:
     raise SystemExit(f"demo: {what} did not come up on port {port}")
 
 
+_last = [-1]
+
+
 def _bar(done: int, total: int, started: float) -> None:
+    if done == _last[0]:
+        return
+    _last[0] = done
     width = 40
     filled = width * done // max(1, total)
     rate = done / max(1e-9, time.monotonic() - started)
@@ -75,8 +82,11 @@ def _bar(done: int, total: int, started: float) -> None:
 def main() -> int:
     data_dir = Path(os.environ.get("FARM_DATA_DIR", ".farm"))
     base = Settings()
-    if base.broker_url is None or base.database_url is None:
-        print("starting the embedded Valkey and PostgreSQL …")
+    embedded = base.broker_url is None or base.database_url is None
+    was_running = embedded and all(services.status(data_dir).values())
+    if embedded:
+        print("starting the embedded Valkey and PostgreSQL …" if not was_running
+              else "reusing the running embedded Valkey and PostgreSQL")
         services.up(data_dir)
     sim_port = _free_port()
     flower_port = _free_port()
@@ -126,6 +136,7 @@ def main() -> int:
                 "tenant": rng.choice(["search", "support", "billing"]),
             })
         with Farm(settings) as farm:
+            since = datetime.now(UTC)
             started = time.monotonic()
             ids = farm.submit_many(jobs)
             print(f"submitted {len(ids)} jobs in {time.monotonic() - started:.2f}s; waiting …")
@@ -138,7 +149,7 @@ def main() -> int:
                 by_status[view.status.value] = by_status.get(view.status.value, 0) + 1
             print(f"all {len(views)} jobs finished in {elapsed:.1f}s: {by_status}")
             print()
-            print(render(farm.report(since_hours=1)))
+            print(render(farm.report(since=since)))
         print("\n(ran on the simulated Claude API; costs are what the real API would bill for "
               "the same token counts)")
         return 0 if by_status.get("succeeded") == len(views) else 1
@@ -151,9 +162,11 @@ def main() -> int:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        if base.broker_url is None or base.database_url is None:
+        stopped = "the simulator, workers and Flower"
+        if embedded and not was_running:
             services.down(data_dir)
-        print("stopped the simulator, workers, Flower and the embedded services")
+            stopped += ", and the embedded services"
+        print(f"stopped {stopped}")
 
 
 if __name__ == "__main__":

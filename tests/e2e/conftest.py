@@ -81,7 +81,7 @@ def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("worker-logs")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def workers(e2e_env: dict[str, str], worker_logs: Path) -> Iterator[list[Path]]:
     """One worker per specialization queue plus one on the intake queue."""
     specs = [("haiku-simple", 30), ("sonnet-complex", 30), ("farm-intake", 4)]
