@@ -5,7 +5,7 @@ The broker URL is not here: it comes from the farm's settings (FARM_BROKER_URL o
 embedded Valkey) when the app is built (farm.app.create_app).
 """
 
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from farm.policies import ErrorKind, RetryPolicy
 
@@ -16,8 +16,15 @@ SPECIALIZATION_QUEUES = ("haiku-simple", "sonnet-complex")
 INTAKE_QUEUE = "farm-intake"
 DEAD_LETTER_QUEUE = "dead-letter"
 
-task_queues = [Queue(name) for name in (*SPECIALIZATION_QUEUES, INTAKE_QUEUE, DEAD_LETTER_QUEUE)]
+# one direct exchange; each queue is bound by its own name
+FARM_EXCHANGE = Exchange("farm", type="direct")
+task_queues = [
+    Queue(name, FARM_EXCHANGE, routing_key=name)
+    for name in (*SPECIALIZATION_QUEUES, INTAKE_QUEUE, DEAD_LETTER_QUEUE)
+]
 task_default_queue = INTAKE_QUEUE
+task_default_exchange = "farm"
+task_default_routing_key = INTAKE_QUEUE
 # A router function, named by string: a service that only has this config (not the farm's
 # code in its own modules) gets `send_task("farm.run_job", kwargs={"request": {...}})`
 # classified and routed, with the prompt redacted from the task's repr.

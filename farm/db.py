@@ -116,12 +116,18 @@ class Attempt(Base):
     )
 
 
-def make_engine(database_url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
-    """One engine per process; connections are opened lazily on first use."""
+def make_engine(
+    database_url: str, *, pool_size: int = 10, max_overflow: int = 20, autocommit: bool = False
+) -> Engine:
+    """One engine per process; connections are opened lazily on first use.
+
+    No pre-ping (a round trip per checkout): a dead connection raises on use, is discarded
+    by the pool, and the caller's retry takes a fresh one.
+    """
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
         pool_recycle=1800,
+        isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
     )

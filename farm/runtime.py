@@ -31,23 +31,28 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
-def build(settings: Settings, policies: dict[str, RetryPolicy], database_url: str) -> Runtime:
+def build(settings: Settings, policies: dict[str, RetryPolicy]) -> Runtime:
+    from farm.celery_app import resolve_urls
+
+    _, database_url = resolve_urls(settings)
     pool = settings.db_pool_size
     return Runtime(
         settings=settings,
-        engine=make_engine(database_url, pool_size=pool, max_overflow=pool * 2),
+        # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
+        engine=make_engine(database_url, pool_size=pool, max_overflow=pool * 2,
+                           autocommit=True),
         client=make_client(settings),
         prices=default_pricebook(),
         policies=policies,
     )
 
 
-def get(settings: Settings, policies: dict[str, RetryPolicy], database_url: str) -> Runtime:
+def get(settings: Settings, policies: dict[str, RetryPolicy]) -> Runtime:
     global _runtime
     if _runtime is None:
         with _lock:
             if _runtime is None:
-                _runtime = build(settings, policies, database_url)
+                _runtime = build(settings, policies)
     return _runtime
 
 

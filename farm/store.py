@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -96,87 +96,87 @@ def start_job(engine: Engine, job_id: uuid.UUID) -> StartedJob | None:
     )
 
 
-def _usage_values(usage: Usage) -> dict[str, int]:
-    return {
-        "input_tokens": usage.input_tokens,
+@dataclass(frozen=True)
+class Outcome:
+    """One provider call's outcome and the job status it leads to."""
+
+    status: JobStatus  # the job's next status: succeeded, failed, dead, or queued (retry)
+    model: str
+    outcome: str  # "ok" or an ErrorKind value
+    started_at: datetime
+    latency_s: float
+    usage: Usage = field(default_factory=Usage)
+    cost: Decimal | None = Decimal(0)
+    http_status: int | None = None
+    error: str | None = None
+    request_id: str | None = None
+    response_text: str | None = None
+    stop_reason: str | None = None
+
+
+# One statement, one round trip: insert the attempt once, then add it to the job's totals
+# and move the job on. A second delivery of the same attempt inserts nothing and so changes
+# nothing. A job cancelled meanwhile keeps its status; its late result is still recorded.
+RECORD_SQL = text(
+    """
+    WITH ins AS (
+        INSERT INTO attempts (job_id, attempt, queue, model, outcome, http_status, error,
+            input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+            cost_usd, latency_ms, request_id, started_at, finished_at)
+        VALUES (:job_id, :attempt, :queue, :model, :outcome, :http_status, :error,
+            :input_tokens, :output_tokens, :cache_creation_input_tokens,
+            :cache_read_input_tokens, :cost_usd, :latency_ms, :request_id, :started_at,
+            :finished_at)
+        ON CONFLICT ON CONSTRAINT uq_attempts_job_attempt DO NOTHING
+        RETURNING job_id, input_tokens, output_tokens, cache_creation_input_tokens,
+                  cache_read_input_tokens, cost_usd
+    )
+    UPDATE jobs SET
+        status = CASE WHEN jobs.status = 'running' THEN :status ELSE jobs.status END,
+        input_tokens = jobs.input_tokens + ins.input_tokens,
+        output_tokens = jobs.output_tokens + ins.output_tokens,
+        cache_creation_input_tokens =
+            jobs.cache_creation_input_tokens + ins.cache_creation_input_tokens,
+        cache_read_input_tokens = jobs.cache_read_input_tokens + ins.cache_read_input_tokens,
+        cost_unknown = jobs.cost_unknown OR ins.cost_usd IS NULL,
+        cost_usd = CASE WHEN jobs.cost_unknown OR ins.cost_usd IS NULL THEN NULL
+                        ELSE coalesce(jobs.cost_usd, 0) + ins.cost_usd END,
+        response_text = coalesce(:response_text, jobs.response_text),
+        stop_reason = coalesce(:stop_reason, jobs.stop_reason),
+        served_model = coalesce(:served_model, jobs.served_model),
+        error = CAST(:job_error AS text),
+        finished_at = CASE WHEN :terminal THEN coalesce(jobs.finished_at, now())
+                           ELSE jobs.finished_at END
+    FROM ins
+    WHERE jobs.id = ins.job_id
+    RETURNING jobs.status
+    """
+)
+
+
+def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome) -> str | None:
+    """Record the attempt and move the job on; returns the job's status afterwards, or
+    None when this attempt had been recorded already (nothing changed)."""
+    usage = outcome.usage
+    params = {
+        "job_id": job.id, "attempt": job.attempt, "queue": job.queue, "model": outcome.model,
+        "outcome": outcome.outcome, "http_status": outcome.http_status,
+        "error": outcome.error, "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens, "cost_usd": outcome.cost,
+        "latency_ms": round(outcome.latency_s * 1000), "request_id": outcome.request_id,
+        "started_at": outcome.started_at,
+        "finished_at": outcome.started_at + timedelta(seconds=outcome.latency_s),
+        "status": outcome.status.value, "response_text": outcome.response_text,
+        "stop_reason": outcome.stop_reason,
+        "served_model": outcome.model if outcome.http_status == 200 else None,
+        "job_error": outcome.error if outcome.status is not JobStatus.SUCCEEDED else None,
+        "terminal": outcome.status.terminal,
     }
-
-
-def record_attempt(
-    conn: Connection,
-    job: StartedJob,
-    *,
-    model: str,
-    outcome: str,
-    started_at: datetime,
-    latency_s: float,
-    usage: Usage | None = None,
-    cost: Decimal | None = None,
-    http_status: int | None = None,
-    error: str | None = None,
-    request_id: str | None = None,
-) -> bool:
-    """Insert the attempt row once; returns False when it was already there."""
-    result = conn.execute(
-        pg_insert(attempts)
-        .values(
-            job_id=job.id, attempt=job.attempt, queue=job.queue, model=model, outcome=outcome,
-            http_status=http_status, error=error, cost_usd=cost,
-            latency_ms=round(latency_s * 1000), request_id=request_id,
-            started_at=started_at, finished_at=started_at + timedelta(seconds=latency_s),
-            **_usage_values(usage or Usage()),
-        )
-        .on_conflict_do_nothing(constraint="uq_attempts_job_attempt")
-    )
-    return bool(result.rowcount)
-
-
-def finish_job(
-    conn: Connection,
-    job_id: uuid.UUID,
-    status: JobStatus,
-    *,
-    response_text: str | None = None,
-    stop_reason: str | None = None,
-    served_model: str | None = None,
-    error: str | None = None,
-) -> bool:
-    """Write the terminal state once, totals summed from the attempt rows.
-
-    A cancelled job keeps its status; its late result is still recorded.
-    """
-    totals = conn.execute(
-        select(
-            func.coalesce(func.sum(attempts.c.input_tokens), 0),
-            func.coalesce(func.sum(attempts.c.output_tokens), 0),
-            func.coalesce(func.sum(attempts.c.cache_creation_input_tokens), 0),
-            func.coalesce(func.sum(attempts.c.cache_read_input_tokens), 0),
-            func.sum(attempts.c.cost_usd),
-            func.coalesce(func.bool_or(attempts.c.cost_usd.is_(None)), False),
-        ).where(attempts.c.job_id == job_id)
-    ).one()
-    values: dict[str, Any] = {
-        "input_tokens": totals[0], "output_tokens": totals[1],
-        "cache_creation_input_tokens": totals[2], "cache_read_input_tokens": totals[3],
-        "cost_usd": None if totals[5] else totals[4], "cost_unknown": totals[5],
-        "response_text": response_text, "stop_reason": stop_reason,
-        "served_model": served_model, "error": error, "finished_at": func.now(),
-    }
-    done = conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-        .values(status=status.value, **values)
-    ).rowcount
-    if not done:  # cancelled while running: keep the late result, not the status
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.CANCELLED.value)
-            .values(**values)
-        )
-    return bool(done)
+    with engine.begin() as conn:
+        status = conn.execute(RECORD_SQL, params).scalar()
+    return None if status is None else str(status)
 
 
 def fail_unpublished(conn: Connection, job_ids: Sequence[uuid.UUID], error: str) -> None:
@@ -185,14 +185,6 @@ def fail_unpublished(conn: Connection, job_ids: Sequence[uuid.UUID], error: str)
         update(jobs)
         .where(jobs.c.id.in_(list(job_ids)), jobs.c.status == JobStatus.QUEUED.value)
         .values(status=JobStatus.FAILED.value, error=error, finished_at=func.now())
-    )
-
-
-def requeue_job(conn: Connection, job_id: uuid.UUID, error: str) -> None:
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-        .values(status=JobStatus.QUEUED.value, error=error)
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from decimal import Decimal
 from typing import Any
 
 from celery import Task, shared_task
@@ -24,11 +23,7 @@ log = logging.getLogger("farm.tasks")
 
 
 def _runtime(task: Task) -> rt.Runtime:
-    from farm.celery_app import resolve_urls
-
-    settings = task.app.conf.farm_settings
-    _, database_url = resolve_urls(settings)
-    return rt.get(settings, task.app.conf.farm_retry_policies, database_url)
+    return rt.get(task.app.conf.farm_settings, task.app.conf.farm_retry_policies)
 
 
 def _parse_job_id(value: Any) -> uuid.UUID | None:
@@ -64,19 +59,15 @@ def run_job(
     except llm.ProviderError as exc:
         return _failed(self, runtime, job, exc, started)
     cost = runtime.prices.cost(result.model, result.usage)
-    ok = result.stop_reason != "refusal"
-    with runtime.engine.begin() as conn:
-        store.record_attempt(
-            conn, job, model=result.model, outcome="ok" if ok else "refusal",
-            started_at=started, latency_s=result.latency_s, usage=result.usage, cost=cost,
-            http_status=200, request_id=result.request_id,
-        )
-        store.finish_job(
-            conn, job.id, JobStatus.SUCCEEDED if ok else JobStatus.FAILED,
-            response_text=result.text, stop_reason=result.stop_reason,
-            served_model=result.model, error=None if ok else "the model refused",
-        )
-    return {"job_id": str(job.id), "status": "succeeded" if ok else "failed",
+    refused = result.stop_reason == "refusal"
+    status = store.record_outcome(runtime.engine, job, store.Outcome(
+        status=JobStatus.FAILED if refused else JobStatus.SUCCEEDED,
+        model=result.model, outcome="refusal" if refused else "ok", started_at=started,
+        latency_s=result.latency_s, usage=result.usage, cost=cost, http_status=200,
+        request_id=result.request_id, response_text=result.text,
+        stop_reason=result.stop_reason, error="the model refused" if refused else None,
+    ))
+    return {"job_id": str(job.id), "status": status,
             "cost_usd": None if cost is None else str(cost)}
 
 
@@ -111,17 +102,15 @@ def _failed(
     decision = policies.decide(
         policy, exc.kind, job.attempt, retry_after_s=exc.retry_after_s, rand=random.random()
     )
-    with runtime.engine.begin() as conn:
-        store.record_attempt(
-            conn, job, model=job.model, outcome=exc.kind.value, started_at=started,
-            latency_s=exc.latency_s, cost=Decimal(0), http_status=exc.status, error=exc.message,
-            request_id=exc.request_id,
-        )
-        if decision.action is Action.RETRY:
-            store.requeue_job(conn, job.id, exc.message)
-        else:
-            status = JobStatus.DEAD if decision.action is Action.DEAD else JobStatus.FAILED
-            store.finish_job(conn, job.id, status, error=f"{decision.reason}: {exc.message}")
+    next_status = {
+        Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
+    }.get(decision.action, JobStatus.FAILED)
+    store.record_outcome(runtime.engine, job, store.Outcome(
+        status=next_status, model=job.model, outcome=exc.kind.value, started_at=started,
+        latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
+        error=exc.message if decision.action is Action.RETRY
+        else f"{decision.reason}: {exc.message}",
+    ))
     if decision.action is Action.HALT:
         log.critical("ALERT: %s (job %s); the farm cannot make calls until it is raised",
                      decision.reason, job.id)

@@ -72,12 +72,15 @@ def _start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess
     deadline = time.monotonic() + 60
     while " ready." not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
             raise SystemExit(f"bench: worker failed to start:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
     return proc
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(30)
@@ -88,7 +91,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> Result:
     argv = [sys.executable, "-m", "celery", "-A", "farm", "worker", "-Q", "haiku-simple",
-            "-P", pool, "-c", str(CONCURRENCY), "-l", "WARNING", "--without-gossip",
+            "-P", pool, "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
             "--without-mingle", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
     worker = _start_worker(argv, env, log)
     try:
@@ -114,7 +117,7 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
 
     env = {**env, "BASELINE_BROKER_URL": broker_url}
     argv = [sys.executable, "-m", "celery", "-A", "ops.baseline", "worker", "-Q", "baseline",
-            "-P", pool, "-c", str(CONCURRENCY), "-l", "WARNING", "--without-gossip",
+            "-P", pool, "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
             "--without-mingle", "-n", f"baseline-{uuid.uuid4().hex[:6]}@%h"]
     worker = _start_worker(argv, env, log)
     counter = redis.Redis.from_url(broker_url)
@@ -164,7 +167,14 @@ def main() -> int:
                            stderr=subprocess.DEVNULL, start_new_session=True)
     results: list[Result] = []
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", sim_port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: the simulator did not start")
+            time.sleep(0.1)
         print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
               f"{ROUNDS} round(s), pools {POOLS}, on {os.cpu_count()} cores")
         for round_no in range(ROUNDS):
