@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app.config_from_object(_import_celeryconfig())
     broker, _ = resolve_urls(settings)
     app.conf.broker_url = broker
+    app.conf.worker_send_task_events = settings.task_events
+    app.conf.task_send_sent_event = settings.task_events
     app.conf.farm_settings = settings
     import farm.worker  # noqa: F401  worker lifecycle signal handlers
 

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from farm.db import Attempt, Job
-from farm.jobs import TERMINAL_STATUSES, JobRequest, JobStatus, Route, Usage
+from farm.jobs import JobRequest, JobStatus, Route, Usage
 
 jobs = cast(Table, Job.__table__)
 attempts = cast(Table, Attempt.__table__)
@@ -72,19 +72,21 @@ def insert_failed_job(
     )
 
 
+# on the hot path: plain SQL text skips building and cache-keying an expression per call
+START_SQL = text(
+    """
+    UPDATE jobs
+    SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now())
+    WHERE id = :job_id AND status IN ('queued', 'running')
+    RETURNING request, queue, model, attempts
+    """
+)
+
+
 def start_job(engine: Engine, job_id: uuid.UUID) -> StartedJob | None:
     """Mark a queued/running job running and count the attempt; None if it must not run."""
     with engine.begin() as conn:
-        row = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_(["queued", "running"]))
-            .values(
-                status=JobStatus.RUNNING.value,
-                attempts=jobs.c.attempts + 1,
-                started_at=func.coalesce(jobs.c.started_at, func.now()),
-            )
-            .returning(jobs.c.request, jobs.c.queue, jobs.c.model, jobs.c.attempts)
-        ).one_or_none()
+        row = conn.execute(START_SQL, {"job_id": job_id}).one_or_none()
     if row is None:
         return None
     return StartedJob(
@@ -207,13 +209,15 @@ def get_jobs(engine: Engine, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, di
     return {row["id"]: dict(row) for row in rows}
 
 
+UNFINISHED_SQL = text(
+    "SELECT id FROM jobs WHERE id = ANY(:ids) AND status IN ('queued', 'running')"
+)
+
+
 def unfinished(engine: Engine, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    terminal = [s.value for s in TERMINAL_STATUSES]
+    """The jobs among `job_ids` not finished yet (one array parameter, not N)."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.status.not_in(terminal))
-        ).scalars()
-        return set(rows)
+        return set(conn.execute(UNFINISHED_SQL, {"ids": list(job_ids)}).scalars())
 
 
 def now() -> datetime:

@@ -35,6 +35,8 @@ N = int(os.environ.get("FARM_BENCH_JOBS", "1500"))
 ROUNDS = int(os.environ.get("FARM_BENCH_ROUNDS", "2"))
 CONCURRENCY = int(os.environ.get("FARM_BENCH_CONCURRENCY", "100"))
 POOLS = os.environ.get("FARM_BENCH_POOLS", "threads").split(",")
+# task events (what Flower shows) on or off, for both variants alike
+EVENTS = os.environ.get("FARM_BENCH_EVENTS", "on") == "on"
 PROMPT = "What is the capital of France? Answer in one word. (bench {i})"
 MAX_TOKENS = 64
 
@@ -101,12 +103,14 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> R
                      "complexity": "simple", "tenant": "bench"} for i in range(N)]
             start = time.monotonic()
             ids = farm.submit_many(jobs)
+            submitted = time.monotonic() - start
             views = farm.wait(ids, timeout=600, poll_s=0.2)
             elapsed = time.monotonic() - start
         bad = [v for v in views if v.status.value != "succeeded"]
         if bad:
             raise SystemExit(f"bench: {len(bad)} farm jobs did not succeed: {bad[0].error}")
         cpu = _proc_cpu(worker.pid) - cpu0
+        print(f"    (farm: {N} jobs validated, routed, recorded and published in {submitted:.2f}s)")
         return Result(f"farm/{pool}", N / elapsed, cpu / N, _peak_rss_mb(worker.pid))
     finally:
         _stop(worker)
@@ -118,7 +122,8 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
     env = {**env, "BASELINE_BROKER_URL": broker_url}
     argv = [sys.executable, "-m", "celery", "-A", "ops.baseline", "worker", "-Q", "baseline",
             "-P", pool, "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
-            "--without-mingle", "-n", f"baseline-{uuid.uuid4().hex[:6]}@%h"]
+            "--without-mingle", "-n", f"baseline-{uuid.uuid4().hex[:6]}@%h",
+            *(["-E"] if EVENTS else [])]
     worker = _start_worker(argv, env, log)
     counter = redis.Redis.from_url(broker_url)
     sender = Celery("bench-sender", broker=broker_url, set_as_current=False)
@@ -155,8 +160,8 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env.update({"ANTHROPIC_API_KEY": "sim-bench-key",
                 "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}",
-                "PYTHONPATH": str(ROOT)})
-    settings = Settings(anthropic_api_key="sim-bench-key",
+                "PYTHONPATH": str(ROOT), "FARM_TASK_EVENTS": "true" if EVENTS else "false"})
+    settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
                         anthropic_base_url=env["ANTHROPIC_BASE_URL"])
     upgrade(settings)
     broker_url, _ = resolve_urls(settings)
@@ -176,7 +181,8 @@ def main() -> int:
                 raise SystemExit("bench: the simulator did not start")
             time.sleep(0.1)
         print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
-              f"{ROUNDS} round(s), pools {POOLS}, on {os.cpu_count()} cores")
+              f"{ROUNDS} round(s), pools {POOLS}, task events {'on' if EVENTS else 'off'}, "
+              f"on {os.cpu_count()} cores")
         for round_no in range(ROUNDS):
             for pool in POOLS:
                 for variant in ("farm", "baseline"):
