@@ -30,6 +30,7 @@ from farm.routing import route
 from farm.settings import Settings
 
 JobLike = JobRequest | Mapping[str, Any]
+SUBMIT_CHUNK = 100
 
 
 class InvalidJobError(ValueError):
@@ -39,6 +40,15 @@ class InvalidJobError(ValueError):
         self.problems = problems
         lines = [f"job {i}: {field}: {msg}" for i, field, msg in problems]
         super().__init__("invalid job(s), nothing was enqueued:\n  " + "\n  ".join(lines))
+
+
+class SubmitError(RuntimeError):
+    """Publishing stopped part-way: the first `published` jobs are enqueued; the rest of
+    their chunk is recorded as failed and later chunks were never recorded."""
+
+    def __init__(self, published: int, reason: str) -> None:
+        self.published = published
+        super().__init__(f"{reason}; {published} job(s) were enqueued before it")
 
 
 class JobView(BaseModel):
@@ -121,31 +131,39 @@ class Farm:
         return self.submit_many([job if job is not None else fields])[0]
 
     def submit_many(self, jobs: Iterable[JobLike]) -> list[uuid.UUID]:
-        """Validate all, record all rows in one transaction, then publish each."""
+        """Validate and route all (nothing is written if any job is invalid), then, chunk by
+        chunk, record the rows in one transaction and publish their messages, so the first
+        jobs start while later chunks are still being recorded."""
         routed = validate(list(jobs), self.settings)
         ids = [new_job_id() for _ in routed]
-        rows = [store.new_job_row(i, req, rte) for i, (req, rte) in zip(ids, routed, strict=True)]
-        with self.engine.begin() as conn:
-            store.insert_jobs(conn, rows)
+        with self.app.producer_or_acquire() as producer:
+            for first in range(0, len(ids), SUBMIT_CHUNK):
+                chunk = list(zip(ids[first:first + SUBMIT_CHUNK],
+                                 routed[first:first + SUBMIT_CHUNK], strict=True))
+                with self.engine.begin() as conn:
+                    store.insert_jobs(conn, [store.new_job_row(i, r, rt) for i, (r, rt) in chunk])
+                self._publish(chunk, producer, submitted=first)
+        return ids
+
+    def _publish(self, chunk: list[tuple[uuid.UUID, tuple[JobRequest, Route]]], producer: Any,
+                 *, submitted: int) -> None:
         published = 0
         try:
-            with self.app.producer_or_acquire() as producer:
-                for job_id, (request, chosen) in zip(ids, routed, strict=True):
-                    self.app.send_task(
-                        "farm.run_job",
-                        kwargs={"job_id": str(job_id)},
-                        task_id=str(job_id),
-                        queue=chosen.queue,
-                        priority=request.priority.celery_priority,
-                        producer=producer,
-                    )
-                    published += 1
+            for job_id, (request, chosen) in chunk:
+                self.app.send_task(
+                    "farm.run_job",
+                    kwargs={"job_id": str(job_id)},
+                    task_id=str(job_id),
+                    queue=chosen.queue,
+                    priority=request.priority.celery_priority,
+                    producer=producer,
+                )
+                published += 1
         except Exception as exc:
+            reason = f"publish failed: {type(exc).__name__}: {exc}"[:500]
             with self.engine.begin() as conn:
-                store.fail_unpublished(conn, ids[published:],
-                                       f"publish failed: {type(exc).__name__}: {exc}"[:500])
-            raise
-        return ids
+                store.fail_unpublished(conn, [i for i, _ in chunk[published:]], reason)
+            raise SubmitError(submitted + published, reason) from exc
 
     # --- reading ----------------------------------------------------------------------
 
