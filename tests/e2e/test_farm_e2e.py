@@ -165,3 +165,37 @@ def test_worker_without_api_key_refuses_to_start(e2e_env: dict[str, str]) -> Non
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode != 0
         assert "ANTHROPIC_API_KEY is not set" in done.stdout + done.stderr
+
+
+def test_flower_needs_credentials_and_never_shows_prompts(
+    workers: list[Path], farm: Farm, e2e_env: dict[str, str], api_key: str
+) -> None:
+    import httpx2
+    from tests_support import free_port, wait_port
+
+    refused = subprocess.run([sys.executable, "-m", "farm.cli", "flower"], env=e2e_env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "FARM_FLOWER_USER" in refused.stderr
+    port = free_port()
+    env = {**e2e_env, "FARM_FLOWER_USER": "ops", "FARM_FLOWER_PASSWORD": "s3cret-pw"}
+    flower = subprocess.Popen([sys.executable, "-m", "farm.cli", "flower", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, timeout=60)
+        time.sleep(2)  # let Flower subscribe to events before the job runs
+        secret_prompt = "PROMPT-MARKER-7f3a what is the airspeed of a swallow?"
+        job = farm.submit(prompt=secret_prompt)
+        assert farm.wait([job], timeout=30)[0].status is JobStatus.SUCCEEDED
+        base = f"http://127.0.0.1:{port}"
+        assert httpx2.get(f"{base}/api/tasks").status_code == 401
+        deadline = time.monotonic() + 20
+        body = ""
+        while time.monotonic() < deadline and str(job) not in body:
+            body = httpx2.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw")).text
+            time.sleep(0.5)
+        assert str(job) in body  # the task is visible …
+        assert "PROMPT-MARKER-7f3a" not in body  # … its prompt is not
+        assert api_key not in body
+    finally:
+        flower.terminate()
+        flower.wait(20)
