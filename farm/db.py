@@ -21,7 +21,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
-    UniqueConstraint,
     create_engine,
     func,
     text,
@@ -86,11 +85,10 @@ class Attempt(Base):
 
     __tablename__ = "attempts"
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
-    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     queue: Mapped[str] = mapped_column(String(64), nullable=False)
     model: Mapped[str] = mapped_column(String(128), nullable=False)
     outcome: Mapped[str] = mapped_column(String(32), nullable=False)  # ok | error type
@@ -110,10 +108,7 @@ class Attempt(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
-    __table_args__ = (
-        UniqueConstraint("job_id", "attempt", name="uq_attempts_job_attempt"),
-        Index("ix_attempts_started_at", "started_at"),
-    )
+    __table_args__ = (Index("ix_attempts_started_at", "started_at"),)
 
 
 def make_engine(

@@ -17,7 +17,7 @@ import io
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_EVEN, Context, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -77,16 +77,18 @@ def cost(price: Price, usage: Usage, *, batch: bool = False) -> Decimal:
         ("cache_creation_1h_input_tokens", price.cache_write_1h, write_1h or 0),
         ("cache_read_input_tokens", price.cache_read, usage.cache_read_input_tokens),
     )
-    with localcontext(_CONTEXT):
-        total = Decimal(0)
-        for name, per_million, tokens in terms:
-            if tokens < 0:
-                raise ValueError(f"usage.{name} is negative ({tokens})")
-            total += per_million * tokens
-        total /= MILLION
-        if batch:
-            total *= BATCH_FACTOR
-        return total.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+    # the explicit 60-digit context's own methods: exact, and no context switch per call
+    ctx = _CONTEXT
+    total = Decimal(0)
+    for name, per_million, tokens in terms:
+        if tokens < 0:
+            raise ValueError(f"usage.{name} is negative ({tokens})")
+        if tokens:
+            total = ctx.add(total, ctx.multiply(per_million, tokens))
+    total = ctx.divide(total, MILLION)
+    if batch:
+        total = ctx.multiply(total, BATCH_FACTOR)
+    return total.quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN, context=ctx)
 
 
 @dataclass(frozen=True, eq=False)

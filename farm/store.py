@@ -140,7 +140,7 @@ RECORD_SQL = """
             %(error)s, %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s,
             %(cache_read_input_tokens)s, %(cost_usd)s, %(latency_ms)s, %(request_id)s,
             %(started_at)s, %(finished_at)s)
-        ON CONFLICT ON CONSTRAINT uq_attempts_job_attempt DO NOTHING
+        ON CONFLICT (job_id, attempt) DO NOTHING
         RETURNING job_id, input_tokens, output_tokens, cache_creation_input_tokens,
                   cache_read_input_tokens, cost_usd
     )

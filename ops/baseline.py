@@ -1,5 +1,5 @@
 """The benchmark's baseline: a plain Celery task calling the same simulator through the
-same SDK, with no routing, validation or accounting. Counts completions in Redis.
+same SDK, with no routing, validation or accounting. Records completion times in Redis.
 
     celery -A ops.baseline worker -Q baseline -P threads -c 100
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import anthropic
 import redis
@@ -41,4 +42,4 @@ def call(prompt: str, max_tokens: int, run: str) -> None:
         model="claude-haiku-4-5", max_tokens=max_tokens,
         messages=[{"role": "user", "content": prompt}],
     )
-    counter.incr(f"baseline:done:{run}")
+    counter.rpush(f"baseline:done:{run}", time.time())  # completion time

@@ -72,7 +72,6 @@ def upgrade() -> None:
 
     op.create_table(
         "attempts",
-        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
         sa.Column(
             "job_id",
             postgresql.UUID(as_uuid=True),
@@ -91,7 +90,8 @@ def upgrade() -> None:
         sa.Column("request_id", sa.String(128)),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
-        sa.UniqueConstraint("job_id", "attempt", name="uq_attempts_job_attempt"),
+        # one row per (job, attempt): the key that makes accounting idempotent
+        sa.PrimaryKeyConstraint("job_id", "attempt", name="pk_attempts"),
     )
     op.create_index("ix_attempts_started_at", "attempts", ["started_at"])
 

@@ -96,5 +96,5 @@ def test_report_views_exist_and_are_queryable(farm: Farm) -> None:
 def test_indexes_serve_the_report_queries(farm: Farm) -> None:
     with farm.engine.connect() as conn:
         names = set(conn.execute(text("select indexname from pg_indexes")).scalars())
-    assert {"ix_jobs_created_at", "ix_jobs_active", "uq_attempts_job_attempt",
+    assert {"ix_jobs_created_at", "ix_jobs_active", "pk_attempts",
             "ix_attempts_started_at"} <= names
