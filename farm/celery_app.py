@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None) -> Celery:
     broker, _ = resolve_urls(settings)
     app.conf.broker_url = broker
     app.conf.worker_send_task_events = settings.task_events
-    app.conf.task_send_sent_event = settings.task_events
     app.conf.farm_settings = settings
     import farm.worker  # noqa: F401  worker lifecycle signal handlers
 
