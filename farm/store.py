@@ -218,15 +218,17 @@ def get_jobs(engine: Engine, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, di
     return {row["id"]: dict(row) for row in rows}
 
 
-UNFINISHED_SQL = text(
-    "SELECT id FROM jobs WHERE id = ANY(:ids) AND status IN ('queued', 'running')"
+FINISHED_SQL = text(
+    "SELECT id FROM jobs WHERE id = ANY(:ids) AND status NOT IN ('queued', 'running')"
 )
 
 
 def unfinished(engine: Engine, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """The jobs among `job_ids` not finished yet (one array parameter, not N)."""
+    """The jobs among `job_ids` not finished yet, including those with no row yet (a job
+    sent inline with send_task gets its row when a worker takes it). One array parameter."""
     with engine.connect() as conn:
-        return set(conn.execute(UNFINISHED_SQL, {"ids": list(job_ids)}).scalars())
+        finished = set(conn.execute(FINISHED_SQL, {"ids": list(job_ids)}).scalars())
+    return set(job_ids) - finished
 
 
 def now() -> datetime:

@@ -98,3 +98,9 @@ def test_indexes_serve_the_report_queries(farm: Farm) -> None:
         names = set(conn.execute(text("select indexname from pg_indexes")).scalars())
     assert {"ix_jobs_created_at", "ix_jobs_active", "pk_attempts",
             "ix_attempts_started_at"} <= names
+
+
+def test_wait_counts_a_job_without_a_row_as_pending(farm: Farm) -> None:
+    # e.g. a job sent inline with send_task whose row a worker has not written yet
+    with pytest.raises(TimeoutError, match="1 of 1"):
+        farm.wait([uuid.uuid4()], timeout=0.3, poll_s=0.1)
