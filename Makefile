@@ -9,7 +9,8 @@ export FARM_DATA_DIR ?= .farm
 SIM_URL ?= http://127.0.0.1:8787
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-unit \
-        test-integration test-e2e bench lint typecheck check clean
+        test-integration test-e2e bench lint typecheck check clean dlq-list dlq-replay-all \
+        dlq-purge
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -41,6 +42,15 @@ stop-workers:
 
 flower: up             ## Flower on :5555 (needs FARM_FLOWER_USER / FARM_FLOWER_PASSWORD)
 	$(PROCS) start flower -- $(FARM) flower
+
+dlq-list: install      ## the dead-letter queue
+	$(FARM) dlq list
+
+dlq-replay-all: install
+	$(FARM) dlq replay --all
+
+dlq-purge: install
+	$(FARM) dlq purge --yes
 
 stop:                  ## stop every background process started here
 	$(PROCS) stop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -184,10 +185,10 @@ def _view_dict(view: Any) -> dict[str, Any]:
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=click.UUID)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+def status(ctx: click.Context, job_id: uuid.UUID, as_json: bool) -> None:
     """Show one job."""
     with _farm(ctx) as farm:
         try:
@@ -203,11 +204,11 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job_ids", nargs=-1, required=True)
+@click.argument("job_ids", nargs=-1, required=True, type=click.UUID)
 @click.option("--timeout", type=float, default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def wait(ctx: click.Context, job_ids: tuple[str, ...], timeout: float | None,
+def wait(ctx: click.Context, job_ids: tuple[uuid.UUID, ...], timeout: float | None,
          as_json: bool) -> None:
     """Wait until the jobs are finished; print their results."""
     with _farm(ctx) as farm:
@@ -228,9 +229,9 @@ def wait(ctx: click.Context, job_ids: tuple[str, ...], timeout: float | None,
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=click.UUID)
 @click.pass_context
-def cancel(ctx: click.Context, job_id: str) -> None:
+def cancel(ctx: click.Context, job_id: uuid.UUID) -> None:
     """Cancel a queued or running job."""
     with _farm(ctx) as farm:
         try:
@@ -256,6 +257,74 @@ def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None
         click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
     else:
         click.echo(render(rows))
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter queue: list, show, replay, purge."""
+
+
+@dlq.command("list")
+@click.option("--all", "include_replayed", is_flag=True, help="Include replayed entries.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dlq_list(ctx: click.Context, include_replayed: bool, limit: int, as_json: bool) -> None:
+    """Dead jobs, newest first."""
+    with _farm(ctx.find_root()) as farm:
+        rows = farm.dead_letters(limit=limit, include_replayed=include_replayed)
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=2))
+        return
+    for r in rows:
+        replay = f" -> replayed as {r['replayed_as']}" if r["replayed_as"] else ""
+        click.echo(f"{r['job_id']}  {r['queue']:<15} {r['error_class']:<14} "
+                   f"attempts={r['attempts']}  last={r['last_failure_at']:%Y-%m-%d %H:%M:%S}  "
+                   f"{r['error_message'][:60]!r}{replay}")
+    click.echo(f"{len(rows)} dead job(s)")
+
+
+@dlq.command("show")
+@click.argument("job_id", type=click.UUID)
+@click.pass_context
+def dlq_show(ctx: click.Context, job_id: uuid.UUID) -> None:
+    """One dead job, with its request."""
+    with _farm(ctx.find_root()) as farm:
+        try:
+            row = farm.dead_letter(job_id)
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(str(exc).strip("'")) from None
+    click.echo(json.dumps(row, default=str, indent=2))
+
+
+@dlq.command("replay")
+@click.argument("job_ids", nargs=-1, type=click.UUID)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead job not replayed.")
+@click.pass_context
+def dlq_replay(ctx: click.Context, job_ids: tuple[uuid.UUID, ...], replay_all: bool) -> None:
+    """Send dead jobs through the router again, as new jobs with a fresh attempt budget."""
+    if replay_all == bool(job_ids):
+        raise click.UsageError("give job ids or --all (not both)")
+    with _farm(ctx.find_root()) as farm:
+        try:
+            pairs = farm.replay(None if replay_all else list(job_ids))
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(str(exc).strip("'")) from None
+    for old, new in pairs:
+        click.echo(f"{old} -> {new}")
+    click.echo(f"replayed {len(pairs)} job(s)")
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def dlq_purge(ctx: click.Context, yes: bool) -> None:
+    """Forget every dead letter (the jobs' rows stay) and empty the dead-letter queue."""
+    if not yes:
+        click.confirm("Delete every dead-letter entry?", abort=True)
+    with _farm(ctx.find_root()) as farm:
+        rows, messages = farm.purge_dead_letters()
+    click.echo(f"purged {rows} dead-letter row(s) and {messages} queued message(s)")
 
 
 @main.command()

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from farm import reports, store
+from farm import dlq, reports, store
 from farm.celery_app import create_app, resolve_urls
 from farm.db import make_engine
 from farm.jobs import JobRequest, JobStatus, Route, new_job_id
@@ -211,3 +211,39 @@ class Farm:
     def report(self, *, since: datetime | None = None) -> list[reports.ReportRow]:
         """Cost report per queue and model over jobs created since `since` (default: all)."""
         return reports.summary(self.engine, since=since)
+
+    # --- dead letters -----------------------------------------------------------------
+
+    def dead_letters(self, *, limit: int = 100, include_replayed: bool = False,
+                     ) -> list[dict[str, Any]]:
+        return dlq.entries(self.engine, limit=limit, include_replayed=include_replayed)
+
+    def dead_letter(self, job_id: uuid.UUID | str) -> dict[str, Any]:
+        found = dlq.entry(self.engine, uuid.UUID(str(job_id)))
+        if found is None:
+            raise KeyError(f"job {job_id} is not in the dead-letter queue")
+        return found
+
+    def replay(self, job_ids: Sequence[uuid.UUID | str] | None = None,
+               ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """Send dead jobs (all not yet replayed when job_ids is None) through the router
+        again as new jobs with a fresh attempt budget; returns (old id, new id) pairs."""
+        wanted = None if job_ids is None else [uuid.UUID(str(i)) for i in job_ids]
+        found = dlq.replayable(self.engine, wanted)
+        if wanted is not None:
+            missing = set(wanted) - {row["job_id"] for row in found}
+            if missing:
+                raise KeyError("not in the dead-letter queue or already replayed: "
+                               + ", ".join(sorted(str(m) for m in missing)))
+        if not found:
+            return []
+        new_ids = self.submit_many([row["request"] for row in found])
+        pairs = [(row["job_id"], new) for row, new in zip(found, new_ids, strict=True)]
+        dlq.mark_replayed(self.engine, pairs)
+        return pairs
+
+    def purge_dead_letters(self) -> tuple[int, int]:
+        """Delete the DLQ rows and the dead-letter queue's messages; returns both counts."""
+        with self.app.connection_for_write() as conn:
+            messages = int(conn.default_channel.queue_purge(dlq.DEAD_LETTER_QUEUE) or 0)
+        return dlq.purge(self.engine), messages

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task, shared_task
 from pydantic import ValidationError
 
-from farm import llm, policies, store
+from farm import dlq, llm, policies, store
 from farm import runtime as rt
 from farm.jobs import JobRequest, JobStatus
 from farm.policies import Action
@@ -47,7 +47,7 @@ def run_job(
         log.error("dropped malformed message %s: job_id %r is not a UUID", self.request.id, job_id)
         return {"dropped": "job_id is not a UUID"}
     if request is not None or unexpected:
-        _intake(runtime, job_uuid, request, unexpected, self.request.delivery_info)
+        _intake(self, runtime, job_uuid, request, unexpected, self.request.delivery_info)
     job = store.start_job(runtime.engine, job_uuid)
     if job is None:
         log.info("job %s is not runnable (finished, cancelled or unknown): acknowledged", job_uuid)
@@ -67,11 +67,14 @@ def run_job(
         request_id=result.request_id, response_text=result.text,
         stop_reason=result.stop_reason, error="the model refused" if refused else None,
     ))
+    if refused:
+        _dead(self, runtime, job.id, "refusal", "the model refused")
     return {"job_id": str(job.id), "status": status,
             "cost_usd": None if cost is None else str(cost)}
 
 
 def _intake(
+    task: Task,
     runtime: rt.Runtime,
     job_id: uuid.UUID,
     request: dict[str, Any] | None,
@@ -89,6 +92,7 @@ def _intake(
     except (ValidationError, ValueError) as exc:
         with runtime.engine.begin() as conn:
             store.insert_failed_job(conn, job_id, request, queue, f"invalid job: {exc}")
+        _dead(task, runtime, job_id, "invalid", f"invalid job: {exc}")
         return
     row = store.new_job_row(job_id, job_request, chosen)
     with runtime.engine.begin() as conn:
@@ -111,9 +115,26 @@ def _failed(
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",
     ))
+    if decision.action is not Action.RETRY:
+        _dead(task, runtime, job.id, exc.kind.value, exc.message)
     if decision.action is Action.HALT:
         log.critical("ALERT: %s (job %s); the farm cannot make calls until it is raised",
                      decision.reason, job.id)
     if decision.action is Action.RETRY:
         raise task.retry(countdown=decision.delay_s, max_retries=None)
     return {"job_id": str(job.id), "status": decision.action.value, "error": exc.kind.value}
+
+
+def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, error_class: str,
+          message: str) -> None:
+    """Dead-letter a job: its DLQ row (once), then a message on the dead-letter queue."""
+    if dlq.record(runtime.engine, job_id, error_class, message):
+        task.app.send_task(dlq.DEAD_LETTER_TASK, queue=dlq.DEAD_LETTER_QUEUE,
+                           kwargs={"job_id": str(job_id), "error_class": error_class})
+
+
+@shared_task(name=dlq.DEAD_LETTER_TASK, bind=True, acks_late=True)
+def dead_letter(self: Task, job_id: str, error_class: str) -> None:
+    """Consumed only if an operator runs a worker on the dead-letter queue: the DLQ row is
+    already written; this just logs each dead job once more for whoever drains the queue."""
+    log.warning("dead letter: job %s (%s); see `farm dlq show %s`", job_id, error_class, job_id)

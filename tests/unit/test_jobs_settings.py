@@ -106,3 +106,30 @@ def test_terminal_statuses() -> None:
     assert {s for s in JobStatus if s.terminal} == {
         JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED
     }
+
+
+def test_parse_message_reads_the_wire_format() -> None:
+    import json
+
+    from farm.llm import parse_message
+
+    body = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [{"type": "text", "text": "Hello"}, {"type": "tool_use", "id": "t"},
+                    {"type": "text", "text": " world"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 6, "cache_creation_input_tokens": 100,
+                  "cache_read_input_tokens": 50,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 40,
+                                     "ephemeral_1h_input_tokens": 60}},
+    }
+    text, stop, usage, model = parse_message(json.dumps(body).encode())
+    assert (text, stop, model) == ("Hello world", "end_turn", "claude-haiku-4-5")
+    assert usage.input_tokens == 12 and usage.output_tokens == 6
+    assert usage.cache_creation_input_tokens == 100 and usage.cache_read_input_tokens == 50
+    assert usage.cache_creation_5m_input_tokens == 40
+    assert usage.cache_creation_1h_input_tokens == 60
+    del body["usage"]["cache_creation"]  # type: ignore[attr-defined]
+    _, _, usage, _ = parse_message(json.dumps(body).encode())
+    assert usage.cache_creation_5m_input_tokens is None
+    assert usage.cache_creation_1h_input_tokens is None

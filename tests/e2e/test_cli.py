@@ -1,0 +1,79 @@
+"""The `farm` command as an operator uses it, against real workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def farm_cli(env: dict[str, str], *args: str, stdin: str | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_submit_wait_status_report(workers: list[Path], e2e_env: dict[str, str]) -> None:
+    done = farm_cli(e2e_env, "submit", "--prompt", "What is the capital of Peru?",
+                    "--tenant", "cli", "--priority", "high", "--json")
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["job_ids"][0]
+    waited = farm_cli(e2e_env, "wait", job_id, "--timeout", "60", "--json")
+    assert waited.returncode == 0, waited.stderr
+    view = json.loads(waited.stdout)[0]
+    assert view["status"] == "succeeded" and view["queue"] == "haiku-simple"
+    assert view["priority"] == "high" and view["tenant"] == "cli"
+    status = farm_cli(e2e_env, "status", job_id)
+    assert "succeeded" in status.stdout and "claude-haiku-4-5" in status.stdout
+    report = farm_cli(e2e_env, "report", "--json")
+    rows = json.loads(report.stdout)
+    assert any(r["queue"] == "haiku-simple" and r["succeeded"] >= 1 for r in rows)
+    table = farm_cli(e2e_env, "report")
+    assert "haiku-simple" in table.stdout and "cost USD" in table.stdout
+
+
+def test_submit_file_jsonl(workers: list[Path], e2e_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "Translate 'cat' into Spanish.", "metadata": {"k": "v"}}) + "\n\n"
+        + json.dumps({"prompt": "Prove there are infinitely many primes, step by step.",
+                      "complexity": "complex", "max_tokens": 2000}) + "\n"
+    )
+    done = farm_cli(e2e_env, "submit", "--file", str(path))
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.split()
+    assert len(ids) == 2
+    waited = farm_cli(e2e_env, "wait", *ids, "--timeout", "60", "--json")
+    views = json.loads(waited.stdout)
+    assert [v["queue"] for v in views] == ["haiku-simple", "sonnet-complex"]
+
+
+def test_bad_input_is_named_and_nothing_is_enqueued(e2e_env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    empty = farm_cli(e2e_env, "submit", "--prompt", "  ")
+    assert empty.returncode != 0 and "prompt" in empty.stderr
+    big = farm_cli(e2e_env, "submit", "--prompt", "hi", "--max-tokens", "0")
+    assert big.returncode != 0 and "max_tokens" in big.stderr
+    model = farm_cli(e2e_env, "submit", "--prompt", "hi", "--model", "gpt-4")
+    assert model.returncode != 0 and "gpt-4" in model.stderr
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": "x", "priority": "urgent"}\nnot json\n')
+    bad = farm_cli(e2e_env, "submit", "--file", str(path))
+    assert bad.returncode != 0 and "bad.jsonl:3" in bad.stderr
+    path.write_text('{"prompt": "fine"}\n{"prompt": "x", "priority": "urgent"}\n')
+    bad = farm_cli(e2e_env, "submit", "--file", str(path))
+    assert bad.returncode != 0
+    assert "job 1: priority" in bad.stderr and "nothing was enqueued" in bad.stderr
+    unknown = farm_cli(e2e_env, "status", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode != 0 and "no job" in unknown.stderr
+    garbage = farm_cli(e2e_env, "status", "not-a-uuid")
+    assert garbage.returncode != 0 and "not-a-uuid" in garbage.stderr
+
+
+def test_wait_exit_code_reports_failures(workers: list[Path], e2e_env: dict[str, str]) -> None:
+    done = farm_cli(e2e_env, "submit", "--prompt", "[[sim:status=400]] no")
+    job_id = done.stdout.strip()
+    waited = farm_cli(e2e_env, "wait", job_id, "--timeout", "60")
+    assert waited.returncode == 1
+    assert "failed" in waited.stdout
