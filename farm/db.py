@@ -136,17 +136,19 @@ class DeadLetter(Base):
 
 
 def make_engine(
-    database_url: str, *, pool_size: int = 10, max_overflow: int = 20, autocommit: bool = False
+    database_url: str, *, pool_size: int = 10, max_overflow: int = 20,
+    autocommit: bool = False, pre_ping: bool = True,
 ) -> Engine:
     """One engine per process; connections are opened lazily on first use.
 
-    No pre-ping (a round trip per checkout): a dead connection raises on use, is discarded
-    by the pool, and the caller's retry takes a fresh one.
+    The worker's engine skips the pre-ping (a round trip per checkout): there a dead
+    connection raises on use, is discarded, and the store's retry takes a fresh one.
     """
     return create_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,
+        pool_pre_ping=pre_ping,
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
     )

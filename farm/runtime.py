@@ -40,7 +40,7 @@ def build(settings: Settings, policies: dict[str, RetryPolicy]) -> Runtime:
         settings=settings,
         # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
         engine=make_engine(database_url, pool_size=pool, max_overflow=pool * 2,
-                           autocommit=True),
+                           autocommit=True, pre_ping=False),
         client=make_client(settings),
         prices=default_pricebook(),
         policies=policies,

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
     worker_pool: str = Field(default="threads", pattern="^(threads|gevent|prefork|solo)$")
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # how long a worker holds a finished call's result while Postgres is unreachable
+    db_patience_s: float = Field(default=300.0, ge=0, le=86_400)
 
     flower_user: str | None = None
     flower_password: SecretStr | None = None

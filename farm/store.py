@@ -6,6 +6,8 @@ once (``WHERE status = 'running'``), so a second delivery cannot bill or finish 
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,13 +15,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from farm.db import Attempt, Job
 from farm.jobs import JobRequest, JobStatus, Route, Usage
 
+log = logging.getLogger("farm.store")
 jobs = cast(Table, Job.__table__)
 attempts = cast(Table, Attempt.__table__)
 
@@ -83,7 +88,11 @@ START_SQL = """
 """
 
 
-def _fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+class DatabaseUnavailable(RuntimeError):
+    """Postgres stayed unreachable for longer than the caller's patience."""
+
+
+def _fetch_one_now(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -94,13 +103,36 @@ def _fetch_one(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, .
             cursor.close()
         raw.commit()  # a no-op on the worker's autocommit engine
         return row
+    except psycopg.OperationalError:
+        raw.invalidate()  # a broken connection must not go back to the pool
+        raise
     finally:
-        raw.close()  # back to the pool
+        raw.close()  # back to the pool (or discarded, when invalidated)
 
 
-def start_job(engine: Engine, job_id: uuid.UUID) -> StartedJob | None:
+def _fetch_one(engine: Engine, sql: str, params: dict[str, Any],
+               patience_s: float) -> tuple[Any, ...] | None:
+    """Run one idempotent statement, riding out a Postgres outage of up to patience_s: the
+    caller keeps what it has (a provider result, say) and nothing is called twice."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.2
+    while True:
+        try:
+            return _fetch_one_now(engine, sql, params)
+        except (psycopg.OperationalError, sa_exc.OperationalError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(f"Postgres unreachable for {patience_s:.0f}s: "
+                                          f"{type(exc).__name__}") from None
+            log.warning("Postgres unreachable (%s); retrying in %.1fs", type(exc).__name__,
+                        delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def start_job(engine: Engine, job_id: uuid.UUID, *, patience_s: float = 0.0,
+              ) -> StartedJob | None:
     """Mark a queued/running job running and count the attempt; None if it must not run."""
-    row = _fetch_one(engine, START_SQL, {"job_id": job_id})
+    row = _fetch_one(engine, START_SQL, {"job_id": job_id}, patience_s)
     if row is None:
         return None
     request, queue, model, attempt = row
@@ -166,7 +198,8 @@ RECORD_SQL = """
 """
 
 
-def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome) -> str | None:
+def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome, *,
+                   patience_s: float = 0.0) -> str | None:
     """Record the attempt and move the job on; returns the job's status afterwards, or
     None when this attempt had been recorded already (nothing changed)."""
     usage = outcome.usage
@@ -186,7 +219,7 @@ def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome) -> str | N
         "job_error": outcome.error if outcome.status is not JobStatus.SUCCEEDED else None,
         "terminal": outcome.status.terminal,
     }
-    row = _fetch_one(engine, RECORD_SQL, params)
+    row = _fetch_one(engine, RECORD_SQL, params, patience_s)
     return None if row is None else str(row[0])
 
 

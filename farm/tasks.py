@@ -48,7 +48,8 @@ def run_job(
         return {"dropped": "job_id is not a UUID"}
     if request is not None or unexpected:
         _intake(self, runtime, job_uuid, request, unexpected, self.request.delivery_info)
-    job = store.start_job(runtime.engine, job_uuid)
+    patience = runtime.settings.db_patience_s
+    job = store.start_job(runtime.engine, job_uuid, patience_s=patience)
     if job is None:
         log.info("job %s is not runnable (finished, cancelled or unknown): acknowledged", job_uuid)
         return {"job_id": str(job_uuid), "skipped": True}
@@ -66,7 +67,7 @@ def run_job(
         latency_s=result.latency_s, usage=result.usage, cost=cost, http_status=200,
         request_id=result.request_id, response_text=result.text,
         stop_reason=result.stop_reason, error="the model refused" if refused else None,
-    ))
+    ), patience_s=patience)
     if refused:
         _dead(self, runtime, job.id, "refusal", "the model refused")
     return {"job_id": str(job.id), "status": status,
@@ -114,7 +115,7 @@ def _failed(
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",
-    ))
+    ), patience_s=runtime.settings.db_patience_s)
     if decision.action is not Action.RETRY:
         _dead(task, runtime, job.id, exc.kind.value, exc.message)
     if decision.action is Action.HALT:

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".farm-test"
 
 
+import tests_e2e  # noqa: E402
 from tests_support import free_port, wait_port  # noqa: E402
 
 
@@ -72,6 +73,26 @@ def broker_url(service_urls: tuple[str, str]) -> str:
     finally:
         client.close()
     return service_urls[0]
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return tests_e2e.API_KEY
+
+
+@pytest.fixture(scope="session")
+def e2e_env(broker_url: str, database_url: str, sim_url: str,
+            tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    data_dir = tmp_path_factory.mktemp("farm-data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "ANTHROPIC_"))}
+    env.update({
+        "FARM_BROKER_URL": broker_url,
+        "FARM_DATABASE_URL": database_url,
+        "FARM_DATA_DIR": str(data_dir),
+        "ANTHROPIC_API_KEY": tests_e2e.API_KEY,
+        "ANTHROPIC_BASE_URL": sim_url,
+    })
+    return env
 
 
 @pytest.fixture(scope="session")
