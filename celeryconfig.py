@@ -44,6 +44,9 @@ farm_retry_policies = {
 }
 
 # --- delivery -----------------------------------------------------------------------------
+# kombu's Redis transport, except that an item which is not a message is dropped with a
+# logged reason instead of stopping the worker (farm/broker.py)
+broker_transport = "farm.broker:Transport"
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]  # pickle refused

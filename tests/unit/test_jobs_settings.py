@@ -133,3 +133,15 @@ def test_parse_message_reads_the_wire_format() -> None:
     _, _, usage, _ = parse_message(json.dumps(body).encode())
     assert usage.cache_creation_5m_input_tokens is None
     assert usage.cache_creation_1h_input_tokens is None
+
+
+def test_broker_envelope_check() -> None:
+    import json
+
+    from farm.broker import decode_envelope
+
+    good = {"body": "e30=", "properties": {"delivery_tag": "x"}, "headers": {}}
+    assert decode_envelope(json.dumps(good).encode()) == good
+    for bad in (b"not json", b"[1, 2]", b'{"body": "x"}', b'{"body": "x", "properties": 3}'):
+        with pytest.raises(ValueError):
+            decode_envelope(bad)

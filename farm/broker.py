@@ -1,0 +1,65 @@
+"""The Redis transport, hardened: an item on a queue that is not a message is dropped with a
+logged reason instead of stopping the worker.
+
+kombu's Redis channel decodes each popped item inline in its consumer loop; an item that is
+not JSON (anyone can LPUSH to a Redis list) raises there and the worker dies with
+"Unrecoverable error". Celery handles bad bodies, unknown tasks and refused content types
+itself once an item is a well-formed envelope; this channel makes sure it is one. Selected
+with ``broker_transport`` in celeryconfig.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+log = logging.getLogger("farm.broker")
+
+
+def decode_envelope(item: bytes | str) -> dict[str, Any]:
+    """The kombu envelope in a popped Redis item; ValueError when it is not one."""
+    payload = loads(bytes_to_str(item))
+    if not isinstance(payload, dict) or not {"body", "properties"} <= payload.keys():
+        raise ValueError("not a message envelope (needs 'body' and 'properties')")
+    if not isinstance(payload["properties"], dict):
+        raise ValueError("the envelope's 'properties' is not an object")
+    return payload
+
+
+class Channel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu's own _brpop_read, with the decoding guarded
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP",
+                                                        **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            try:
+                payload = decode_envelope(item)
+            except ValueError as exc:
+                log.error("dropped an item on queue %s that is not a message: %s; item: %.200r",
+                          dest, exc, item)
+                return True
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
