@@ -9,6 +9,7 @@ import anthropic
 from sqlalchemy.engine import Engine
 
 from farm.db import make_engine
+from farm.leases import Republish, Running, start_threads
 from farm.llm import make_client
 from farm.policies import RetryPolicy
 from farm.pricing import PriceBook, default_pricebook
@@ -22,6 +23,8 @@ class Runtime:
     client: anthropic.Anthropic
     prices: PriceBook
     policies: dict[str, RetryPolicy]
+    running: Running
+    stop: threading.Event
 
     def policy(self, queue: str) -> RetryPolicy:
         return self.policies.get(queue) or self.policies.get("default") or RetryPolicy()
@@ -31,12 +34,13 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
-def build(settings: Settings, policies: dict[str, RetryPolicy]) -> Runtime:
+def build(settings: Settings, policies: dict[str, RetryPolicy],
+          republish: Republish | None = None) -> Runtime:
     from farm.celery_app import resolve_urls
 
-    _, database_url = resolve_urls(settings)
+    broker_url, database_url = resolve_urls(settings)
     pool = settings.db_pool_size
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
         engine=make_engine(database_url, pool_size=pool, max_overflow=pool * 2,
@@ -44,15 +48,27 @@ def build(settings: Settings, policies: dict[str, RetryPolicy]) -> Runtime:
         client=make_client(settings),
         prices=default_pricebook(),
         policies=policies,
+        running=Running(),
+        stop=threading.Event(),
     )
+    if republish is not None:
+        import redis
+
+        start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
+                      reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
+                      broker=redis.Redis.from_url(broker_url))
+    return runtime
 
 
-def get(settings: Settings, policies: dict[str, RetryPolicy]) -> Runtime:
+def get(settings: Settings, policies: dict[str, RetryPolicy],
+        republish: Republish | None = None) -> Runtime:
+    """The process's runtime; the first call builds it (and, given `republish`, starts the
+    lease-renewal and reaper threads)."""
     global _runtime
     if _runtime is None:
         with _lock:
             if _runtime is None:
-                _runtime = build(settings, policies)
+                _runtime = build(settings, policies, republish)
     return _runtime
 
 
@@ -61,6 +77,7 @@ def reset() -> None:
     global _runtime
     with _lock:
         if _runtime is not None:
+            _runtime.stop.set()
             _runtime.engine.dispose()
             _runtime.client.close()
         _runtime = None

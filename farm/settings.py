@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
     worker_pool: str = Field(default="threads", pattern="^(threads|gevent|prefork|solo)$")
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # a running job's lease: renewed by its worker every lease_s/4; once it runs out (the
+    # worker died) any live worker re-queues the job, so it runs again within lease_s plus
+    # reaper_interval_s
+    lease_s: float = Field(default=40.0, ge=5, le=3600)
+    reaper_interval_s: float = Field(default=5.0, gt=0, le=600)
+    # a message delivered this often without its job finishing (it kills its worker, say)
+    # is dead-lettered instead of looping forever
+    max_deliveries: int = Field(default=5, ge=1, le=100)
     # how long a worker holds a finished call's result while Postgres is unreachable
     db_patience_s: float = Field(default=300.0, ge=0, le=86_400)
 

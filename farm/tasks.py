@@ -15,15 +15,22 @@ from pydantic import ValidationError
 
 from farm import dlq, llm, policies, store
 from farm import runtime as rt
-from farm.jobs import JobRequest, JobStatus
+from farm.jobs import JobRequest, JobStatus, Priority
 from farm.policies import Action
 from farm.routing import route
 
 log = logging.getLogger("farm.tasks")
+RUN_JOB = "farm.run_job"
 
 
-def _runtime(task: Task) -> rt.Runtime:
-    return rt.get(task.app.conf.farm_settings, task.app.conf.farm_retry_policies)
+def runtime_for(task: Task) -> rt.Runtime:
+    app = task.app
+
+    def republish(job_id: uuid.UUID, queue: str, priority: str) -> None:
+        app.send_task(RUN_JOB, kwargs={"job_id": str(job_id)}, task_id=str(job_id),
+                      queue=queue, priority=Priority(priority).celery_priority)
+
+    return rt.get(app.conf.farm_settings, app.conf.farm_retry_policies, republish)
 
 
 def _parse_job_id(value: Any) -> uuid.UUID | None:
@@ -33,7 +40,7 @@ def _parse_job_id(value: Any) -> uuid.UUID | None:
         return None
 
 
-@shared_task(name="farm.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job(
     self: Task,
     job_id: str | None = None,
@@ -41,24 +48,40 @@ def run_job(
     queue: str | None = None,
     **unexpected: Any,
 ) -> dict[str, Any]:
-    runtime = _runtime(self)
+    runtime = runtime_for(self)
     job_uuid = _parse_job_id(job_id if job_id is not None else self.request.id)
     if job_uuid is None:
         log.error("dropped malformed message %s: job_id %r is not a UUID", self.request.id, job_id)
         return {"dropped": "job_id is not a UUID"}
     if request is not None or unexpected:
         _intake(self, runtime, job_uuid, request, unexpected, self.request.delivery_info)
-    patience = runtime.settings.db_patience_s
-    job = store.start_job(runtime.engine, job_uuid, patience_s=patience)
+    settings = runtime.settings
+    patience = settings.db_patience_s
+    job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
+                          patience_s=patience)
     if job is None:
-        log.info("job %s is not runnable (finished, cancelled or unknown): acknowledged", job_uuid)
+        log.info("job %s is not runnable (finished, cancelled, running elsewhere or unknown): "
+                 "acknowledged", job_uuid)
         return {"job_id": str(job_uuid), "skipped": True}
+    if job.attempt > settings.max_deliveries:
+        reason = f"started {job.attempt} times without finishing (poison message?)"
+        store.kill_job(runtime.engine, job.id, reason)
+        _dead(self, runtime, job.id, "poison", reason)
+        return {"job_id": str(job.id), "status": "dead", "error": "poison"}
+    runtime.running.add(job.id)
+    try:
+        return _run(self, runtime, job)
+    finally:
+        runtime.running.discard(job.id)
 
+
+def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, Any]:
+    patience = runtime.settings.db_patience_s
     started = store.now()
     try:
         result = llm.call(runtime.client, job.model, job.request)
     except llm.ProviderError as exc:
-        return _failed(self, runtime, job, exc, started)
+        return _failed(task, runtime, job, exc, started)
     cost = runtime.prices.cost(result.model, result.usage)
     refused = result.stop_reason == "refusal"
     status = store.record_outcome(runtime.engine, job, store.Outcome(
@@ -69,7 +92,7 @@ def run_job(
         stop_reason=result.stop_reason, error="the model refused" if refused else None,
     ), patience_s=patience)
     if refused:
-        _dead(self, runtime, job.id, "refusal", "the model refused")
+        _dead(task, runtime, job.id, "refusal", "the model refused")
     return {"job_id": str(job.id), "status": status,
             "cost_usd": None if cost is None else str(cost)}
 
@@ -115,6 +138,7 @@ def _failed(
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",
+        retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
     ), patience_s=runtime.settings.db_patience_s)
     if decision.action is not Action.RETRY:
         _dead(task, runtime, job.id, exc.kind.value, exc.message)

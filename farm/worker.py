@@ -37,6 +37,25 @@ def _check_boot(sender: Any = None, instance: Any = None, **_: Any) -> None:
         log.info("provider: %s", base or "https://api.anthropic.com")
 
 
+@signals.worker_ready.connect
+def _start_leases(sender: Any = None, **_: Any) -> None:
+    """Build this process's runtime now, so its lease renewal and reaper run from the start
+    (not only after the first job)."""
+    app = getattr(sender, "app", None)
+    if app is None or getattr(app.conf, "farm_settings", None) is None:
+        return
+    from farm.tasks import RUN_JOB, runtime_for
+
+    runtime_for(app.tasks[RUN_JOB])
+
+
+@signals.worker_shutdown.connect
+def _stop_leases(**_: Any) -> None:
+    from farm import runtime
+
+    runtime.reset()
+
+
 @signals.worker_process_init.connect
 def _fresh_resources(**_: Any) -> None:
     # a forked child must not share the parent's connections

@@ -171,6 +171,7 @@ def test_flower_needs_credentials_and_never_shows_prompts(
     workers: list[Path], farm: Farm, e2e_env: dict[str, str], api_key: str
 ) -> None:
     import httpx2
+
     from tests_support import free_port, wait_port
 
     refused = subprocess.run([sys.executable, "-m", "farm.cli", "flower"], env=e2e_env,

@@ -19,9 +19,9 @@ from farm import services
 def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
     """A PostgreSQL of this test's own, migrated: (data dir, port, SQLAlchemy URL)."""
     from alembic import command
-    from tests_support import free_port
 
     from farm.migrate import alembic_config
+    from tests_support import free_port
 
     data_dir = tmp_path / "pg"
     port = free_port()

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx2
 from sqlalchemy import text
-from tests_e2e import start_worker, stop, wait_ready
 
 from farm import services
 from farm.client import Farm
 from farm.jobs import JobStatus
 from farm.settings import Settings
+from tests_e2e import start_worker, stop, wait_ready
 
 JOBS = 300
 
