@@ -259,6 +259,32 @@ def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None
         click.echo(render(rows))
 
 
+@main.command()
+@click.option("--release", is_flag=True, help="Lift the hold: held jobs run again.")
+@click.pass_context
+def hold(ctx: click.Context, release: bool) -> None:
+    """Show (or --release) the farm-wide hold set when the spend limit is reached."""
+    import redis
+
+    from farm import hold as farm_hold
+    from farm.celery_app import resolve_urls
+
+    try:
+        broker_url, _ = resolve_urls(_settings(ctx))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = redis.Redis.from_url(broker_url)
+    try:
+        if release:
+            released = farm_hold.release(client)
+            click.echo("released: held jobs run again" if released else "the farm was not held")
+            return
+        state = farm_hold.current(client)
+    finally:
+        client.close()
+    click.echo("not held" if state is None else f"HELD: {state.get('reason')}")
+
+
 @main.group()
 def dlq() -> None:
     """The dead-letter queue: list, show, replay, purge."""

@@ -9,6 +9,7 @@ import anthropic
 from sqlalchemy.engine import Engine
 
 from farm.db import make_engine
+from farm.hold import HoldCheck
 from farm.leases import Republish, Running, start_threads
 from farm.llm import make_client
 from farm.policies import RetryPolicy
@@ -25,6 +26,7 @@ class Runtime:
     policies: dict[str, RetryPolicy]
     running: Running
     stop: threading.Event
+    hold: HoldCheck
 
     def policy(self, queue: str) -> RetryPolicy:
         return self.policies.get(queue) or self.policies.get("default") or RetryPolicy()
@@ -39,7 +41,10 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
     from farm.celery_app import resolve_urls
 
     broker_url, database_url = resolve_urls(settings)
+    import redis
+
     pool = settings.db_pool_size
+    broker = redis.Redis.from_url(broker_url)
     runtime = Runtime(
         settings=settings,
         # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
@@ -50,13 +55,12 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
         policies=policies,
         running=Running(),
         stop=threading.Event(),
+        hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
     )
     if republish is not None:
-        import redis
-
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
                       reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
-                      broker=redis.Redis.from_url(broker_url))
+                      broker=broker)
     return runtime
 
 

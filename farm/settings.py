@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # a message delivered this often without its job finishing (it kills its worker, say)
     # is dead-lettered instead of looping forever
     max_deliveries: int = Field(default=5, ge=1, le=100)
+    # while the farm is on hold (spend limit reached), a job is looked at again this often
+    hold_recheck_s: float = Field(default=30.0, gt=0, le=3600)
     # how long a worker holds a finished call's result while Postgres is unreachable
     db_patience_s: float = Field(default=300.0, ge=0, le=86_400)
 

@@ -232,6 +232,16 @@ def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome, *,
     return None if row is None else str(row[0])
 
 
+def defer(engine: Engine, job_id: uuid.UUID, seconds: float) -> None:
+    """A queued job that will be looked at again in `seconds` (its message is delayed)."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET next_run_at = now() + make_interval(secs => :s) "
+                 "WHERE id = :id AND status = 'queued'"),
+            {"id": job_id, "s": seconds},
+        )
+
+
 def kill_job(engine: Engine, job_id: uuid.UUID, error: str) -> None:
     """End a running job as dead without a provider call (a poison message)."""
     with engine.begin() as conn:

@@ -40,7 +40,10 @@ def _parse_job_id(value: Any) -> uuid.UUID | None:
         return None
 
 
-@shared_task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
+# passed to self.retry() would mean "the task's default", which is 3)
+@shared_task(name=RUN_JOB, bind=True, acks_late=True, reject_on_worker_lost=True,
+             max_retries=None)
 def run_job(
     self: Task,
     job_id: str | None = None,
@@ -56,6 +59,12 @@ def run_job(
     if request is not None or unexpected:
         _intake(self, runtime, job_uuid, request, unexpected, self.request.delivery_info)
     settings = runtime.settings
+    held = runtime.hold.held()
+    if held is not None:
+        # the farm is on hold (spend limit): keep the job queued, use no attempt, call nothing
+        store.defer(runtime.engine, job_uuid, settings.hold_recheck_s)
+        log.info("job %s held: %s", job_uuid, held.get("reason"))
+        raise self.retry(countdown=settings.hold_recheck_s)
     patience = settings.db_patience_s
     job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
                           patience_s=patience)
@@ -143,10 +152,12 @@ def _failed(
     if decision.action is not Action.RETRY:
         _dead(task, runtime, job.id, exc.kind.value, exc.message)
     if decision.action is Action.HALT:
-        log.critical("ALERT: %s (job %s); the farm cannot make calls until it is raised",
-                     decision.reason, job.id)
+        runtime.hold.set(f"{decision.reason} (job {job.id}): raise the limit, then "
+                         "`farm hold --release`")
+        log.critical("ALERT: %s (job %s); every job is held until the limit is raised and "
+                     "`farm hold --release` is run", decision.reason, job.id)
     if decision.action is Action.RETRY:
-        raise task.retry(countdown=decision.delay_s, max_retries=None)
+        raise task.retry(countdown=decision.delay_s)
     return {"job_id": str(job.id), "status": decision.action.value, "error": exc.kind.value}
 
 

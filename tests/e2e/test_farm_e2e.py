@@ -143,9 +143,42 @@ def test_cancel_queued_and_running_jobs(workers: list[Path], farm: Farm,
     assert sim_stats()["messages_requests"] == 30
 
 
+def _broker_dump(broker_url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    parts: list[str] = []
+    try:
+        for key in client.keys("*"):
+            kind = client.type(key)
+            if kind == b"list":
+                parts += [str(v) for v in client.lrange(key, 0, -1)]
+            elif kind == b"hash":
+                parts += [str(v) for v in client.hvals(key)]
+            elif kind == b"string":
+                parts.append(str(client.get(key)))
+            elif kind == b"zset":
+                parts += [str(v) for v in client.zrange(key, 0, -1)]
+            elif kind == b"set":
+                parts += [str(v) for v in client.smembers(key)]
+    finally:
+        client.close()
+    return "\n".join(parts)
+
+
 def test_secrets_never_reach_logs_or_database(workers: list[Path], farm: Farm,
-                                              database_url: str, api_key: str) -> None:
-    farm.submit(prompt="one more")
+                                              database_url: str, broker_url: str,
+                                              api_key: str) -> None:
+    # a retried job and a dead-lettered one: the workers publish messages of their own
+    retried = farm.submit(prompt="[[sim:status=529]] SECRET-PROMPT-41 overloaded")
+    farm.submit(prompt="one more SECRET-PROMPT-41")
+    time.sleep(0.5)
+    messages = _broker_dump(broker_url)
+    farm.wait([retried], timeout=60)
+    messages += _broker_dump(broker_url)
+    assert "dead-letter" in messages or "farm.run_job" in messages  # the dump saw messages
+    assert api_key not in messages
+    assert "SECRET-PROMPT-41" not in messages  # only job ids travel
     for log in workers:
         assert api_key not in log.read_text()
     dsn = database_url.replace("postgresql+psycopg://", "postgresql://")
