@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import subprocess
@@ -272,6 +271,3 @@ def _stop_pid_file(pid_file: Path, timeout: float = 15.0) -> bool:
     os.kill(pid, signal.SIGKILL)
     return True
 
-
-def which_psql() -> str:
-    return shutil.which("psql") or _pg_bin("psql")
