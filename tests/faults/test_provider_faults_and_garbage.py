@@ -16,7 +16,7 @@ from sqlalchemy import text
 from farm.client import Farm
 from farm.jobs import JobStatus
 
-JOBS = 400
+JOBS = 1000  # expected failures 0.15**3 * 1000 = 3.4; the 1 % bar allows 10
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_ten_percent_529_and_five_percent_500(workers: list[Path], farm: Farm,
                                               ) -> None:
     ids = farm.submit_many([{"prompt": f"Capital of country #{i}?", "complexity": "simple"}
                             for i in range(JOBS)])
-    views = farm.wait(ids, timeout=300)
+    views = farm.wait(ids, timeout=400)
     succeeded = [v for v in views if v.status is JobStatus.SUCCEEDED]
     dead = [v for v in views if v.status is not JobStatus.SUCCEEDED]
     assert len(succeeded) >= 0.99 * JOBS, f"{len(succeeded)} of {JOBS} succeeded"
