@@ -51,6 +51,8 @@ def test_ten_percent_529_and_five_percent_500(workers: list[Path], farm: Farm,
     assert calls == stats["messages_requests"]  # every provider call has its attempt row
     assert failed_calls and failed_calls > 0.05 * JOBS  # the faults really happened
     assert sum(v.attempts for v in views) == calls
+    print(f"\n{JOBS} jobs: {len(succeeded)} succeeded, {len(dead)} dead-lettered, "
+          f"{calls} provider calls ({failed_calls} failed)")
 
 
 def test_prompts_rejected_with_400_are_dead_lettered_after_one_call(
