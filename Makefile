@@ -8,7 +8,7 @@ PROCS := $(BIN)/python ops/procs.py
 export FARM_DATA_DIR ?= .farm
 SIM_URL ?= http://127.0.0.1:8787
 
-.PHONY: install up down migrate sim workers stop-workers flower stop demo test test-unit \
+.PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
         test-integration test-e2e bench lint typecheck check clean dlq-list dlq-replay-all \
         dlq-purge
 
@@ -69,6 +69,9 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+test-faults: install   ## long fault runs not yet in `make test` (see tests/soak)
+	$(BIN)/python -m pytest tests/soak
 
 bench: install         ## farm vs plain Celery at 100 concurrency, 1 s simulated latency
 	$(BIN)/python ops/bench.py

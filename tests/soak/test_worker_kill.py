@@ -1,4 +1,9 @@
-"""SIGKILL a worker three times during a 1,000-job run: nothing lost, nothing done twice."""
+"""SIGKILL a worker three times during a 1,000-job run: nothing lost, nothing done twice.
+
+Not in `make test` yet (run it with `make test-faults`): it passes alone, but in 2 of about
+6 full-suite runs one job of the 1,000 was never finished — a loss still being tracked
+down, so the test stays strict and out of CI until it is found.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,15 @@ def test_sigkill_a_worker_three_times(e2e_env: dict[str, str], farm: Farm, tmp_p
             victim_log = tmp_path / f"victim-{n + 1}.log"
             victim = start_worker(env, victim_log, "haiku-simple", 50)
             wait_ready(victim_log, victim)
-        views = farm.wait(ids, timeout=240)
+        try:
+            views = farm.wait(ids, timeout=240)
+        except TimeoutError:
+            with farm.engine.connect() as conn:
+                print("STUCK", conn.execute(text(
+                    "select id, status, attempts, lease_until, next_run_at, error, created_at, "
+                    "started_at from jobs where id = any(:ids) and status in "
+                    "('queued', 'running')"), {"ids": ids}).all())
+            raise
         with farm.engine.connect() as conn:
             ok_rows = dict(conn.execute(text(
                 "select job_id, count(*) from attempts where job_id = any(:ids) "
