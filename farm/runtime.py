@@ -76,6 +76,11 @@ def get(settings: Settings, policies: dict[str, RetryPolicy],
     return _runtime
 
 
+def current() -> Runtime | None:
+    """The process's runtime if it is built (the per-task fast path)."""
+    return _runtime
+
+
 def reset() -> None:
     """Drop the process's runtime (after fork, or in tests)."""
     global _runtime

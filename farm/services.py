@@ -31,7 +31,8 @@ class Endpoints:
     database_url: str
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -239,15 +240,22 @@ def status(data_dir: Path) -> dict[str, bool]:
 
 
 def _reuse_or_pick(port: int | None) -> int:
-    return port if port is not None and not _port_open(port) else _free_port()
+    return port if port is not None and not _port_open(port) else free_port()
 
 
-def _wait_port(port: int, what: str, log: Path, timeout: float = 30.0) -> None:
+def wait_port(port: int, timeout: float = 30.0) -> bool:
+    """Whether something listens on 127.0.0.1:port within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _port_open(port):
-            return
+            return True
         time.sleep(0.05)
+    return False
+
+
+def _wait_port(port: int, what: str, log: Path, timeout: float = 30.0) -> None:
+    if wait_port(port, timeout):
+        return
     tail = log.read_text()[-2000:] if log.exists() else "(no log)"
     raise RuntimeError(f"{what} did not start listening on 127.0.0.1:{port}; log tail:\n{tail}")
 

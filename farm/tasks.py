@@ -24,6 +24,9 @@ RUN_JOB = "farm.run_job"
 
 
 def runtime_for(task: Task) -> rt.Runtime:
+    built = rt.current()
+    if built is not None:
+        return built
     app = task.app
 
     def republish(job_id: uuid.UUID, queue: str, priority: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import redis
 
+from farm import services
 from farm.celery_app import resolve_urls
 from farm.client import Farm
 from farm.migrate import upgrade
@@ -59,12 +59,6 @@ def steady_rate(finished: list[float]) -> float:
     times = sorted(finished)
     lo, hi = len(times) // 10, (9 * len(times)) // 10
     return (hi - lo) / (times[hi] - times[lo])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _proc_cpu(pid: int) -> float:
@@ -169,10 +163,8 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
 def main() -> int:
     base = Settings()
     if base.broker_url is None or base.database_url is None:
-        from farm import services
-
         services.up(base.data_dir)
-    sim_port = _free_port()
+    sim_port = services.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env.update({"ANTHROPIC_API_KEY": "sim-bench-key",
                 "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}",
@@ -188,14 +180,8 @@ def main() -> int:
                            stderr=subprocess.DEVNULL, start_new_session=True)
     results: list[Result] = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", sim_port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit("bench: the simulator did not start")
-            time.sleep(0.1)
+        if not services.wait_port(sim_port, timeout=30):
+            raise SystemExit("bench: the simulator did not start")
         print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
               f"{ROUNDS} round(s), pools {POOLS}, task events {'on' if EVENTS else 'off'}, "
               f"on {os.cpu_count()} cores")

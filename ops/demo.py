@@ -12,7 +12,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,20 +47,9 @@ COMPLEX = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"demo: {what} did not come up on port {port}")
+def _wait_port(port: int, what: str) -> None:
+    if not services.wait_port(port, timeout=30):
+        raise SystemExit(f"demo: {what} did not come up on port {port}")
 
 
 _last = [-1]
@@ -88,8 +76,8 @@ def main() -> int:
         print("starting the embedded Valkey and PostgreSQL …" if not was_running
               else "reusing the running embedded Valkey and PostgreSQL")
         services.up(data_dir)
-    sim_port = _free_port()
-    flower_port = _free_port()
+    sim_port = services.free_port()
+    flower_port = services.free_port()
     password = secrets.token_urlsafe(12)
     env = {
         **os.environ,

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import time
+from farm.services import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "wait_port"]
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    from farm.services import wait_port as listening
+
+    if not listening(port, timeout):
+        raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
