@@ -70,8 +70,8 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
 
-test-faults: install   ## long fault runs not yet in `make test` (see tests/soak)
-	$(BIN)/python -m pytest tests/soak
+test-faults: install   ## only the fault tests (kills, restarts, outages; also in `make test`)
+	$(BIN)/python -m pytest tests/faults
 
 bench: install         ## farm vs plain Celery at 100 concurrency, 1 s simulated latency
 	$(BIN)/python ops/bench.py

@@ -60,7 +60,8 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
     if republish is not None:
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
                       reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
-                      broker=broker)
+                      broker=broker, orphan_sweep_s=settings.orphan_sweep_s,
+                      orphan_age_s=settings.orphan_age_s)
     return runtime
 
 

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     # reaper_interval_s
     lease_s: float = Field(default=40.0, ge=5, le=3600)
     reaper_interval_s: float = Field(default=5.0, gt=0, le=600)
+    # Postgres is the record of what must run: one worker of the cluster at a time, every
+    # orphan_sweep_s, publishes again queued jobs whose message is nowhere in Redis (never
+    # started after orphan_age_s, or due longer than lease_s ago)
+    orphan_sweep_s: float = Field(default=30.0, gt=0, le=3600)
+    orphan_age_s: float = Field(default=60.0, ge=1, le=86_400)
+    # SIGTERM: running jobs get this long to finish; then they are handed back to the queue
+    # and the worker exits (keep it under the orchestrator's kill timeout)
+    shutdown_grace_s: float = Field(default=90.0, ge=0, le=3600)
     # a message delivered this often without its job finishing (it kills its worker, say)
     # is dead-lettered instead of looping forever
     max_deliveries: int = Field(default=5, ge=1, le=100)

@@ -35,6 +35,19 @@ def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
 
 
 @pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
+    """A Valkey of this test's own (AOF on, as `farm up` runs it): (data dir, port, URL)."""
+    from tests_support import free_port
+
+    port = free_port()
+    services.start_valkey(tmp_path, port)
+    try:
+        yield tmp_path, port, f"redis://127.0.0.1:{port}/0"
+    finally:
+        services.stop_valkey(tmp_path)
+
+
+@pytest.fixture
 def fault_env(e2e_env: dict[str, str]) -> dict[str, str]:
     return dict(e2e_env)
 

@@ -80,3 +80,71 @@ def test_message_taken_by_a_dead_worker_is_republished(farm: Farm, broker: redis
     republished.clear()
     leases.reap(farm.engine, lambda j, q, p: republished.append(j), grace_s=60, broker=broker)
     assert republished == []  # not again while its new message is on its way
+
+
+def _age(farm: Farm, seconds: int) -> None:
+    with farm.engine.begin() as conn:
+        conn.execute(text("update jobs set created_at = now() - make_interval(secs => :s)"),
+                     {"s": seconds})
+
+
+def _drop_message(broker: redis.Redis, job: uuid.UUID) -> None:
+    for key in broker.keys("haiku-simple*"):
+        for raw in broker.lrange(key, 0, -1):
+            if str(job).encode() in raw:
+                assert broker.lrem(key, 1, raw) == 1
+                return
+    raise AssertionError(f"no message of {job} in Redis")
+
+
+def test_orphan_sweep_republishes_only_jobs_whose_message_is_gone(
+        farm: Farm, broker: redis.Redis) -> None:
+    kept, lost, due_lost, due_held, fresh_lost = (
+        farm.submit(prompt=f"question {i}?", complexity="simple") for i in range(5))
+    _age(farm, 120)
+    fresh_lost = farm.submit(prompt="just submitted", complexity="simple")
+    for job in (lost, due_lost, due_held, fresh_lost):
+        _drop_message(broker, job)
+    # two retries due 5 minutes ago: one's message is gone, one is held by a worker
+    with farm.engine.begin() as conn:
+        conn.execute(text("update jobs set next_run_at = now() - interval '5 minutes' "
+                          "where id = any(:ids)"), {"ids": [due_lost, due_held]})
+    message = {"headers": {"task": "farm.run_job", "id": str(due_held)}, "body": "",
+               "properties": {"correlation_id": str(due_held)}}
+    broker.hset("unacked", "tag-1", json.dumps([message, "farm", "haiku-simple"]))
+    republished: list[uuid.UUID] = []
+    n = leases.sweep_orphans(farm.engine, broker, lambda j, q, p: republished.append(j),
+                             age_s=60, grace_s=30)
+    # kept is still queued in Redis; fresh_lost is too young to judge; due_held is held
+    assert n == 2 and set(republished) == {lost, due_lost}
+    republished.clear()
+    assert leases.sweep_orphans(farm.engine, broker, lambda j, q, p: republished.append(j),
+                                age_s=60, grace_s=30) == 0  # not again while it is on its way
+    assert kept not in republished
+
+
+def test_orphan_sweep_runs_once_per_interval_across_workers(
+        farm: Farm, broker: redis.Redis) -> None:
+    job = farm.submit(prompt="orphan", complexity="simple")
+    _age(farm, 120)
+    _drop_message(broker, job)
+    calls: list[uuid.UUID] = []
+    sweep = dict(every_s=60, age_s=60, grace_s=30)
+    assert leases.sweep_if_due(farm.engine, broker, lambda j, q, p: calls.append(j), **sweep) == 1
+    with farm.engine.begin() as conn:  # pretend its new message was lost as well
+        conn.execute(text("update jobs set next_run_at = now() - interval '1 hour'"))
+    # another worker, inside the same interval: it does not sweep
+    assert leases.sweep_if_due(farm.engine, broker, lambda j, q, p: calls.append(j), **sweep) == 0
+    assert calls == [job]
+
+
+def test_orphan_sweep_skips_a_backlog_too_long_to_scan(farm: Farm, broker: redis.Redis) -> None:
+    jobs = farm.submit_many([{"prompt": f"q{i}", "complexity": "simple"} for i in range(5)])
+    _age(farm, 120)
+    _drop_message(broker, jobs[0])
+    calls: list[uuid.UUID] = []
+    assert leases.sweep_orphans(farm.engine, broker, lambda j, q, p: calls.append(j),
+                                age_s=60, grace_s=30, scan_max=3) == 0
+    assert leases.sweep_orphans(farm.engine, broker, lambda j, q, p: calls.append(j),
+                                age_s=60, grace_s=30, scan_max=4) == 1
+    assert calls == [jobs[0]]
