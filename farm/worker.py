@@ -4,9 +4,13 @@ when the provider is the simulator, and give each process its own resources."""
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
 from celery import signals
+
+from farm import leases
 
 log = logging.getLogger("farm.worker")
 # one line per HTTP request at INFO would drown the worker log
@@ -47,6 +51,31 @@ def _start_leases(sender: Any = None, **_: Any) -> None:
     from farm.tasks import RUN_JOB, runtime_for
 
     runtime_for(app.tasks[RUN_JOB])
+
+
+@signals.worker_shutting_down.connect
+def _bound_the_grace(sig: Any = None, how: Any = None, exitcode: Any = None, **_: Any) -> None:
+    """Warm shutdown (SIGTERM) waits for running jobs; this bounds the wait. After
+    FARM_SHUTDOWN_GRACE_S the jobs still running are handed back (their leases end now, so
+    any live worker's reaper re-queues them within its interval) and the process exits.
+    Their unfinished calls are abandoned: they run again elsewhere, as a new attempt."""
+    from farm import runtime
+
+    built = runtime.current()
+    if built is None or how != "Warm":
+        return
+    grace = built.settings.shutdown_grace_s
+
+    def expire() -> None:
+        if built.stop.wait(grace):
+            return  # the worker stopped in time
+        handed_back = leases.hand_back(built.engine, built.running.snapshot())
+        log.warning("shutdown grace of %.0fs is over: %d running job(s) handed back to the "
+                    "queue; exiting", grace, handed_back)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=expire, name="farm-shutdown-grace", daemon=True).start()
 
 
 @signals.worker_shutdown.connect
