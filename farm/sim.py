@@ -15,13 +15,16 @@ Markers in the last user message: ``[[sim:status=N]]`` error N (400 401 403 404 
 529; 429 sends retry-after: 1, 5xx x-should-retry: true); ``[[sim:spend_limit]]`` 429 naming
 enforced_spend_limit_reached (retry-after: 60, futile); ``[[sim:refusal]]`` 200 with
 stop_reason "refusal"; ``[[sim:latency=S]]`` success after S s; ``[[sim:tokens=N]]`` N
-output tokens. Checks in order: api key, body, markers, overload_until (529), faults (one
-seeded draw: 529 below fault_529_rate, else 500 below both rates' sum; no quota used), rate
-limits (429). Limits: per-model token buckets (capacity = per-minute limit, refill limit/60
-per s); RPM charges 1, ITPM input + cache writes (reads are free, as for most models); OTPM,
-like the real service, charges max_tokens on admission (min(max_tokens, limit) must be
-free) and refunds the unused part at the end. Errors return at once; a success takes
-fixed_latency_s if set, else ttft_s + output_tokens / output_tokens_per_s.
+output tokens. Checks in order: api key, body, markers, storms (529: overload_until for
+every model, overload_models[model] for one), faults (one seeded draw: 529 below
+fault_529_rate, else 500 below both rates' sum; no quota used), rate limits (429). Limits
+(farm.sim_limits): token buckets per model (capacity = per-minute limit, refill limit/60 per
+s), from model_limits[model] {rpm, itpm, otpm} where given, else rpm/itpm/otpm_limit; RPM
+charges 1, ITPM input + cache writes (reads are free, as for most models); OTPM, like the
+real service, charges max_tokens on admission (min(max_tokens, limit) must be free) and
+refunds the unused part at the end. Successes and every 429 carry the model's
+anthropic-ratelimit-* headers (none if it has no limits). Errors return at once; a success
+takes fixed_latency_s if set, else ttft_s + output_tokens / output_tokens_per_s.
 """
 
 from __future__ import annotations
@@ -36,11 +39,14 @@ import re
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import pydantic
 from aiohttp import web
+
+from farm import sim_limits as lim
+from farm.sim_limits import TokenBucket as TokenBucket  # re-exported: imported from farm.sim
+from farm.sim_limits import ratelimit_headers as ratelimit_headers
 
 
 class SimConfig(pydantic.BaseModel):
@@ -55,9 +61,16 @@ class SimConfig(pydantic.BaseModel):
     otpm_limit: int | None = pydantic.Field(None, ge=1)
     fault_529_rate: float = pydantic.Field(0.0, ge=0, le=1)
     fault_500_rate: float = pydantic.Field(0.0, ge=0, le=1)
-    overload_until: float | None = None
+    overload_until: float | None = None  # every model answers 529 until then (epoch s)
+    overload_models: dict[str, float] = pydantic.Field(default_factory=dict)  # model → until
+    model_limits: dict[str, dict[str, int]] = pydantic.Field(default_factory=dict)
     seed: int = 0
     require_api_key: bool = True
+
+    _check_limits = pydantic.field_validator("model_limits", mode="before")(lim.check_model_limits)
+
+    def overloaded(self, model: str, now: float) -> bool:
+        return max(self.overload_until or 0.0, self.overload_models.get(model, 0.0)) > now
 
 
 RUNTIME_FIELDS = frozenset(SimConfig.model_fields) - {"host", "port"}
@@ -186,31 +199,6 @@ def validate_body(body: Any, need_max_tokens: bool = True) -> tuple[int, str] | 
             return 400, f"messages.{i}.content: {why}"
     return None if model.startswith("claude-") else (404, f"model: {model}")
 
-@dataclass
-class TokenBucket:
-    capacity: float
-    rate: float  # refill per second
-    level: float
-    updated: float
-
-    def wait_s(self, amount: float, now: float) -> float:
-        self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
-        self.updated = now
-        return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
-
-def ratelimit_headers(buckets: dict[str, TokenBucket], now: float) -> dict[str, str]:
-    """anthropic-ratelimit-* headers; "tokens" shows the most depleted token bucket."""
-    tokens = [b for kind, b in buckets.items() if kind != "requests"]
-    shown = {**buckets, **({"tokens": min(tokens, key=lambda b: b.level)} if tokens else {})}
-    headers: dict[str, str] = {}
-    for kind, b in shown.items():
-        left, p = max(0, math.floor(b.level)), f"anthropic-ratelimit-{kind}-"
-        full_at = time.gmtime(math.ceil(now + max(0.0, b.capacity - b.level) / b.rate))
-        headers[p + "limit"], headers[p + "reset"] = str(int(b.capacity)), time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", full_at)
-        headers[p + "remaining"] = str(left if kind == "requests" else left // 1000 * 1000)
-    return headers
-
 class SimState:
     """The app's mutable holder: current config, counters, rate-limit buckets, prompt cache."""
 
@@ -222,15 +210,23 @@ class SimState:
         self.counts = Counter({**dict.fromkeys(STATS, 0), "in_flight": self.counts["in_flight"]})
         self.by_status, self.by_model = Counter[int](), Counter[str]()
         self.ok_by_model, self.cache = Counter[str](), dict[str, float]()
+        self.limited_by_model, self.overloaded_by_model = Counter[str](), Counter[str]()
         self.rng = random.Random(self.config.seed)
         self.buckets: dict[str, dict[str, TokenBucket]] = {}
 
     def buckets_for(self, model: str, now: float) -> dict[str, TokenBucket]:
         if model not in self.buckets:
-            c, kinds = self.config, ("requests", "input-tokens", "output-tokens")
-            limits = zip(kinds, (c.rpm_limit, c.itpm_limit, c.otpm_limit), strict=True)
-            self.buckets[model] = {k: TokenBucket(v, v / 60, v, now) for k, v in limits if v}
+            c = self.config
+            default = {"rpm": c.rpm_limit, "itpm": c.itpm_limit, "otpm": c.otpm_limit}
+            limits = lim.limits_for(model, c.model_limits, default)
+            self.buckets[model] = lim.make_buckets(limits, now)
         return self.buckets[model]
+
+    def count_error(self, model: str, status: int) -> None:
+        if status == 429:
+            self.limited_by_model[model] += 1
+        elif status == 529:
+            self.overloaded_by_model[model] += 1
 
 STATE = web.AppKey("farm_sim_state", SimState)
 
@@ -246,6 +242,7 @@ async def _endpoint(request: web.Request) -> web.StreamResponse:
     counts.update(("requests_total", "in_flight",
                    "messages_requests" if messages else "count_tokens_requests"))
     counts["max_in_flight"] = max(counts["max_in_flight"], counts["in_flight"])
+    model: str | None = None
     try:
         bearer = request.headers.get("authorization", "")
         if state.config.require_api_key and not (request.headers.get("x-api-key") or (
@@ -258,11 +255,14 @@ async def _endpoint(request: web.Request) -> web.StreamResponse:
         if problem := validate_body(body, need_max_tokens=messages):
             raise SimError(*problem)
         if messages:
+            model = body["model"]
             resp = await _generate(request, state, body, rid)
         else:
             resp = web.json_response({"input_tokens": estimate_input_tokens(body)},
                                      headers={"request-id": rid})
     except SimError as e:
+        if model:
+            state.count_error(model, e.status)
         error = {"type": ERRORS.get(e.status, "api_error"), "message": e.message}
         resp = web.json_response({"type": "error", "error": error, "request_id": rid},
                                  status=e.status, headers={**e.headers, "request-id": rid})
@@ -276,22 +276,22 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
     model, max_tokens, cfg, now = body["model"], body["max_tokens"], state.config, time.time()
     state.by_model[model] += 1
     marks = parse_markers(prompt := last_user_text(body["messages"]))
+    buckets = state.buckets_for(model, now)
     if "spend_limit" in marks:
-        raise SimError(429, SPEND_LIMIT, retry_after="60")
+        raise SimError(429, SPEND_LIMIT, retry_after="60", **lim.current_headers(buckets, now))
     p529, p500 = cfg.fault_529_rate, cfg.fault_500_rate
     draw = state.rng.random() if p529 or p500 else 1.0
-    status = int(marks.get("status", 529 if (cfg.overload_until or 0) > now or draw < p529
+    status = int(marks.get("status", 529 if cfg.overloaded(model, now) or draw < p529
                            else 500 if draw < p529 + p500 else 200))
-    if status != 200:
-        raise SimError(status, **({"retry_after": "1"} if status == 429 else {}),
-                       **({"x_should_retry": "true"} if status >= 500 else {}))
+    if status != 200:  # a 429 tells when to come back and how the limits stand, like the API
+        limited = {"retry_after": "1", **lim.current_headers(buckets, now)} if status == 429 else {}
+        raise SimError(status, **limited, **({"x_should_retry": "true"} if status >= 500 else {}))
     segs = prompt_segments(body)
     total_in = REQ_OVERHEAD + sum(seg[0] for seg in segs)
     points = cache_points(model, segs) if any(seg[1] for seg in segs) else []
     read, write_5m, write_1h = cache_lookup(state.cache, points, now)
-    buckets = state.buckets_for(model, now)
     costs = {"requests": 1, "input-tokens": total_in - read, "output-tokens": max_tokens}
-    wait, kind = max(((b.wait_s(costs[k], now), k) for k, b in buckets.items()), default=(0.0, ""))
+    wait, kind = lim.admission_wait(buckets, costs, now)
     if wait > 0:
         raise SimError(429, f"This request would exceed your organization's rate limit of "
                        f"{int(buckets[kind].capacity)} {kind.replace('-', ' ')} per minute. Please "
@@ -377,7 +377,9 @@ async def _admin(request: web.Request) -> web.Response:
     if request.path == "/_sim/config":
         return web.json_response(state.config.model_dump())
     return web.json_response({**state.counts, "by_status": state.by_status,
-                              "by_model": state.by_model, "successful_by_model": state.ok_by_model})
+                              "by_model": state.by_model, "successful_by_model": state.ok_by_model,
+                              "rate_limited_by_model": state.limited_by_model,
+                              "overloaded_by_model": state.overloaded_by_model})
 
 def make_app(config: SimConfig) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)

@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "claude-haiku-4-5"
 FAST = {"ttft_s": 0.005, "output_tokens_per_s": 100_000.0, "fixed_latency_s": None,
         "rpm_limit": None, "itpm_limit": None, "otpm_limit": None, "fault_529_rate": 0.0,
-        "fault_500_rate": 0.0, "overload_until": None, "require_api_key": True, "seed": 0}
+        "fault_500_rate": 0.0, "overload_until": None, "require_api_key": True, "seed": 0,
+        "model_limits": {}, "overload_models": {}}
+SONNET = "claude-sonnet-5-5"
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +252,7 @@ def test_stats_and_reset(url: str, client: anthropic.Anthropic) -> None:
     assert stats["count_tokens_requests"] == 1 and stats["successful_calls"] == 3
     assert stats["by_status"] == {"200": 4, "400": 1} and stats["by_model"] == {MODEL: 4}
     assert stats["successful_by_model"] == {MODEL: 3} and stats["in_flight"] == 0
+    assert stats["rate_limited_by_model"] == {} and stats["overloaded_by_model"] == {}
     cleared = admin(url, "/_sim/reset", {})
     assert cleared["requests_total"] == 0 and cleared["by_status"] == {}
 
@@ -277,3 +280,77 @@ def test_run_serves_until_sigterm() -> None:
             assert c.messages.create(**ask("hi")).stop_reason == "end_turn"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_limits_per_model(url: str, client: anthropic.Anthropic) -> None:
+    admin(url, "/_sim/config", {"rpm_limit": 100, "otpm_limit": 50_000,
+                                "model_limits": {MODEL: {"rpm": 1}}})
+    ok = client.messages.with_raw_response.create(**ask("one"))
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == "1"
+    assert ok.headers["anthropic-ratelimit-output-tokens-limit"] == "50000"  # the global one
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client.messages.create(**ask("two"))
+    headers = err.value.response.headers
+    assert int(headers["retry-after"]) >= 1 and "requests" in err.value.message
+    assert headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert headers["anthropic-ratelimit-requests-limit"] == "1"
+    for _ in range(3):  # another model keeps the global limits
+        other = client.messages.with_raw_response.create(**ask("hi", model=SONNET))
+        assert other.headers["anthropic-ratelimit-requests-limit"] == "100"
+    stats = admin(url, "/_sim/stats")
+    assert stats["rate_limited_by_model"] == {MODEL: 1}
+    assert stats["successful_by_model"] == {MODEL: 1, SONNET: 3}
+    # a change at runtime restarts the buckets
+    admin(url, "/_sim/config", {"model_limits": {MODEL: {"rpm": 2, "itpm": 5000}}})
+    again = client.messages.with_raw_response.create(**ask("three"))
+    assert again.headers["anthropic-ratelimit-requests-limit"] == "2"
+    assert again.headers["anthropic-ratelimit-input-tokens-limit"] == "5000"
+
+
+def test_every_429_carries_retry_after_and_the_limits(url: str,
+                                                      client: anthropic.Anthropic) -> None:
+    admin(url, "/_sim/config", {"model_limits": {MODEL: {"rpm": 5, "otpm": 9000}}})
+    for marker in ("[[sim:status=429]]", "[[sim:spend_limit]]"):
+        with pytest.raises(anthropic.RateLimitError) as err:
+            client.messages.create(**ask(marker))
+        headers = err.value.response.headers
+        assert int(headers["retry-after"]) >= 1
+        assert headers["anthropic-ratelimit-requests-limit"] == "5"
+        assert headers["anthropic-ratelimit-requests-remaining"] == "5"  # nothing was charged
+        assert headers["anthropic-ratelimit-output-tokens-remaining"] == "9000"
+        assert headers["anthropic-ratelimit-tokens-reset"].endswith("Z")
+    assert admin(url, "/_sim/stats")["rate_limited_by_model"] == {MODEL: 2}
+
+
+def test_storm_on_one_model(url: str, client: anthropic.Anthropic) -> None:
+    admin(url, "/_sim/config", {"overload_models": {MODEL: time.time() + 60}})
+    for _ in range(2):
+        with pytest.raises(anthropic.OverloadedError) as err:
+            client.messages.create(**ask("hi"))
+        assert err.value.response.headers["x-should-retry"] == "true"
+    assert client.messages.create(**ask("hi", model=SONNET)).stop_reason == "end_turn"
+    admin(url, "/_sim/config", {"overload_models": {MODEL: time.time() - 1}})  # it is over
+    assert client.messages.create(**ask("hi")).stop_reason == "end_turn"
+    admin(url, "/_sim/config", {"overload_models": {}, "overload_until": time.time() + 60})
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(**ask("hi", model=SONNET))
+    stats = admin(url, "/_sim/stats")
+    assert stats["overloaded_by_model"] == {MODEL: 2, SONNET: 1}
+    assert stats["by_status"] == {"200": 2, "529": 3} and stats["rate_limited_by_model"] == {}
+    assert admin(url, "/_sim/reset", {})["overloaded_by_model"] == {}
+
+
+@pytest.mark.parametrize(("patch", "named"), [
+    ({"model_limits": {MODEL: {"rpm": 5, "tpm": 10}}}, "unknown limit tpm"),
+    ({"model_limits": {MODEL: {"itpm": 0}}}, "itpm must be a positive integer"),
+    ({"model_limits": {MODEL: {"otpm": -1}}}, "otpm must be a positive integer"),
+    ({"model_limits": {MODEL: 50}}, "must be an object"),
+    ({"overload_models": {MODEL: "soon"}}, "overload_models"),
+])
+def test_config_rejects_bad_model_settings(url: str, patch: dict[str, Any], named: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        admin(url, "/_sim/config", patch)
+    with err.value as response:
+        assert response.status == 400 and named in json.load(response)["error"]
+    config = admin(url, "/_sim/config")
+    assert config["model_limits"] == {} and config["overload_models"] == {}

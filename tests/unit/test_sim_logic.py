@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from farm import sim_limits
 from farm.sim import (
     RUNTIME_FIELDS,
     SimConfig,
@@ -181,5 +182,70 @@ def test_config() -> None:
         SimConfig(fault_529_rate=2)
     with pytest.raises(ValueError):
         SimConfig(unknown=1)  # type: ignore[call-arg]
-    assert {"fault_529_rate", "rpm_limit", "overload_until", "fixed_latency_s"} <= RUNTIME_FIELDS
+    assert {"fault_529_rate", "rpm_limit", "overload_until", "fixed_latency_s",
+            "model_limits", "overload_models"} <= RUNTIME_FIELDS
     assert "port" not in RUNTIME_FIELDS
+
+
+def test_the_limits_moved_but_import_from_sim_still() -> None:
+    assert TokenBucket is sim_limits.TokenBucket
+    assert ratelimit_headers is sim_limits.ratelimit_headers
+
+
+def test_model_limits_validation() -> None:
+    assert SimConfig().model_limits == {} and SimConfig().overload_models == {}
+    ok = SimConfig(model_limits={"claude-haiku-4-5": {"rpm": 5, "itpm": 1000, "otpm": 100}})
+    assert ok.model_limits["claude-haiku-4-5"]["rpm"] == 5
+    problems = {
+        "unknown limit tpm": {"m": {"rpm": 5, "tpm": 10}},
+        "m'].rpm must be a positive integer, not 0": {"m": {"rpm": 0}},
+        "m'].otpm must be a positive integer, not -3": {"m": {"otpm": -3}},
+        "m'].itpm must be a positive integer, not True": {"m": {"itpm": True}},
+        "m'].rpm must be a positive integer, not '5'": {"m": {"rpm": "5"}},
+        "must be an object": {"m": 5},
+        "must map a model": ["m"],
+    }
+    for message, bad in problems.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            SimConfig(model_limits=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="overload_models"):
+        SimConfig(overload_models={"m": "soon"})  # type: ignore[dict-item]
+
+
+def test_limits_per_model_fall_back_to_the_global_ones() -> None:
+    default: dict[str, int | None] = {"rpm": 50, "itpm": None, "otpm": 8000}
+    own = {"claude-haiku-4-5": {"rpm": 5, "itpm": 1000}}
+    assert sim_limits.limits_for("claude-haiku-4-5", own, default) == {
+        "requests": 5, "input-tokens": 1000, "output-tokens": 8000}
+    assert sim_limits.limits_for("claude-sonnet-4-5", own, default) == {
+        "requests": 50, "input-tokens": None, "output-tokens": 8000}
+    buckets = sim_limits.make_buckets({"requests": 5, "input-tokens": None}, now=10.0)
+    assert buckets == {"requests": TokenBucket(5, 5 / 60, 5, 10.0)}
+
+
+def test_admission_wait_and_current_headers() -> None:
+    buckets = sim_limits.make_buckets({"requests": 60, "output-tokens": 600}, now=0.0)
+    assert sim_limits.admission_wait({}, {}, 0.0) == (0.0, "")
+    assert sim_limits.admission_wait(buckets, {"requests": 1, "output-tokens": 600}, 0.0)[0] == 0
+    buckets["output-tokens"].level = 0
+    assert sim_limits.admission_wait(buckets, {"requests": 1, "output-tokens": 100}, 0.0) == (
+        10.0, "output-tokens")
+    buckets["requests"].level = 0
+    # refilled to "now" before they are shown: 30 s refill 30 requests and 300 tokens
+    headers = sim_limits.current_headers(buckets, 30.0)
+    assert headers["anthropic-ratelimit-requests-remaining"] == "30"
+    assert headers["anthropic-ratelimit-output-tokens-limit"] == "600"
+    assert buckets["requests"].level == 30 and buckets["requests"].updated == 30.0
+
+
+def test_storms_for_all_models_and_for_one() -> None:
+    calm = SimConfig()
+    assert not calm.overloaded("claude-haiku-4-5", 100.0)
+    everyone = SimConfig(overload_until=200.0)
+    assert everyone.overloaded("a", 100.0) and not everyone.overloaded("a", 200.0)
+    one = SimConfig(overload_models={"claude-haiku-4-5": 200.0})
+    assert one.overloaded("claude-haiku-4-5", 199.9)
+    assert not one.overloaded("claude-sonnet-4-5", 100.0)
+    assert not one.overloaded("claude-haiku-4-5", 200.0)
+    both = SimConfig(overload_until=150.0, overload_models={"claude-haiku-4-5": 100.0})
+    assert both.overloaded("claude-haiku-4-5", 120.0)  # the longer storm wins
