@@ -9,8 +9,8 @@ export FARM_DATA_DIR ?= .farm
 SIM_URL ?= http://127.0.0.1:8787
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
-        test-integration test-e2e bench lint typecheck check clean dlq-list dlq-replay-all \
-        dlq-purge
+        test-integration test-e2e bench bench-limits lint typecheck check clean dlq-list \
+        dlq-replay-all dlq-purge limits throttle pause resume
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -52,6 +52,21 @@ dlq-replay-all: install
 dlq-purge: install
 	$(FARM) dlq purge --yes
 
+limits: install        ## limits, current use and circuit state per model
+	$(FARM) limits
+
+throttle: install      ## make throttle MODEL=claude-sonnet-5-5 PERCENT=50 (PERCENT=off lifts it)
+	@test -n "$(MODEL)" -a -n "$(PERCENT)" || { echo "usage: make throttle MODEL=… PERCENT=1-100|off"; exit 2; }
+	$(FARM) throttle "$(MODEL)" "$(PERCENT)"
+
+pause: install         ## make pause QUEUE=sonnet-complex
+	@test -n "$(QUEUE)" || { echo "usage: make pause QUEUE=…"; exit 2; }
+	$(FARM) pause "$(QUEUE)"
+
+resume: install        ## make resume QUEUE=sonnet-complex
+	@test -n "$(QUEUE)" || { echo "usage: make resume QUEUE=…"; exit 2; }
+	$(FARM) resume "$(QUEUE)"
+
 stop:                  ## stop every background process started here
 	$(PROCS) stop
 
@@ -75,6 +90,9 @@ test-faults: install   ## only the fault tests (kills, restarts, outages; also i
 
 bench: install         ## farm vs plain Celery at 100 concurrency, 1 s simulated latency
 	$(BIN)/python ops/bench.py
+
+bench-limits: install  ## 3 workers x 100 under 600 RPM / 100k OTPM vs plain Celery rate_limit; storm
+	$(BIN)/python ops/bench_limits.py
 
 lint: install
 	$(BIN)/ruff check farm tests ops celeryconfig.py migrations

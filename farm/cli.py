@@ -372,5 +372,14 @@ def flower(ctx: click.Context, port: int | None) -> None:
     os.execvpe(argv[0], argv, env)
 
 
+def _register_controls() -> None:
+    from farm.controls import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_controls()
+
 if __name__ == "__main__":
     main()

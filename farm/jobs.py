@@ -68,6 +68,9 @@ class JobRequest(BaseModel):
     tenant: Tenant = "default"
     tools: tuple[dict[str, Any], ...] = ()
     metadata: dict[str, str] = Field(default_factory=dict)
+    # while the model's circuit breaker is open, run on the queue's fallback model instead
+    # of waiting (jobs.served_model records which model answered)
+    allow_fallback: bool = False
 
     @field_validator("prompt")
     @classmethod

@@ -27,6 +27,7 @@ class CallResult(BaseModel):
     model: str  # the model that actually served the call
     request_id: str | None
     latency_s: float
+    ratelimit: dict[str, str] = {}  # the anthropic-ratelimit-* headers, for the limiter
 
 
 class ProviderError(Exception):
@@ -41,8 +42,10 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         request_id: str | None = None,
         latency_s: float = 0.0,
+        ratelimit: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.ratelimit = ratelimit or {}
         self.kind = kind
         self.message = message
         self.status = status
@@ -113,6 +116,14 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+def ratelimit_headers(headers: Any) -> dict[str, str]:
+    """The provider's anthropic-ratelimit-* headers (the limiter follows them)."""
+    if headers is None:
+        return {}
+    return {k.lower(): v for k, v in headers.items()
+            if k.lower().startswith("anthropic-ratelimit-")}
+
+
 def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallResult:
     """One provider call; raises ProviderError with a classified kind on failure."""
     params: dict[str, Any] = {
@@ -144,6 +155,7 @@ def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallRe
             retry_after_s=_retry_after(exc.response.headers),
             request_id=exc.request_id,
             latency_s=time.monotonic() - started,
+            ratelimit=ratelimit_headers(exc.response.headers),
         ) from None
     except anthropic.APITimeoutError:
         raise ProviderError(
@@ -162,4 +174,5 @@ def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallRe
         model=served,
         request_id=raw.headers.get("request-id"),
         latency_s=time.monotonic() - started,
+        ratelimit=ratelimit_headers(raw.headers),
     )

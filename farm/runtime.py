@@ -8,9 +8,13 @@ from dataclasses import dataclass
 import anthropic
 from sqlalchemy.engine import Engine
 
+from farm.admission import Gate
+from farm.breaker import Breaker, BreakerConfig
 from farm.db import make_engine
 from farm.hold import HoldCheck
 from farm.leases import Republish, Running, start_threads
+from farm.limiter import Limiter
+from farm.limits import LimiterConfig
 from farm.llm import make_client
 from farm.policies import RetryPolicy
 from farm.pricing import PriceBook, default_pricebook
@@ -27,6 +31,7 @@ class Runtime:
     running: Running
     stop: threading.Event
     hold: HoldCheck
+    gate: Gate
 
     def policy(self, queue: str) -> RetryPolicy:
         return self.policies.get(queue) or self.policies.get("default") or RetryPolicy()
@@ -45,6 +50,8 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
 
     pool = settings.db_pool_size
     broker = redis.Redis.from_url(broker_url)
+    # limiter and breaker scripts: one connection each per concurrent call at most
+    shared = redis.Redis.from_url(broker_url, max_connections=settings.worker_concurrency + 8)
     runtime = Runtime(
         settings=settings,
         # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
@@ -56,6 +63,7 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
         running=Running(),
         stop=threading.Event(),
         hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
+        gate=make_gate(shared, settings),
     )
     if republish is not None:
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
@@ -63,6 +71,26 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
                       broker=broker, orphan_sweep_s=settings.orphan_sweep_s,
                       orphan_age_s=settings.orphan_age_s)
     return runtime
+
+
+def limiter_config(settings: Settings) -> LimiterConfig:
+    return LimiterConfig(models=settings.limits, target=settings.limit_target,
+                         max_wait_s=settings.limit_max_wait_s,
+                         max_delay_s=settings.limit_max_delay_s,
+                         grant_ttl_s=settings.request_timeout + 60)
+
+
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(consecutive_failures=settings.breaker_failures,
+                         cooldown_s=settings.breaker_cooldown_s,
+                         max_cooldown_s=max(settings.breaker_max_cooldown_s,
+                                            settings.breaker_cooldown_s),
+                         probe_ttl_s=settings.request_timeout + 30)
+
+
+def make_gate(redis_client: object, settings: Settings) -> Gate:
+    return Gate(Limiter(redis_client, limiter_config(settings)),
+                Breaker(redis_client, breaker_config(settings)), settings)
 
 
 def get(settings: Settings, policies: dict[str, RetryPolicy],

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from farm.limits import ModelLimits
+
 
 class QueueSpec(BaseModel):
     """A specialization queue and the model its workers call."""
@@ -20,11 +22,14 @@ class QueueSpec(BaseModel):
     name: str
     model: str
     complexity: str  # "simple" | "complex"
+    # serves this queue's fallback-enabled jobs while the model's circuit breaker is open
+    fallback_model: str | None = None
 
 
 DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec(name="haiku-simple", model="claude-haiku-4-5", complexity="simple"),
-    QueueSpec(name="sonnet-complex", model="claude-sonnet-5-5", complexity="complex"),
+    QueueSpec(name="sonnet-complex", model="claude-sonnet-5-5", complexity="complex",
+              fallback_model="claude-haiku-4-5"),
 )
 
 
@@ -86,6 +91,26 @@ class Settings(BaseSettings):
     hold_recheck_s: float = Field(default=30.0, gt=0, le=3600)
     # how long a worker holds a finished call's result while Postgres is unreachable
     db_patience_s: float = Field(default=300.0, ge=0, le=86_400)
+
+    # --- the provider's limits, kept cluster-wide (farm.limiter) --------------------------
+    # per model: {"claude-sonnet-5-5": {"rpm": 600, "itpm": 400000, "otpm": 100000,
+    # "max_concurrency": 200}}; a model not listed follows the provider's rate-limit headers
+    limits: dict[str, ModelLimits] = Field(default_factory=dict)
+    limit_target: float = Field(default=0.98, gt=0, le=1)  # share of each limit to use
+    # a call may be scheduled this far ahead (the job sleeps in its slot until then)
+    limit_max_delay_s: float = Field(default=2.0, ge=0, le=30)
+    # a job sleeps in its slot for waits up to this long; longer waits are deferred (the job
+    # goes back to the queue with a countdown, no attempt used)
+    limit_sleep_s: float = Field(default=10.0, ge=0, le=300)
+    # the longest countdown of a deferral (well under the broker's visibility timeout)
+    defer_max_s: float = Field(default=60.0, gt=0, le=900)
+    # a low-priority job waiting this long (since it was submitted) is served as high
+    limit_max_wait_s: float = Field(default=120.0, gt=0)
+
+    # --- circuit breaker per model, shared by every worker (farm.breaker) ---------------
+    breaker_failures: int = Field(default=5, ge=1, le=1000)  # in a row: opens
+    breaker_cooldown_s: float = Field(default=15.0, gt=0, le=3600)
+    breaker_max_cooldown_s: float = Field(default=120.0, gt=0, le=86_400)
 
     flower_user: str | None = None
     flower_password: SecretStr | None = None

@@ -36,6 +36,7 @@ class StartedJob:
     queue: str
     model: str
     attempt: int
+    created_at: datetime | None = None
 
 
 def new_job_row(job_id: uuid.UUID, request: JobRequest, route: Route) -> dict[str, Any]:
@@ -88,7 +89,7 @@ START_SQL = """
         lease_until = now() + make_interval(secs => %(lease_s)s), next_run_at = NULL
     WHERE id = %(job_id)s
       AND (status = 'queued' OR (status = 'running' AND lease_until < now()))
-    RETURNING request, queue, model, attempts
+    RETURNING request, queue, model, attempts, created_at
 """
 
 
@@ -133,17 +134,37 @@ def _fetch_one(engine: Engine, sql: str, params: dict[str, Any],
             delay = min(delay * 2, 5.0)
 
 
+def _execute(engine: Engine, sql: str, params: dict[str, Any], patience_s: float) -> None:
+    _fetch_one(engine, sql + " RETURNING 1", params, patience_s)
+
+
 def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
               patience_s: float = 0.0) -> StartedJob | None:
     """Mark the job running under a lease and count the attempt; None if it must not run."""
     row = _fetch_one(engine, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
     if row is None:
         return None
-    request, queue, model, attempt = row
+    request, queue, model, attempt, created_at = row
     return StartedJob(
         id=job_id, request=JobRequest.model_validate(request), queue=queue, model=model,
-        attempt=attempt,
+        attempt=attempt, created_at=created_at,
     )
+
+
+UNSTART_SQL = """
+    UPDATE jobs
+    SET status = 'queued', attempts = attempts - 1, lease_until = NULL,
+        started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
+        next_run_at = now() + make_interval(secs => %(wait_s)s)
+    WHERE id = %(job_id)s AND status = 'running' AND attempts = %(attempt)s
+"""
+
+
+def unstart(engine: Engine, job: StartedJob, wait_s: float, *, patience_s: float = 0.0) -> None:
+    """Put a started job back to queued without a call (it must wait for capacity): the
+    attempt it was counted is given back, and it is due again in wait_s."""
+    _execute(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
+                                   "wait_s": wait_s}, patience_s)
 
 
 @dataclass(frozen=True)

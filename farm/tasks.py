@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from farm import dlq, llm, policies, store
 from farm import runtime as rt
+from farm.admission import Later
 from farm.jobs import JobRequest, JobStatus, Priority
 from farm.policies import Action
 from farm.routing import route
@@ -89,11 +90,22 @@ def run_job(
 
 def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, Any]:
     patience = runtime.settings.db_patience_s
+    admitted = runtime.gate.admit(job)
+    if isinstance(admitted, Later):
+        # waiting for capacity, a healthy model or a resumed queue uses no attempt
+        store.unstart(runtime.engine, job, admitted.wait_s, patience_s=patience)
+        log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
+        raise task.retry(countdown=admitted.wait_s)
     started = store.now()
     try:
-        result = llm.call(runtime.client, job.model, job.request)
+        result = llm.call(runtime.client, admitted.model, job.request)
     except llm.ProviderError as exc:
-        return _failed(task, runtime, job, exc, started)
+        runtime.gate.failed(admitted, exc.kind, retry_after_s=exc.retry_after_s,
+                            ratelimit=exc.ratelimit)
+        return _failed(task, runtime, job, exc, started, admitted.model)
+    usage = result.usage
+    runtime.gate.done(admitted, input_tokens=usage.input_tokens + usage.cache_creation_input_tokens,
+                      output_tokens=usage.output_tokens, ratelimit=result.ratelimit)
     cost = runtime.prices.cost(result.model, result.usage)
     refused = result.stop_reason == "refusal"
     status = store.record_outcome(runtime.engine, job, store.Outcome(
@@ -136,7 +148,8 @@ def _intake(
 
 
 def _failed(
-    task: Task, runtime: rt.Runtime, job: store.StartedJob, exc: llm.ProviderError, started: Any
+    task: Task, runtime: rt.Runtime, job: store.StartedJob, exc: llm.ProviderError, started: Any,
+    model: str,
 ) -> dict[str, Any]:
     policy = runtime.policy(job.queue)
     decision = policies.decide(
@@ -146,7 +159,7 @@ def _failed(
         Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
     }.get(decision.action, JobStatus.FAILED)
     store.record_outcome(runtime.engine, job, store.Outcome(
-        status=next_status, model=job.model, outcome=exc.kind.value, started_at=started,
+        status=next_status, model=model, outcome=exc.kind.value, started_at=started,
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",

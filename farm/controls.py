@@ -1,0 +1,145 @@
+"""Operator controls of the farm's capacity: `farm limits`, `farm throttle`, `farm pause`,
+`farm resume` (registered on the `farm` command by farm.cli).
+
+They act on the same Redis state every worker reads (farm.limiter, farm.breaker), so they
+take effect across the cluster at once, with no restart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from farm.settings import Settings
+
+
+@contextmanager
+def _gate(ctx: click.Context) -> Iterator[Any]:
+    import redis
+
+    from farm.celery_app import resolve_urls
+    from farm.runtime import make_gate
+
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    try:
+        broker_url, _ = resolve_urls(settings)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    client = redis.Redis.from_url(broker_url)
+    try:
+        yield make_gate(client, settings)
+    finally:
+        client.close()
+
+
+def _known_models(settings: Settings, seen: list[str]) -> list[str]:
+    models = {q.model for q in settings.queues}
+    models |= {q.fallback_model for q in settings.queues if q.fallback_model}
+    return sorted(models | set(settings.limits) | set(seen))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
+    return str(value)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def limits(ctx: click.Context, as_json: bool) -> None:
+    """Configured and effective limits, current use and circuit state, per model."""
+    settings = ctx.obj
+    with _gate(ctx) as gate:
+        rows = []
+        for model in _known_models(settings, gate.limiter.models()):
+            snap = gate.limiter.snapshot(model)
+            snap["circuit"] = gate.breaker.state(model)
+            rows.append({"model": model, **snap})
+        paused = sorted(gate.limiter.paused_queues())
+    if as_json:
+        click.echo(json.dumps({"models": rows, "paused_queues": paused}, default=str, indent=2))
+        return
+    click.echo(f"{'model':<22} {'limit':<6} {'configured':>11} {'effective':>11} "
+               f"{'left now':>10}  in-flight  throttle  circuit")
+    for row in rows:
+        circuit = row["circuit"]
+        state = circuit["state"]
+        if state != "closed" and circuit.get("cooldown_remaining_s"):
+            state += f" ({circuit['cooldown_remaining_s']:.0f}s)"
+        paused_for = row.get("paused_for_s") or 0.0
+        note = f"  paused {paused_for:.0f}s (429)" if paused_for > 0 else ""
+        throttled = row.get("throttle_percent")
+        throttled = "-" if throttled is None else f"{throttled:g}%"
+        for i, kind in enumerate(("rpm", "itpm", "otpm", "max_concurrency")):
+            head = row["model"] if i == 0 else ""
+            tail = (f"  {row.get('in_flight', 0):>9}  {throttled:>8}  {state}{note}"
+                    if i == 0 else "")
+            label = "slots" if kind == "max_concurrency" else kind
+            click.echo(f"{head:<22} {label:<6} {_fmt(row['configured'].get(kind)):>11} "
+                       f"{_fmt(row['effective'].get(kind)):>11} "
+                       f"{_fmt(row.get('levels', {}).get(kind)):>10}{tail}")
+    click.echo(f"paused queues: {', '.join(paused) or 'none'}")
+
+
+@click.command()
+@click.argument("model")
+@click.argument("percent")
+@click.pass_context
+def throttle(ctx: click.Context, model: str, percent: str) -> None:
+    """Emergency throttle: use only PERCENT (1-100) of MODEL's limits; `off` (or 100)
+    lifts it."""
+    value: float | None
+    if percent.lower() in {"off", "none", "100"}:
+        value = None
+    else:
+        try:
+            value = float(percent.rstrip("%"))
+        except ValueError:
+            raise click.BadParameter(f"PERCENT must be 1-100 or off, not {percent!r}") from None
+        if not 0 < value <= 100:
+            raise click.BadParameter(f"PERCENT must be 1-100 or off, not {percent!r}")
+    with _gate(ctx) as gate:
+        gate.limiter.throttle(model, value)
+    click.echo(f"{model}: throttle lifted" if value is None
+               else f"{model}: throttled to {value:g}% of its limits on every worker")
+
+
+def _check_queue(ctx: click.Context, queue: str) -> None:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    known = (*settings.queue_names, "farm-intake")
+    if queue not in known:
+        raise click.BadParameter(f"unknown queue {queue!r}; known: {', '.join(known)}")
+
+
+@click.command()
+@click.argument("queue")
+@click.pass_context
+def pause(ctx: click.Context, queue: str) -> None:
+    """Pause QUEUE: its jobs stay queued (no attempt used, nothing called) until resumed."""
+    _check_queue(ctx, queue)
+    with _gate(ctx) as gate:
+        gate.limiter.pause_queue(queue)
+    click.echo(f"{queue}: paused on every worker (`farm resume {queue}` to resume)")
+
+
+@click.command()
+@click.argument("queue")
+@click.pass_context
+def resume(ctx: click.Context, queue: str) -> None:
+    """Resume a paused QUEUE."""
+    _check_queue(ctx, queue)
+    with _gate(ctx) as gate:
+        gate.limiter.resume_queue(queue)
+    click.echo(f"{queue}: resumed")
+
+
+COMMANDS = (limits, throttle, pause, resume)

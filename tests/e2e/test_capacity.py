@@ -1,0 +1,141 @@
+"""The cluster-wide limits, the circuit breaker and the operator controls, with two real
+worker processes sharing one Redis, against the simulator enforcing the same limits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import redis
+from sqlalchemy import text
+
+from farm.breaker import Breaker, BreakerConfig
+from farm.client import Farm
+from farm.jobs import JobStatus
+from tests_e2e import start_worker, stop, wait_ready
+
+HAIKU, SONNET = "claude-haiku-4-5", "claude-sonnet-5-5"
+RPM = 120
+
+
+def _clean(broker_url: str) -> None:
+    client = redis.Redis.from_url(broker_url)
+    try:
+        for pattern in ("farm:lim*", "farm:breaker*"):
+            keys = list(client.scan_iter(pattern))
+            if keys:
+                client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def limited(e2e_env: dict[str, str], sim_url: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, str]]:
+    """Two workers (20 slots each) on both queues; haiku limited to 120 RPM in the farm's
+    settings and at the simulator."""
+    _clean(e2e_env["FARM_BROKER_URL"])
+    env = {**e2e_env, "FARM_LIMITS": f'{{"{HAIKU}": {{"rpm": {RPM}}}}}',
+           "FARM_BREAKER_COOLDOWN_S": "2", "FARM_HOLD_RECHECK_S": "1"}
+    logs = [tmp_path_factory.mktemp("limits") / f"worker-{i}.log" for i in range(2)]
+    procs = [start_worker(env, log, "haiku-simple,sonnet-complex", 20) for log in logs]
+    try:
+        for proc, log in zip(procs, logs, strict=True):
+            wait_ready(log, proc)
+        yield env
+    finally:
+        for proc in procs:
+            stop(proc)
+        httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {}, "overload_models": {}})
+        _clean(e2e_env["FARM_BROKER_URL"])
+
+
+def test_workers_together_stay_inside_the_rate_limit(
+        limited: dict[str, str], farm: Farm, sim_url: str,
+        sim_stats: Callable[[], dict[str, object]]) -> None:
+    # the simulator enforces 120 RPM on haiku (a full bucket of 120, then 2 per second)
+    httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {HAIKU: {"rpm": RPM}}})
+    jobs = 170
+    ids = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] limited {i}?",
+                             "complexity": "simple"} for i in range(jobs)])
+    views = farm.wait(ids, timeout=180)
+    stats = sim_stats()
+    assert [v.status for v in views] == [JobStatus.SUCCEEDED] * jobs
+    assert all(v.attempts == 1 for v in views)  # waiting for capacity used no attempt
+    assert stats["rate_limited_by_model"] == {}, stats["rate_limited_by_model"]  # no 429
+    assert stats["messages_requests"] == jobs
+
+
+def test_an_overloaded_model_falls_back_and_its_breaker_closes_after_the_storm(
+        limited: dict[str, str], farm: Farm, sim_url: str,
+        sim_stats: Callable[[], dict[str, object]]) -> None:
+    storm_s = 6.0
+    httpx2.post(f"{sim_url}/_sim/config",
+                json={"overload_models": {SONNET: time.time() + storm_s}})
+    fallback = farm.submit_many([{"prompt": f"Analyze trade-offs of design {i} in depth.",
+                                  "complexity": "complex", "allow_fallback": True,
+                                  "max_tokens": 64} for i in range(30)])
+    stay = farm.submit_many([{"prompt": f"Analyze trade-offs of plan {i} in depth.",
+                              "complexity": "complex", "max_tokens": 64} for i in range(5)])
+    views = {v.id: v for v in farm.wait([*fallback, *stay], timeout=180)}
+    assert {v.status for v in views.values()} == {JobStatus.SUCCEEDED}
+    served = [views[i].served_model for i in fallback]
+    assert served.count(HAIKU) >= 1, served  # they kept completing during the storm
+    assert all(views[i].served_model == SONNET for i in stay)  # these waited for sonnet
+    with farm.engine.connect() as conn:
+        mismatched = conn.execute(text(
+            "select count(*) from attempts a join jobs j on j.id = a.job_id "
+            "where a.outcome = 'ok' and a.model <> j.served_model and j.id = any(:ids)"),
+            {"ids": [*fallback, *stay]}).scalar()
+    assert mismatched == 0  # every job records the model that served it
+    client = redis.Redis.from_url(limited["FARM_BROKER_URL"])
+    try:
+        deadline = time.monotonic() + 60
+        state = Breaker(client, BreakerConfig()).state(SONNET)["state"]
+        while state != "closed" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            state = Breaker(client, BreakerConfig()).state(SONNET)["state"]
+    finally:
+        client.close()
+    assert state == "closed"
+    assert dict(sim_stats()["overloaded_by_model"]).get(SONNET, 0) >= 5  # type: ignore[call-overload]
+
+
+def _farm_cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "farm.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+def test_pause_and_resume_a_queue(limited: dict[str, str], farm: Farm,
+                                  sim_stats: Callable[[], dict[str, object]]) -> None:
+    assert "paused on every worker" in _farm_cli(limited, "pause", "haiku-simple")
+    try:
+        ids = farm.submit_many([{"prompt": f"paused {i}?", "complexity": "simple"}
+                                for i in range(5)])
+        time.sleep(3.0)  # the workers take the jobs and put them back, untouched
+        views = farm.statuses(ids)
+        assert {v.status for v in views} == {JobStatus.QUEUED}
+        assert all(v.attempts == 0 for v in views)
+        assert sim_stats()["messages_requests"] == 0
+        assert "paused queues: haiku-simple" in _farm_cli(limited, "limits")
+    finally:
+        assert "resumed" in _farm_cli(limited, "resume", "haiku-simple")
+    views = farm.wait(ids, timeout=60)
+    assert {v.status for v in views} == {JobStatus.SUCCEEDED}
+
+
+def test_throttle_is_shown_and_lifted(limited: dict[str, str], tmp_path: Path) -> None:
+    assert "throttled to 50%" in _farm_cli(limited, "throttle", HAIKU, "50")
+    shown = _farm_cli(limited, "limits")
+    line = next(ln for ln in shown.splitlines() if ln.startswith(HAIKU))
+    assert "50%" in line and " 120 " in line and " 59 " in line  # 120 * 50% * 0.98
+    assert "lifted" in _farm_cli(limited, "throttle", HAIKU, "off")
+    with pytest.raises(subprocess.CalledProcessError) as bad:
+        _farm_cli(limited, "throttle", HAIKU, "150")
+    assert "PERCENT must be 1-100" in bad.value.stderr
