@@ -288,6 +288,8 @@ class Limiter:
         result = self._acquire(keys=keys, args=args)
         if int(result[0]) == 0:
             return Wait(float(_text(result[2])), _text(result[1]))
+        if int(result[0]) == 2:  # no limits at all: nothing charged, nothing to release
+            return Grant(model, "", tenant, int(input_tokens), int(output_tokens))
         return Grant(model, gid, tenant, int(input_tokens), int(output_tokens),
                      delay_s=float(_text(result[1])) if len(result) > 1 else 0.0)
 
@@ -296,6 +298,8 @@ class Limiter:
         """Free the slot; with actual usage, refund (or charge) the reservation's difference.
         Releasing twice, or a grant that expired, changes nothing. Never raises for bad
         usage figures (it runs in cleanup paths): negative ones count as 0."""
+        if not grant.grant_id:  # granted while the model had no limits: nothing to undo
+            return
         m = grant.model
         input_tokens = None if input_tokens is None else max(0, int(input_tokens))
         output_tokens = None if output_tokens is None else max(0, int(output_tokens))

@@ -230,8 +230,8 @@ def decide(config: LimiterConfig, model: str, state: ModelState, now: float, *,
     if state.paused_until is not None and state.paused_until > now:
         return Wait(state.paused_until - now, "paused (429)"), state
     eff = effective(config, model, state)
-    if eff.unlimited:
-        return grant, state
+    if eff.unlimited:  # nothing is charged, so there is nothing to release
+        return replace(grant, grant_id=""), state
     # active tenants: those that asked within the window, the asker included
     active = {t: s for t, s in state.active.items() if s > now - config.tenant_window_s}
     active[tenant] = now
