@@ -41,7 +41,8 @@ def limited(e2e_env: dict[str, str], sim_url: str, tmp_path_factory: pytest.Temp
     settings and at the simulator."""
     _clean(e2e_env["FARM_BROKER_URL"])
     env = {**e2e_env, "FARM_LIMITS": f'{{"{HAIKU}": {{"rpm": {RPM}}}}}',
-           "FARM_BREAKER_COOLDOWN_S": "2", "FARM_HOLD_RECHECK_S": "1"}
+           "FARM_BREAKER_COOLDOWN_S": "2", "FARM_HOLD_RECHECK_S": "1",
+           "FARM_LIMIT_SLEEP_S": "1"}
     logs = [tmp_path_factory.mktemp("limits") / f"worker-{i}.log" for i in range(2)]
     procs = [start_worker(env, log, "haiku-simple,sonnet-complex", 20) for log in logs]
     try:
@@ -69,6 +70,35 @@ def test_workers_together_stay_inside_the_rate_limit(
     assert all(v.attempts == 1 for v in views)  # waiting for capacity used no attempt
     assert stats["rate_limited_by_model"] == {}, stats["rate_limited_by_model"]  # no 429
     assert stats["messages_requests"] == jobs
+
+
+def test_one_tenants_backlog_does_not_block_another_tenant(
+        limited: dict[str, str], farm: Farm, sim_url: str) -> None:
+    httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {HAIKU: {"rpm": RPM}}})
+    bulk = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] bulk {i}?", "tenant": "bulk",
+                              "complexity": "simple"} for i in range(400)])
+    time.sleep(5.0)  # the bulk tenant has used the burst and keeps every slot asking
+    small = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] small {i}?",
+                               "tenant": "small", "complexity": "simple"} for i in range(10)])
+    try:
+        views = farm.wait(small, timeout=120)
+        assert {v.status for v in views} == {JobStatus.SUCCEEDED}
+        with farm.engine.connect() as conn:
+            first, last = conn.execute(text(
+                "select min(finished_at), max(finished_at) from jobs where id = any(:ids)"),
+                {"ids": small}).one()
+            during, unfinished = conn.execute(text(
+                "select count(*) filter (where finished_at > :first and finished_at < :last), "
+                "count(*) filter (where finished_at is null) from jobs where id = any(:ids)"),
+                {"ids": bulk, "first": first, "last": last}).one()
+    finally:
+        for job in bulk:
+            farm.cancel(job)
+    # while the small tenant had jobs waiting, the bulk tenant (over its fair share) got
+    # almost nothing: its calls already scheduled, at most; without fairness it would have
+    # taken most of the capacity (it had 4x as many jobs asking)
+    assert during <= 10, during
+    assert unfinished >= 100, unfinished  # the small tenant did not wait for the backlog
 
 
 def test_an_overloaded_model_falls_back_and_its_breaker_closes_after_the_storm(
