@@ -26,7 +26,7 @@ TEST_DATA_DIR = ROOT / ".farm-test"
 
 
 import tests_e2e  # noqa: E402
-from tests_e2e import start_worker, stop, wait_ready  # noqa: E402
+from tests_e2e import running_workers  # noqa: E402
 from tests_support import free_port, wait_port  # noqa: E402
 
 
@@ -136,19 +136,10 @@ def worker_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def workers(e2e_env: dict[str, str], worker_logs: Path) -> Iterator[list[Path]]:
     """One worker per specialization queue plus one on the intake queue."""
-    specs = [("haiku-simple", 30), ("sonnet-complex", 30), ("farm-intake", 4)]
-    procs, logs = [], []
-    for queue, conc in specs:
-        log = worker_logs / f"{queue}.log"
-        procs.append(start_worker(e2e_env, log, queue, conc))
-        logs.append(log)
-    try:
-        for proc, log in zip(procs, logs, strict=True):
-            wait_ready(log, proc)
-        yield logs
-    finally:
-        for proc in procs:
-            stop(proc)
+    specs = [(worker_logs / f"{queue}.log", queue, conc)
+             for queue, conc in (("haiku-simple", 30), ("sonnet-complex", 30), ("farm-intake", 4))]
+    with running_workers(e2e_env, specs):
+        yield [log for log, _, _ in specs]
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 API_KEY = "sk-test-e2e-secret-0123456789abcdef"
@@ -41,3 +43,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+@contextmanager
+def running_workers(env: dict[str, str], specs: Sequence[tuple[Path, str, int]]
+                    ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Workers for (log, queues, concurrency) specs, all ready; stopped on the way out."""
+    procs = [start_worker(env, log, queues, concurrency) for log, queues, concurrency in specs]
+    try:
+        for proc, (log, _, _) in zip(procs, specs, strict=True):
+            wait_ready(log, proc)
+        yield procs
+    finally:
+        for proc in procs:
+            stop(proc)

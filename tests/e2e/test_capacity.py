@@ -17,7 +17,7 @@ from sqlalchemy import text
 from farm.breaker import Breaker, BreakerConfig
 from farm.client import Farm
 from farm.jobs import JobStatus
-from tests_e2e import start_worker, stop, wait_ready
+from tests_e2e import running_workers
 
 HAIKU, SONNET = "claude-haiku-4-5", "claude-sonnet-5-5"
 RPM = 120
@@ -43,15 +43,12 @@ def limited(e2e_env: dict[str, str], sim_url: str, tmp_path_factory: pytest.Temp
     env = {**e2e_env, "FARM_LIMITS": f'{{"{HAIKU}": {{"rpm": {RPM}}}}}',
            "FARM_BREAKER_COOLDOWN_S": "2", "FARM_HOLD_RECHECK_S": "1",
            "FARM_LIMIT_SLEEP_S": "1"}
-    logs = [tmp_path_factory.mktemp("limits") / f"worker-{i}.log" for i in range(2)]
-    procs = [start_worker(env, log, "haiku-simple,sonnet-complex", 20) for log in logs]
+    folder = tmp_path_factory.mktemp("limits")
+    specs = [(folder / f"worker-{i}.log", "haiku-simple,sonnet-complex", 20) for i in range(2)]
     try:
-        for proc, log in zip(procs, logs, strict=True):
-            wait_ready(log, proc)
-        yield env
+        with running_workers(env, specs):
+            yield env
     finally:
-        for proc in procs:
-            stop(proc)
         httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {}, "overload_models": {}})
         _clean(e2e_env["FARM_BROKER_URL"])
 

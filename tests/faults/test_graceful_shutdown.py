@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from farm.client import Farm
 from farm.jobs import JobStatus
-from tests_e2e import start_worker, stop, wait_ready
+from tests_e2e import running_workers
 
 JOBS = 200
 
@@ -20,20 +20,14 @@ JOBS = 200
 def test_sigterm_lets_running_jobs_finish(e2e_env: dict[str, str], farm: Farm, tmp_path: Path,
                                           sim_stats: Callable[[], dict[str, object]]) -> None:
     survivor_log, leaving_log = tmp_path / "survivor.log", tmp_path / "leaving.log"
-    survivor = start_worker(e2e_env, survivor_log, "haiku-simple", 20)
-    leaving = start_worker(e2e_env, leaving_log, "haiku-simple", 20)
-    try:
-        wait_ready(survivor_log, survivor)
-        wait_ready(leaving_log, leaving)
+    specs = [(log, "haiku-simple", 20) for log in (survivor_log, leaving_log)]
+    with running_workers(e2e_env, specs) as (_, leaving):
         ids = farm.submit_many([{"prompt": f"[[sim:latency=2]] graceful {i}?",
                                  "complexity": "simple"} for i in range(JOBS)])
         time.sleep(3.0)  # both workers are in the middle of calls
         leaving.send_signal(signal.SIGTERM)
         assert leaving.wait(60) == 0  # warm shutdown: it waited for its running jobs
         views = farm.wait(ids, timeout=120)
-    finally:
-        stop(leaving)
-        stop(survivor)
     assert [v.status for v in views] == [JobStatus.SUCCEEDED] * JOBS
     assert all(v.attempts == 1 for v in views)
     assert sim_stats()["messages_requests"] == JOBS  # nothing was run twice
@@ -46,11 +40,8 @@ def test_sigterm_grace_is_bounded(e2e_env: dict[str, str], farm: Farm, tmp_path:
     """Jobs longer than the grace: handed back when it ends, run again on another worker."""
     env = {**e2e_env, "FARM_SHUTDOWN_GRACE_S": "2", "FARM_REAPER_INTERVAL_S": "1"}
     survivor_log, leaving_log = tmp_path / "survivor.log", tmp_path / "leaving.log"
-    survivor = start_worker(env, survivor_log, "haiku-simple", 10)
-    leaving = start_worker(env, leaving_log, "haiku-simple", 10)
-    try:
-        wait_ready(survivor_log, survivor)
-        wait_ready(leaving_log, leaving)
+    specs = [(log, "haiku-simple", 10) for log in (survivor_log, leaving_log)]
+    with running_workers(env, specs) as (_, leaving):
         ids = farm.submit_many([{"prompt": f"[[sim:latency=6]] long {i}?",
                                  "complexity": "simple"} for i in range(20)])
         time.sleep(2.0)  # each worker is in the middle of 10 calls
@@ -62,9 +53,6 @@ def test_sigterm_grace_is_bounded(e2e_env: dict[str, str], farm: Farm, tmp_path:
         with farm.engine.connect() as conn:
             ok = conn.execute(text("select count(*) from attempts where outcome = 'ok' "
                                    "and job_id = any(:ids)"), {"ids": ids}).scalar()
-    finally:
-        stop(leaving)
-        stop(survivor)
     log = leaving_log.read_text()
     assert "shutdown grace of 2s is over: 10 running job(s) handed back" in log
     assert [v.status for v in views] == [JobStatus.SUCCEEDED] * 20
