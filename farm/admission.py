@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from farm.breaker import Admission, Breaker, counts_as_failure
+from farm.hold import Polled
+from farm.jobs import Usage
 from farm.limiter import Grant, Limiter
 from farm.policies import ErrorKind
 from farm.settings import Settings
@@ -72,25 +74,13 @@ class Gate:
         self.limiter, self.breaker, self.settings = limiter, breaker, settings
         self._sleep, self._rand = sleep, rand
         self._lock = threading.Lock()
-        self._paused: set[str] = set()
-        self._paused_read = 0.0
         self._observed: dict[str, float] = {}
-
-    def paused(self, queue: str) -> bool:
-        """Is the queue paused by an operator (read from Redis at most once a second)?"""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._paused_read >= 1.0:
-                self._paused_read = now
-                try:
-                    self._paused = self.limiter.paused_queues()
-                except Exception as exc:  # broker trouble: keep the last answer
-                    log.warning("could not read paused queues: %s", type(exc).__name__)
-            return queue in self._paused
+        # queues paused by an operator, read from Redis at most once a second
+        self._paused = Polled(limiter.paused_queues, set[str](), 1.0)
 
     def admit(self, job: StartedJob) -> Go | Later:
         settings = self.settings
-        if self.paused(job.queue):
+        if job.queue in self._paused.get():
             return Later(settings.hold_recheck_s, f"queue {job.queue} is paused")
         models = candidates(job, settings)
         slept = 0.0
@@ -106,7 +96,7 @@ class Gate:
                 got = self.limiter.acquire(
                     model, input_tokens=job.request.approx_input_tokens(),
                     output_tokens=job.request.max_tokens, priority=job.request.priority,
-                    tenant=job.request.tenant, waited_s=waited_s(job) + slept)
+                    tenant=job.request.tenant, waited_s=waited_s(job))
                 if isinstance(got, Grant):
                     if got.delay_s > 0:
                         self._sleep(got.delay_s)
@@ -121,11 +111,11 @@ class Gate:
             self._sleep(nap)
             slept += nap
 
-    def done(self, go: Go, *, input_tokens: int, output_tokens: int,
-             ratelimit: dict[str, str]) -> None:
+    def done(self, go: Go, usage: Usage, ratelimit: dict[str, str]) -> None:
         """A call that the provider answered with 200. Never raises: the result must be
-        recorded whatever Redis does."""
-        self._settle(go, input_tokens, output_tokens)
+        recorded whatever Redis does. Cache reads do not count toward the input limit."""
+        self._settle(go, usage.input_tokens + usage.cache_creation_input_tokens,
+                     usage.output_tokens)
         self._safely(self.breaker.record, go.model, success=True, probe=go.probe)
         self._observe(go.model, ratelimit)
 

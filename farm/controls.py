@@ -112,12 +112,14 @@ def throttle(ctx: click.Context, model: str, percent: str) -> None:
                else f"{model}: throttled to {value:g}% of its limits on every worker")
 
 
-def _check_queue(ctx: click.Context, queue: str) -> None:
+def _set_paused(ctx: click.Context, queue: str, paused: bool) -> None:
     settings = ctx.obj
     assert isinstance(settings, Settings)
     known = (*settings.queue_names, "farm-intake")
     if queue not in known:
         raise click.BadParameter(f"unknown queue {queue!r}; known: {', '.join(known)}")
+    with _gate(ctx) as gate:
+        (gate.limiter.pause_queue if paused else gate.limiter.resume_queue)(queue)
 
 
 @click.command()
@@ -125,9 +127,7 @@ def _check_queue(ctx: click.Context, queue: str) -> None:
 @click.pass_context
 def pause(ctx: click.Context, queue: str) -> None:
     """Pause QUEUE: its jobs stay queued (no attempt used, nothing called) until resumed."""
-    _check_queue(ctx, queue)
-    with _gate(ctx) as gate:
-        gate.limiter.pause_queue(queue)
+    _set_paused(ctx, queue, True)
     click.echo(f"{queue}: paused on every worker (`farm resume {queue}` to resume)")
 
 
@@ -136,9 +136,7 @@ def pause(ctx: click.Context, queue: str) -> None:
 @click.pass_context
 def resume(ctx: click.Context, queue: str) -> None:
     """Resume a paused QUEUE."""
-    _check_queue(ctx, queue)
-    with _gate(ctx) as gate:
-        gate.limiter.resume_queue(queue)
+    _set_paused(ctx, queue, False)
     click.echo(f"{queue}: resumed")
 
 

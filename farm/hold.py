@@ -6,13 +6,16 @@ shows it and `farm hold --release` lifts it.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
+log = logging.getLogger("farm.hold")
 KEY = "farm:hold"
+T = TypeVar("T")
 
 
 def set_hold(broker: Any, reason: str) -> None:
@@ -34,25 +37,43 @@ def current(broker: Any) -> dict[str, Any] | None:
     return value
 
 
-class HoldCheck:
-    """A worker process's view of the flag, read from Redis at most every `every_s`."""
+class Polled(Generic[T]):
+    """A value kept in Redis, read by a worker process at most every `every_s` whatever
+    number of threads ask; on broker trouble the last value read stays."""
 
-    def __init__(self, broker: Any, every_s: float = 2.0) -> None:
-        self._broker, self._every = broker, every_s
+    def __init__(self, read: Callable[[], T], initial: T, every_s: float) -> None:
+        self._read, self._value, self._every = read, initial, every_s
         self._lock = threading.Lock()
-        self._checked = 0.0
-        self._held: dict[str, Any] | None = None
+        self._checked = float("-inf")
 
-    def held(self) -> dict[str, Any] | None:
+    def get(self) -> T:
         now = time.monotonic()
         with self._lock:
             if now - self._checked >= self._every:
                 self._checked = now
-                with contextlib.suppress(Exception):  # broker trouble: keep the last answer
-                    self._held = current(self._broker)
-            return self._held
+                try:
+                    self._value = self._read()
+                except Exception as exc:
+                    log.warning("could not read from Redis: %s", type(exc).__name__)
+            return self._value
+
+    def put(self, value: T) -> None:
+        """A value this process has just written itself."""
+        with self._lock:
+            self._value, self._checked = value, time.monotonic()
+
+
+class HoldCheck:
+    """A worker process's view of the flag, read from Redis at most every `every_s`."""
+
+    def __init__(self, broker: Any, every_s: float = 2.0) -> None:
+        self._broker = broker
+        self._flag: Polled[dict[str, Any] | None] = Polled(lambda: current(broker), None,
+                                                           every_s)
+
+    def held(self) -> dict[str, Any] | None:
+        return self._flag.get()
 
     def set(self, reason: str) -> None:
         set_hold(self._broker, reason)
-        with self._lock:
-            self._held, self._checked = {"reason": reason}, time.monotonic()
+        self._flag.put({"reason": reason})

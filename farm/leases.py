@@ -143,7 +143,7 @@ def reap(engine: Engine, republish: Republish, *, grace_s: float, broker: Any = 
 
 ORPHAN_CANDIDATES_SQL = text(
     """
-    SELECT id FROM jobs
+    SELECT id, queue FROM jobs
     WHERE status = 'queued'
       AND ((next_run_at IS NULL AND created_at < now() - make_interval(secs => :age_s))
            OR next_run_at < now() - make_interval(secs => :grace_s))
@@ -198,14 +198,12 @@ def sweep_orphans(engine: Engine, broker: Any, republish: Republish, *, age_s: f
     """Publish again the jobs queued in Postgres whose message is nowhere in Redis: never
     started after age_s, or due more than grace_s ago."""
     with engine.connect() as conn:
-        candidates = set(conn.execute(ORPHAN_CANDIDATES_SQL,
-                                      {"age_s": age_s, "grace_s": grace_s,
-                                       "limit": limit}).scalars())
-        if not candidates:
-            return 0
-        queues = set(conn.execute(text("SELECT DISTINCT queue FROM jobs WHERE id = ANY(:ids)"),
-                                  {"ids": list(candidates)}).scalars())
-    present = ids_in_redis(broker, queues, scan_max=scan_max)
+        rows = conn.execute(ORPHAN_CANDIDATES_SQL,
+                            {"age_s": age_s, "grace_s": grace_s, "limit": limit}).all()
+    if not rows:
+        return 0
+    candidates = {row.id for row in rows}
+    present = ids_in_redis(broker, {row.queue for row in rows}, scan_max=scan_max)
     if present is None:
         log.info("orphan sweep skipped: more than %d messages queued", scan_max)
         return 0

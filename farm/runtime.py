@@ -49,9 +49,9 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
     import redis
 
     pool = settings.db_pool_size
+    # the hold flag, leases, the orphan sweep, the limiter and the breaker: one client, whose
+    # pool grows to one connection per thread that uses it at the same time
     broker = redis.Redis.from_url(broker_url)
-    # limiter and breaker scripts: one connection each per concurrent call at most
-    shared = redis.Redis.from_url(broker_url, max_connections=settings.worker_concurrency + 8)
     runtime = Runtime(
         settings=settings,
         # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
@@ -63,7 +63,7 @@ def build(settings: Settings, policies: dict[str, RetryPolicy],
         running=Running(),
         stop=threading.Event(),
         hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
-        gate=make_gate(shared, settings),
+        gate=make_gate(broker, settings),
     )
     if republish is not None:
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,

@@ -134,10 +134,6 @@ def _fetch_one(engine: Engine, sql: str, params: dict[str, Any],
             delay = min(delay * 2, 5.0)
 
 
-def _execute(engine: Engine, sql: str, params: dict[str, Any], patience_s: float) -> None:
-    _fetch_one(engine, sql + " RETURNING 1", params, patience_s)
-
-
 def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
               patience_s: float = 0.0) -> StartedJob | None:
     """Mark the job running under a lease and count the attempt; None if it must not run."""
@@ -157,14 +153,15 @@ UNSTART_SQL = """
         started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
         next_run_at = now() + make_interval(secs => %(wait_s)s)
     WHERE id = %(job_id)s AND status = 'running' AND attempts = %(attempt)s
+    RETURNING id
 """
 
 
 def unstart(engine: Engine, job: StartedJob, wait_s: float, *, patience_s: float = 0.0) -> None:
     """Put a started job back to queued without a call (it must wait for capacity): the
     attempt it was counted is given back, and it is due again in wait_s."""
-    _execute(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
-                                   "wait_s": wait_s}, patience_s)
+    _fetch_one(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
+                                     "wait_s": wait_s}, patience_s)
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,7 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         runtime.gate.failed(admitted, exc.kind, retry_after_s=exc.retry_after_s,
                             ratelimit=exc.ratelimit)
         return _failed(task, runtime, job, exc, started, admitted.model)
-    usage = result.usage
-    runtime.gate.done(admitted, input_tokens=usage.input_tokens + usage.cache_creation_input_tokens,
-                      output_tokens=usage.output_tokens, ratelimit=result.ratelimit)
+    runtime.gate.done(admitted, result.usage, result.ratelimit)
     cost = runtime.prices.cost(result.model, result.usage)
     refused = result.stop_reason == "refusal"
     status = store.record_outcome(runtime.engine, job, store.Outcome(

@@ -17,7 +17,6 @@ Environment: FARM_BENCH_JOBS (default 1500), FARM_BENCH_ROUNDS (2), FARM_BENCH_C
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import procs  # ops/, this script's directory
 import redis
 
 from farm import services
@@ -75,26 +75,13 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(argv, env=env, stdout=open(log, "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while " ready." not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            raise SystemExit(f"bench: worker failed to start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    return proc
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    proc = procs.spawn(argv, env=env, log=log, cwd=ROOT)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        procs.wait_ready(proc, log)
+    except SystemExit:
+        procs.stop_all([proc])
+        raise
+    return proc
 
 
 def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> Result:
@@ -121,7 +108,7 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> R
         return Result(f"farm/{pool}", steady_rate(finished), N / elapsed, cpu / N,
                       _peak_rss_mb(worker.pid))
     finally:
-        _stop(worker)
+        procs.stop_all([worker])
 
 
 def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> Result:
@@ -154,7 +141,7 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
         return Result(f"plain-celery/{pool}", steady_rate(finished), N / elapsed, cpu / N,
                       _peak_rss_mb(worker.pid))
     finally:
-        _stop(worker)
+        procs.stop_all([worker])
         counter.delete(f"baseline:done:{run}")
         counter.close()
         sender.close()
@@ -175,9 +162,8 @@ def main() -> int:
     broker_url, _ = resolve_urls(settings)
     logs = base.data_dir / "run"
     logs.mkdir(parents=True, exist_ok=True)
-    sim = subprocess.Popen([sys.executable, "-m", "farm.cli", "sim", "--port", str(sim_port),
-                            "--latency", "1.0"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(sim_port),
+                       "--latency", "1.0"], env=env)
     results: list[Result] = []
     try:
         if not services.wait_port(sim_port, timeout=30):
@@ -198,8 +184,7 @@ def main() -> int:
                           f"(end to end {r.end_to_end_jobs_per_s:5.1f})  "
                           f"{1000 * r.cpu_s_per_job:6.2f} ms CPU/job  {r.peak_rss_mb:6.1f} MB")
     finally:
-        os.killpg(sim.pid, signal.SIGTERM)
-        sim.wait(10)
+        procs.stop_all([sim], grace=10)
     print("\nmedians:")
     print(f"{'variant':<24}{'jobs/s':>9}{'end-to-end':>12}{'CPU ms/job':>12}"
           f"{'peak RSS MB':>13}")

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import baseline_limited as baseline  # ops/, this script's directory
+import procs
 import redis
 from sqlalchemy import func, text, update
 
@@ -137,7 +137,7 @@ def rate_bars(r: RateResult) -> list[Bar]:
 
 def start_workers(ctx: Ctx, app: str, env: dict[str, str], tag: str, queue: str = QUEUE
                   ) -> list[subprocess.Popen[bytes]]:
-    procs: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
     logs = [ctx.settings.data_dir / "run" / f"bench-limits-{tag}-{i}.log"
             for i in range(PROCESSES)]
     try:
@@ -145,33 +145,13 @@ def start_workers(ctx: Ctx, app: str, env: dict[str, str], tag: str, queue: str 
             argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P",
                     "threads", "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
                     "--without-mingle", "-n", f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h"]
-            procs.append(subprocess.Popen(argv, env=env, stdout=open(log, "wb"),  # noqa: SIM115
-                                          stderr=subprocess.STDOUT, cwd=ROOT,
-                                          start_new_session=True))
-        deadline = time.monotonic() + 90
-        for proc, log in zip(procs, logs, strict=True):
-            while " ready." not in log.read_text(errors="replace"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"bench-limits: a worker did not start:\n"
-                                     f"{log.read_text(errors='replace')[-3000:]}")
-                time.sleep(0.2)
+            started.append(procs.spawn(argv, env=env, log=log, cwd=ROOT))
+        for proc, log in zip(started, logs, strict=True):
+            procs.wait_ready(proc, log, timeout=90)
     except BaseException:
-        stop_workers(procs)
+        procs.stop_all(started)
         raise
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM all (warm shutdown, in parallel); SIGKILL any still there 30 s later."""
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    return started
 
 
 def fresh_farm_state(ctx: Ctx, farm: Farm) -> None:
@@ -228,7 +208,7 @@ def run_farm(ctx: Ctx) -> RateResult:
             samples = drive(ctx, "farm", top_up)
         finally:
             cancelled = cancel_open_jobs(farm)
-            stop_workers(workers)
+            procs.stop_all(workers)
         statuses = Counter(v.status.value for v in farm.statuses(ids))
     bad = len(ids) - statuses["succeeded"] - statuses["cancelled"]
     return RateResult("farm (FARM_LIMITS)", samples, f"{len(ids)} submitted, "
@@ -253,7 +233,7 @@ def run_plain(ctx: Ctx, limit: str) -> RateResult:
         samples = drive(ctx, f"plain {limit}", top_up)
         counts = baseline.counts(ctx.baseline_url, run)
     finally:
-        stop_workers(workers)
+        procs.stop_all(workers)
         queue.flushdb()
         queue.close()
     failed = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "ok") or "0 failed"
@@ -300,7 +280,7 @@ def run_storm(ctx: Ctx) -> tuple[list[str], list[Bar]]:
             stats = ctx.sim("/_sim/stats")
         finally:
             cancel_open_jobs(farm)
-            stop_workers(workers)
+            procs.stop_all(workers)
             ctx.sim("/_sim/config", {"overload_models": {}})
     opened = next((t - start for t, state in timeline if t >= start and state == "open"), None)
 
@@ -350,9 +330,9 @@ def main() -> int:
     (base.data_dir / "run").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["PYTHONPATH"], port = str(ROOT), services.free_port()
-    sim = subprocess.Popen(
+    sim = procs.spawn(
         [sys.executable, "-m", "farm.cli", "sim", "--port", str(port), "--latency", "1.0"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env)
     url = f"http://127.0.0.1:{port}"
     env.update({"ANTHROPIC_API_KEY": "sim-bench-key", "ANTHROPIC_BASE_URL": url})
     try:
@@ -371,8 +351,7 @@ def main() -> int:
         results = [run_farm(ctx), *(run_plain(ctx, limit) for limit in BASELINES)]
         storm_lines, storm_bars = run_storm(ctx)
     finally:
-        os.killpg(sim.pid, signal.SIGTERM)
-        sim.wait(10)
+        procs.stop_all([sim], grace=10)
     a, b = results[0].window()
     print(f"\nsteady = successful calls/min from {a.t:.0f} s to {b.t:.0f} s; whole = over the "
           "whole run (initial burst included); 429 share = 429s / all requests of the whole run")

@@ -7,16 +7,16 @@ prints the cost report; stops everything it started.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import secrets
-import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import procs  # ops/, this script's directory
 
 from farm import services
 from farm.client import Farm
@@ -94,12 +94,10 @@ def main() -> int:
     log_dir = data_dir / "run"
     log_dir.mkdir(parents=True, exist_ok=True)
     farm_cmd = [sys.executable, "-m", "farm.cli"]
-    procs: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, argv: list[str]) -> None:
-        log = open(log_dir / f"demo-{name}.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        children.append(procs.spawn(argv, env=env, log=log_dir / f"demo-{name}.log"))
 
     try:
         spawn("sim", [*farm_cmd, "sim", "--port", str(sim_port)])
@@ -142,14 +140,7 @@ def main() -> int:
               "the same token counts)")
         return 0 if by_status.get("succeeded") == len(views) else 1
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        procs.stop_all(children, grace=20)
         stopped = "the simulator, workers and Flower"
         if embedded and not was_running:
             services.down(data_dir)

@@ -6,10 +6,14 @@
 
 Pid files live in $FARM_DATA_DIR/run (default .farm/run). Stopping sends SIGTERM to the
 process group and waits, then SIGKILL.
+
+The demo and the benchmarks use `spawn`, `wait_ready` and `stop_all` for the children they
+start and stop themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,6 +69,40 @@ def stop(name: str, grace: float = 20.0) -> None:
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
     print(f"{name}: stopped")
+
+
+def spawn(argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """A child in a process group of its own (stopping the group stops its children too),
+    its output in `log` (discarded without one)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  handed to the child
+    return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    """Until the Celery worker writing `log` says it is ready; SystemExit if it dies or
+    takes longer than `timeout`."""
+    deadline = time.monotonic() + timeout
+    while " ready." not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"a worker did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:
+    """SIGTERM every process group at once, wait up to `grace`, SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def names() -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from farm.admission import Gate, Go, Later, candidates, waited_s
 from farm.breaker import Admission, BreakerState, Decision
-from farm.jobs import JobRequest, Priority
+from farm.jobs import JobRequest, Priority, Usage
 from farm.limits import Grant, Wait
 from farm.policies import ErrorKind
 from farm.settings import Settings
@@ -168,11 +168,13 @@ def _go(probe: bool = False) -> Go:
 def test_done_refunds_with_actual_usage_and_records_success() -> None:
     limiter, breaker = FakeLimiter(), FakeBreaker()
     g, _ = gate(limiter, breaker)
-    g.done(_go(), input_tokens=12, output_tokens=40,
-           ratelimit={"anthropic-ratelimit-requests-limit": "50"})
+    # cache writes count toward the input limit, cache reads do not
+    g.done(_go(), Usage(input_tokens=10, cache_creation_input_tokens=2,
+                        cache_read_input_tokens=500, output_tokens=40),
+           {"anthropic-ratelimit-requests-limit": "50"})
     assert limiter.released[0][1] == {"input_tokens": 12, "output_tokens": 40}
     assert breaker.records == [(SONNET, True, False)] and limiter.observed == [SONNET]
-    g.done(_go(), input_tokens=1, output_tokens=1, ratelimit={"x": "1"})
+    g.done(_go(), Usage(input_tokens=1, output_tokens=1), {"x": "1"})
     assert limiter.observed == [SONNET]  # at most once a second per model
 
 
@@ -204,5 +206,5 @@ def test_redis_trouble_after_a_call_never_raises() -> None:
             raise ConnectionError("redis down")
 
     g, _ = gate(Broken())
-    g.done(_go(), input_tokens=1, output_tokens=1, ratelimit={})
+    g.done(_go(), Usage(input_tokens=1, output_tokens=1), {})
     g.failed(_go(), ErrorKind.RATE_LIMITED, retry_after_s=None, ratelimit={})
