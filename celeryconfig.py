@@ -7,14 +7,14 @@ embedded Valkey) when the app is built (farm.app.create_app).
 
 from kombu.entity import Exchange, Queue
 
+from farm.dlq import DEAD_LETTER_QUEUE
 from farm.policies import ErrorKind, RetryPolicy
+from farm.settings import DEFAULT_QUEUES, INTAKE_QUEUE
 
 # --- routing ------------------------------------------------------------------------------
 # Specialization queues (their models are in farm settings: FARM_QUEUES), the intake queue
 # for jobs sent with plain send_task that could not be routed at the sender, and the DLQ.
-SPECIALIZATION_QUEUES = ("haiku-simple", "sonnet-complex")
-INTAKE_QUEUE = "farm-intake"
-DEAD_LETTER_QUEUE = "dead-letter"
+SPECIALIZATION_QUEUES = tuple(q.name for q in DEFAULT_QUEUES)
 
 # one direct exchange; each queue is bound by its own name
 FARM_EXCHANGE = Exchange("farm", type="direct")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
-from farm.settings import Settings
+from farm.jobs import Priority
+from farm.settings import RUN_JOB_TASK, Settings
 
 
 def _import_celeryconfig() -> object:
@@ -52,3 +55,10 @@ def create_app(settings: Settings | None = None) -> Celery:
     import farm.worker  # noqa: F401  worker lifecycle signal handlers
 
     return app
+
+
+def send_job(app: Celery, job_id: uuid.UUID, queue: str, priority: Priority,
+             producer: Any = None) -> None:
+    """Publish a job's message. Only its id travels: the request stays in Postgres."""
+    app.send_task(RUN_JOB_TASK, kwargs={"job_id": str(job_id)}, task_id=str(job_id),
+                  queue=queue, priority=priority.celery_priority, producer=producer)

@@ -82,7 +82,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
             "ANTHROPIC_API_KEY is not set: a worker needs it to call the Claude API "
             "(for the simulator, any value and ANTHROPIC_BASE_URL=http://127.0.0.1:8787)"
         )
-    known = (*settings.queue_names, "farm-intake")
+    known = settings.servable_queues
     queues = tuple(n.strip() for q in queues for n in q.split(",") if n.strip())
     for name in queues:
         if name not in known:
@@ -257,32 +257,6 @@ def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None
         click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
     else:
         click.echo(render(rows))
-
-
-@main.command()
-@click.option("--release", is_flag=True, help="Lift the hold: held jobs run again.")
-@click.pass_context
-def hold(ctx: click.Context, release: bool) -> None:
-    """Show (or --release) the farm-wide hold set when the spend limit is reached."""
-    import redis
-
-    from farm import hold as farm_hold
-    from farm.celery_app import resolve_urls
-
-    try:
-        broker_url, _ = resolve_urls(_settings(ctx))
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
-    client = redis.Redis.from_url(broker_url)
-    try:
-        if release:
-            released = farm_hold.release(client)
-            click.echo("released: held jobs run again" if released else "the farm was not held")
-            return
-        state = farm_hold.current(client)
-    finally:
-        client.close()
-    click.echo("not held" if state is None else f"HELD: {state.get('reason')}")
 
 
 @main.group()

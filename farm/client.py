@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from farm import dlq, reports, store
-from farm.celery_app import create_app, resolve_urls
+from farm.celery_app import create_app, resolve_urls, send_job
 from farm.db import make_engine
 from farm.jobs import JobRequest, JobStatus, Route, new_job_id
-from farm.routing import route
+from farm.routing import parse_and_route
 from farm.settings import Settings
 
 JobLike = JobRequest | Mapping[str, Any]
@@ -88,15 +88,11 @@ def validate(jobs: Sequence[JobLike], settings: Settings) -> list[tuple[JobReque
     out: list[tuple[JobRequest, Route]] = []
     for index, job in enumerate(jobs):
         try:
-            request = job if isinstance(job, JobRequest) else JobRequest.model_validate(job)
+            out.append(parse_and_route(job, settings.queues))
         except ValidationError as exc:
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "job"
                 problems.append((index, field, err["msg"]))
-            continue
-        try:
-            request.check_fits_context()
-            out.append((request, route(request, settings.queues)))
         except ValueError as exc:
             field = str(exc).split(":", 1)[0] if ":" in str(exc) else "job"
             problems.append((index, field, str(exc)))
@@ -150,14 +146,7 @@ class Farm:
         published = 0
         try:
             for job_id, (request, chosen) in chunk:
-                self.app.send_task(
-                    "farm.run_job",
-                    kwargs={"job_id": str(job_id)},
-                    task_id=str(job_id),
-                    queue=chosen.queue,
-                    priority=request.priority.celery_priority,
-                    producer=producer,
-                )
+                send_job(self.app, job_id, chosen.queue, request.priority, producer)
                 published += 1
         except Exception as exc:
             reason = f"publish failed: {type(exc).__name__}: {exc}"[:500]
@@ -175,7 +164,7 @@ class Farm:
 
     def statuses(self, job_ids: Iterable[uuid.UUID | str]) -> list[JobView]:
         ids = [uuid.UUID(str(i)) for i in job_ids]
-        rows = store.get_jobs(self.engine, ids)
+        rows = store.get_jobs(self.engine, ids, columns=list(JobView.model_fields))
         return [JobView.model_validate(rows[i]) for i in ids if i in rows]
 
     def wait(

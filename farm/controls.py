@@ -1,5 +1,5 @@
-"""Operator controls of the farm's capacity: `farm limits`, `farm throttle`, `farm pause`,
-`farm resume` (registered on the `farm` command by farm.cli).
+"""Operator controls: `farm limits`, `farm throttle`, `farm pause`, `farm resume` and
+`farm hold` (registered on the `farm` command by farm.cli).
 
 They act on the same Redis state every worker reads (farm.limiter, farm.breaker), so they
 take effect across the cluster at once, with no restart.
@@ -18,23 +18,35 @@ from farm.settings import Settings
 
 
 @contextmanager
-def _gate(ctx: click.Context) -> Iterator[Any]:
+def _redis(ctx: click.Context) -> Iterator[Any]:
+    """A client of the farm's Redis, where every worker reads these controls."""
     import redis
 
     from farm.celery_app import resolve_urls
-    from farm.runtime import make_gate
 
-    settings = ctx.obj
-    assert isinstance(settings, Settings)
     try:
-        broker_url, _ = resolve_urls(settings)
+        broker_url, _ = resolve_urls(_settings(ctx))
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
     client = redis.Redis.from_url(broker_url)
     try:
-        yield make_gate(client, settings)
+        yield client
     finally:
         client.close()
+
+
+@contextmanager
+def _gate(ctx: click.Context) -> Iterator[Any]:
+    from farm.runtime import make_gate
+
+    with _redis(ctx) as client:
+        yield make_gate(client, _settings(ctx))
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
 
 
 def _known_models(settings: Settings, seen: list[str]) -> list[str]:
@@ -56,7 +68,7 @@ def _fmt(value: Any) -> str:
 @click.pass_context
 def limits(ctx: click.Context, as_json: bool) -> None:
     """Configured and effective limits, current use and circuit state, per model."""
-    settings = ctx.obj
+    settings = _settings(ctx)
     with _gate(ctx) as gate:
         rows = []
         for model in _known_models(settings, gate.limiter.models()):
@@ -113,9 +125,7 @@ def throttle(ctx: click.Context, model: str, percent: str) -> None:
 
 
 def _set_paused(ctx: click.Context, queue: str, paused: bool) -> None:
-    settings = ctx.obj
-    assert isinstance(settings, Settings)
-    known = (*settings.queue_names, "farm-intake")
+    known = _settings(ctx).servable_queues
     if queue not in known:
         raise click.BadParameter(f"unknown queue {queue!r}; known: {', '.join(known)}")
     with _gate(ctx) as gate:
@@ -140,4 +150,20 @@ def resume(ctx: click.Context, queue: str) -> None:
     click.echo(f"{queue}: resumed")
 
 
-COMMANDS = (limits, throttle, pause, resume)
+@click.command()
+@click.option("--release", is_flag=True, help="Lift the hold: held jobs run again.")
+@click.pass_context
+def hold(ctx: click.Context, release: bool) -> None:
+    """Show (or --release) the farm-wide hold set when the spend limit is reached."""
+    from farm import hold as farm_hold
+
+    with _redis(ctx) as client:
+        if release:
+            released = farm_hold.release(client)
+            click.echo("released: held jobs run again" if released else "the farm was not held")
+            return
+        state = farm_hold.current(client)
+    click.echo("not held" if state is None else f"HELD: {state.get('reason')}")
+
+
+COMMANDS = (limits, throttle, pause, resume, hold)

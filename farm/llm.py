@@ -58,7 +58,7 @@ class MissingApiKey(RuntimeError):
     pass
 
 
-def make_client(settings: Settings, *, max_connections: int | None = None) -> anthropic.Anthropic:
+def make_client(settings: Settings) -> anthropic.Anthropic:
     if settings.anthropic_api_key is None:
         raise MissingApiKey(
             "ANTHROPIC_API_KEY is not set: a worker needs it to call the Claude API "
@@ -66,7 +66,7 @@ def make_client(settings: Settings, *, max_connections: int | None = None) -> an
         )
     import httpx2
 
-    limit = max(100, max_connections or settings.worker_concurrency)
+    limit = max(100, settings.worker_concurrency)
     http_client = httpx2.Client(
         limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit),
         timeout=httpx2.Timeout(settings.request_timeout, connect=settings.connect_timeout),

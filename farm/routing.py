@@ -27,11 +27,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from farm.jobs import Complexity, JobRequest, Route
-from farm.settings import DEFAULT_QUEUES, QueueSpec
+from farm.settings import DEFAULT_QUEUES, INTAKE_QUEUE, RUN_JOB_TASK, QueueSpec
 
 COMPLEX_THRESHOLD = 3
-RUN_JOB_TASK = "farm.run_job"
-INTAKE_QUEUE = "farm-intake"  # celeryconfig.INTAKE_QUEUE; the worker records invalid jobs
 
 
 class UnknownModelError(ValueError):
@@ -214,6 +212,14 @@ def queue_for_model(model: str, queues: Sequence[QueueSpec], prefer: str = "") -
     return next((q for q in matches if q.complexity == prefer), matches[0])
 
 
+def parse_and_route(raw: Any, queues: Sequence[QueueSpec]) -> tuple[JobRequest, Route]:
+    """A job as given (a JobRequest or a mapping), validated, checked against the context
+    window and routed. Raises pydantic's ValidationError or a ValueError ("field: …")."""
+    request = raw if isinstance(raw, JobRequest) else JobRequest.model_validate(raw)
+    request.check_fits_context()
+    return request, route(request, queues)
+
+
 def route(request: JobRequest, queues: Sequence[QueueSpec]) -> Route:
     """Explicit model (and queue), else explicit queue, else explicit complexity, else classify;
     UnknownModelError / UnknownQueueError ("model: …" / "queue: …") name unknown choices."""
@@ -291,9 +297,7 @@ def route_task(
     if set(kwargs) - {"job_id", "request", "queue"}:
         return {**out, "queue": INTAKE_QUEUE}
     try:
-        raw = kwargs["request"]
-        request = raw if isinstance(raw, JobRequest) else JobRequest.model_validate(raw)
-        request.check_fits_context()
-        return {**out, "queue": route(request, DEFAULT_QUEUES).queue}
+        _, chosen = parse_and_route(kwargs["request"], DEFAULT_QUEUES)
+        return {**out, "queue": chosen.queue}
     except (ValidationError, ValueError, TypeError):
         return {**out, "queue": INTAKE_QUEUE}

@@ -13,6 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm.limits import ModelLimits
 
+# jobs sent with plain send_task that could not be routed at the sender go here; workers on
+# it validate, record and route them (celeryconfig declares it)
+INTAKE_QUEUE = "farm-intake"
+RUN_JOB_TASK = "farm.run_job"
+
 
 class QueueSpec(BaseModel):
     """A specialization queue and the model its workers call."""
@@ -147,3 +152,8 @@ class Settings(BaseSettings):
     @property
     def queue_names(self) -> tuple[str, ...]:
         return tuple(q.name for q in self.queues)
+
+    @property
+    def servable_queues(self) -> tuple[str, ...]:
+        """The specialization queues and the intake queue: what a worker may consume."""
+        return (*self.queue_names, INTAKE_QUEUE)

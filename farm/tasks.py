@@ -11,17 +11,18 @@ import uuid
 from typing import Any
 
 from celery import Task, shared_task
-from pydantic import ValidationError
 
 from farm import dlq, llm, policies, store
 from farm import runtime as rt
 from farm.admission import Later
-from farm.jobs import JobRequest, JobStatus, Priority
+from farm.celery_app import send_job
+from farm.jobs import JobStatus, Priority
 from farm.policies import Action
-from farm.routing import route
+from farm.routing import parse_and_route
+from farm.settings import INTAKE_QUEUE, RUN_JOB_TASK
 
 log = logging.getLogger("farm.tasks")
-RUN_JOB = "farm.run_job"
+RUN_JOB = RUN_JOB_TASK
 
 
 def runtime_for(task: Task) -> rt.Runtime:
@@ -31,8 +32,7 @@ def runtime_for(task: Task) -> rt.Runtime:
     app = task.app
 
     def republish(job_id: uuid.UUID, queue: str, priority: str) -> None:
-        app.send_task(RUN_JOB, kwargs={"job_id": str(job_id)}, task_id=str(job_id),
-                      queue=queue, priority=Priority(priority).celery_priority)
+        send_job(app, job_id, queue, Priority(priority))
 
     return rt.get(app.conf.farm_settings, app.conf.farm_retry_policies, republish)
 
@@ -60,15 +60,16 @@ def run_job(
     if job_uuid is None:
         log.error("dropped malformed message %s: job_id %r is not a UUID", self.request.id, job_id)
         return {"dropped": "job_id is not a UUID"}
-    if request is not None or unexpected:
-        _intake(self, runtime, job_uuid, request, unexpected, self.request.delivery_info)
+    if (request is not None or unexpected) and not _intake(
+            self, runtime, job_uuid, request, unexpected, self.request.delivery_info):
+        return {"job_id": str(job_uuid), "status": "failed", "error": "invalid"}
     settings = runtime.settings
     held = runtime.hold.held()
     if held is not None:
         # the farm is on hold (spend limit): keep the job queued, use no attempt, call nothing
         store.defer(runtime.engine, job_uuid, settings.hold_recheck_s)
         log.info("job %s held: %s", job_uuid, held.get("reason"))
-        raise self.retry(countdown=settings.hold_recheck_s)
+        raise _again(self, job_uuid, settings.hold_recheck_s)
     patience = settings.db_patience_s
     job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
                           patience_s=patience)
@@ -79,7 +80,7 @@ def run_job(
     if job.attempt > settings.max_deliveries:
         reason = f"started {job.attempt} times without finishing (poison message?)"
         store.kill_job(runtime.engine, job.id, reason)
-        _dead(self, runtime, job.id, "poison", reason)
+        _dead(self, runtime, job.id, job.queue, "poison", reason)
         return {"job_id": str(job.id), "status": "dead", "error": "poison"}
     runtime.running.add(job.id)
     try:
@@ -95,7 +96,7 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         # waiting for capacity, a healthy model or a resumed queue uses no attempt
         store.unstart(runtime.engine, job, admitted.wait_s, patience_s=patience)
         log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
-        raise task.retry(countdown=admitted.wait_s)
+        raise _again(task, job.id, admitted.wait_s)
     started = store.now()
     try:
         result = llm.call(runtime.client, admitted.model, job.request)
@@ -114,9 +115,16 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         stop_reason=result.stop_reason, error="the model refused" if refused else None,
     ), patience_s=patience)
     if refused:
-        _dead(task, runtime, job.id, "refusal", "the model refused")
+        _dead(task, runtime, job.id, job.queue, "refusal", "the model refused")
     return {"job_id": str(job.id), "status": status,
             "cost_usd": None if cost is None else str(cost)}
+
+
+def _again(task: Task, job_id: uuid.UUID, countdown: float) -> Exception:
+    """The job's message again, later. It carries the job id only: an inline job's request
+    is recorded by then, so a later delivery does not validate and route it again."""
+    exc: Exception = task.retry(countdown=countdown, kwargs={"job_id": str(job_id)})
+    return exc
 
 
 def _intake(
@@ -126,23 +134,23 @@ def _intake(
     request: dict[str, Any] | None,
     unexpected: dict[str, Any],
     delivery_info: dict[str, Any] | None,
-) -> None:
-    """A job sent inline with plain send_task: validate, route, record the row."""
-    queue = (delivery_info or {}).get("routing_key") or "farm-intake"
+) -> bool:
+    """A job sent inline with plain send_task: validate, route, record the row. False when
+    the job is invalid (recorded as failed and dead-lettered)."""
+    queue = (delivery_info or {}).get("routing_key") or INTAKE_QUEUE
     try:
         if unexpected:
             raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
-        job_request = JobRequest.model_validate(request)
-        job_request.check_fits_context()
-        chosen = route(job_request, runtime.settings.queues)
-    except (ValidationError, ValueError) as exc:
+        job_request, chosen = parse_and_route(request, runtime.settings.queues)
+    except ValueError as exc:  # a pydantic ValidationError is a ValueError too
         with runtime.engine.begin() as conn:
             store.insert_failed_job(conn, job_id, request, queue, f"invalid job: {exc}")
-        _dead(task, runtime, job_id, "invalid", f"invalid job: {exc}")
-        return
+        _dead(task, runtime, job_id, queue, "invalid", f"invalid job: {exc}")
+        return False
     row = store.new_job_row(job_id, job_request, chosen)
     with runtime.engine.begin() as conn:
         store.insert_job_once(conn, row)
+    return True
 
 
 def _failed(
@@ -164,22 +172,23 @@ def _failed(
         retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
     ), patience_s=runtime.settings.db_patience_s)
     if decision.action is not Action.RETRY:
-        _dead(task, runtime, job.id, exc.kind.value, exc.message)
+        _dead(task, runtime, job.id, job.queue, exc.kind.value, exc.message)
     if decision.action is Action.HALT:
         runtime.hold.set(f"{decision.reason} (job {job.id}): raise the limit, then "
                          "`farm hold --release`")
         log.critical("ALERT: %s (job %s); every job is held until the limit is raised and "
                      "`farm hold --release` is run", decision.reason, job.id)
     if decision.action is Action.RETRY:
-        raise task.retry(countdown=decision.delay_s)
+        raise _again(task, job.id, decision.delay_s)
     return {"job_id": str(job.id), "status": decision.action.value, "error": exc.kind.value}
 
 
-def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, error_class: str,
+def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, queue: str, error_class: str,
           message: str) -> None:
-    """Dead-letter a job: its DLQ row (once), then a message on the dead-letter queue."""
+    """Dead-letter a job: its DLQ row (once), then a message on its queue's dead-letter
+    destination (the retry policy's `dead_letter_queue`)."""
     if dlq.record(runtime.engine, job_id, error_class, message):
-        task.app.send_task(dlq.DEAD_LETTER_TASK, queue=dlq.DEAD_LETTER_QUEUE,
+        task.app.send_task(dlq.DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
                            kwargs={"job_id": str(job_id), "error_class": error_class})
 
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import procs  # ops/, this script's directory
 
@@ -68,8 +67,8 @@ def _bar(done: int, total: int, started: float) -> None:
 
 
 def main() -> int:
-    data_dir = Path(os.environ.get("FARM_DATA_DIR", ".farm"))
     base = Settings()
+    data_dir = base.data_dir
     embedded = base.broker_url is None or base.database_url is None
     was_running = embedded and all(services.status(data_dir).values())
     if embedded:
