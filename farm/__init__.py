@@ -1,7 +1,15 @@
 """farm: an LLM task farm on Celery.
 
-``celery -A farm worker`` finds the app through ``farm.app`` (built on first access).
-The Python API for services is :class:`farm.client.Farm`.
+``celery -A farm worker`` finds the worker's app as ``farm.app``, built on first access
+from the environment's settings (farm.worker.wiring). The Python API for services is
+:class:`farm.client.Farm`.
+
+The package is organised by area: ``broker`` (kombu's Redis layout), ``capacity`` (limits,
+breakers, admission), ``reliability`` (retry policies, leases, orphans, hold, dead
+letters), ``provider`` (the Messages API call), ``routing``, ``store`` (Postgres),
+``costs`` (pricing, reports), ``worker`` (tasks, runtime, lifecycle), ``sim`` (the API
+simulator) and ``cli``; ``jobs``, ``settings``, ``services``, ``app`` and ``client`` are the
+shared edge.
 """
 
 from __future__ import annotations
@@ -11,24 +19,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["app", "celery"]
+__all__ = ["celery"]
 
 _app: Celery | None = None
 
 
 def get_app() -> Celery:
-    """The process's Celery app, created from the environment's settings on first use."""
+    """The worker's Celery app, created from the environment's settings on first use."""
     global _app
     if _app is None:
-        from farm.celery_app import create_app
+        from farm.worker.wiring import worker_app
 
-        _app = create_app()
-        from farm import tasks  # noqa: F401  registers the tasks
-
+        _app = worker_app()
     return _app
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("app", "celery"):
+    if name == "celery":
         return get_app()
     raise AttributeError(f"module 'farm' has no attribute {name!r}")

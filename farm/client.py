@@ -22,12 +22,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from farm import dlq, reports, store
-from farm.celery_app import create_app, resolve_urls, send_job
-from farm.db import make_engine
+from farm.app import create_app, send_job
+from farm.broker.layout import DEAD_LETTER_QUEUE
+from farm.costs import reports
 from farm.jobs import JobRequest, JobStatus, Route, new_job_id
-from farm.routing import parse_and_route
+from farm.reliability import dlq
+from farm.routing.route import parse_and_route
+from farm.services import resolve_urls
 from farm.settings import Settings
+from farm.store import jobs as store
+from farm.store.schema import make_engine
 
 JobLike = JobRequest | Mapping[str, Any]
 SUBMIT_CHUNK = 100
@@ -106,9 +110,9 @@ class Farm:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        _, database_url = resolve_urls(self.settings)
-        self.app = create_app(self.settings)
-        self.engine = make_engine(database_url, pool_size=4, max_overflow=4)
+        urls = resolve_urls(self.settings)
+        self.app = create_app(self.settings, broker_url=urls.broker_url)
+        self.engine = make_engine(urls.database_url, pool_size=4, max_overflow=4)
 
     def __enter__(self) -> Farm:
         return self
@@ -234,5 +238,5 @@ class Farm:
     def purge_dead_letters(self) -> tuple[int, int]:
         """Delete the DLQ rows and the dead-letter queue's messages; returns both counts."""
         with self.app.connection_for_write() as conn:
-            messages = int(conn.default_channel.queue_purge(dlq.DEAD_LETTER_QUEUE) or 0)
+            messages = int(conn.default_channel.queue_purge(DEAD_LETTER_QUEUE) or 0)
         return dlq.purge(self.engine), messages

@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from farm.settings import Settings
+
 STATE_FILE = "services.json"
 PG_USER = "postgres"
 PG_DB = "farm"
@@ -75,6 +77,26 @@ def read_endpoints(data_dir: Path) -> Endpoints | None:
     if "valkey_port" in state and "postgres_port" in state:
         return endpoints_for(state["valkey_port"], state["postgres_port"])
     return None
+
+
+def resolve_urls(settings: Settings) -> Endpoints:
+    """The broker and database URLs: the configured ones, else those of the embedded
+    services running under the settings' data dir. RuntimeError names what is missing."""
+    broker, database = settings.broker_url, settings.database_url
+    if broker is None or database is None:
+        embedded = read_endpoints(settings.data_dir)
+        if embedded is None:
+            missing = " and ".join(
+                n for n, v in (("FARM_BROKER_URL", broker), ("FARM_DATABASE_URL", database))
+                if v is None
+            )
+            raise RuntimeError(
+                f"{missing} not set and no embedded services under {settings.data_dir}: "
+                "run `make up` (or `farm up`) first, or set the URL"
+            )
+        broker = broker or embedded.broker_url
+        database = database or embedded.database_url
+    return Endpoints(broker_url=broker, database_url=database)
 
 
 # --- Valkey -----------------------------------------------------------------------------

@@ -11,12 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from farm.limits import ModelLimits
-
-# jobs sent with plain send_task that could not be routed at the sender go here; workers on
-# it validate, record and route them (celeryconfig declares it)
-INTAKE_QUEUE = "farm-intake"
-RUN_JOB_TASK = "farm.run_job"
+from farm.broker.layout import INTAKE_QUEUE
+from farm.capacity.limits import ModelLimits
 
 
 class QueueSpec(BaseModel):
@@ -97,7 +93,7 @@ class Settings(BaseSettings):
     # how long a worker holds a finished call's result while Postgres is unreachable
     db_patience_s: float = Field(default=300.0, ge=0, le=86_400)
 
-    # --- the provider's limits, kept cluster-wide (farm.limiter) --------------------------
+    # --- the provider's limits, kept cluster-wide (farm.capacity) -----------------------
     # per model: {"claude-sonnet-5-5": {"rpm": 600, "itpm": 400000, "otpm": 100000,
     # "max_concurrency": 200}}; a model not listed follows the provider's rate-limit headers
     limits: dict[str, ModelLimits] = Field(default_factory=dict)
@@ -112,7 +108,7 @@ class Settings(BaseSettings):
     # a low-priority job waiting this long (since it was submitted) is served as high
     limit_max_wait_s: float = Field(default=120.0, gt=0)
 
-    # --- circuit breaker per model, shared by every worker (farm.breaker) ---------------
+    # --- circuit breaker per model, shared by every worker (farm.capacity) -------------
     breaker_failures: int = Field(default=5, ge=1, le=1000)  # in a row: opens
     breaker_cooldown_s: float = Field(default=15.0, gt=0, le=3600)
     breaker_max_cooldown_s: float = Field(default=120.0, gt=0, le=86_400)
@@ -136,18 +132,6 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://", "valkey://")):
             raise ValueError("FARM_BROKER_URL must be a redis:// or rediss:// URL")
         return value.replace("valkey://", "redis://", 1)
-
-    def queue(self, name: str) -> QueueSpec:
-        for spec in self.queues:
-            if spec.name == name:
-                return spec
-        raise KeyError(f"unknown queue {name!r}; known: {', '.join(q.name for q in self.queues)}")
-
-    def queue_for(self, complexity: str) -> QueueSpec:
-        for spec in self.queues:
-            if spec.complexity == complexity:
-                return spec
-        raise KeyError(f"no queue serves complexity {complexity!r}")
 
     @property
     def queue_names(self) -> tuple[str, ...]:

@@ -29,10 +29,11 @@ import procs  # ops/, this script's directory
 import redis
 
 from farm import services
-from farm.celery_app import resolve_urls
 from farm.client import Farm
-from farm.migrate import upgrade
+from farm.services import resolve_urls
 from farm.settings import Settings
+from farm.store.migrate import upgrade
+from farm.worker.command import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("FARM_BENCH_JOBS", "1500"))
@@ -85,9 +86,8 @@ def _start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess
 
 
 def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> Result:
-    argv = [sys.executable, "-m", "celery", "-A", "farm", "worker", "-Q", "haiku-simple",
-            "-P", pool, "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
-            "--without-mingle", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    argv = worker_argv("haiku-simple", concurrency=CONCURRENCY, pool=pool, events=False,
+                       name=f"bench-{uuid.uuid4().hex[:6]}@%h")
     worker = _start_worker(argv, env, log)
     try:
         cpu0 = _proc_cpu(worker.pid)
@@ -115,10 +115,8 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
     from celery import Celery
 
     env = {**env, "BASELINE_BROKER_URL": broker_url}
-    argv = [sys.executable, "-m", "celery", "-A", "ops.baseline", "worker", "-Q", "baseline",
-            "-P", pool, "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
-            "--without-mingle", "-n", f"baseline-{uuid.uuid4().hex[:6]}@%h",
-            *(["-E"] if EVENTS else [])]
+    argv = worker_argv("baseline", concurrency=CONCURRENCY, pool=pool, app="ops.baseline",
+                       events=EVENTS, name=f"baseline-{uuid.uuid4().hex[:6]}@%h")
     worker = _start_worker(argv, env, log)
     counter = redis.Redis.from_url(broker_url)
     sender = Celery("bench-sender", broker=broker_url, set_as_current=False)
@@ -159,7 +157,7 @@ def main() -> int:
     settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
                         anthropic_base_url=env["ANTHROPIC_BASE_URL"])
     upgrade(settings)
-    broker_url, _ = resolve_urls(settings)
+    broker_url = resolve_urls(settings).broker_url
     logs = base.data_dir / "run"
     logs.mkdir(parents=True, exist_ok=True)
     sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(sim_port),

@@ -54,12 +54,14 @@ import procs
 import redis
 from sqlalchemy import func, text, update
 
-from farm import services, store
-from farm.breaker import Breaker, BreakerConfig
-from farm.celery_app import resolve_urls
+from farm import services
+from farm.capacity.breaker import Breaker, BreakerConfig
 from farm.client import Farm, JobView
-from farm.migrate import upgrade
+from farm.services import resolve_urls
 from farm.settings import Settings
+from farm.store import jobs as store
+from farm.store.migrate import upgrade
+from farm.worker.command import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = os.environ.get
@@ -142,9 +144,8 @@ def start_workers(ctx: Ctx, app: str, env: dict[str, str], tag: str, queue: str 
             for i in range(PROCESSES)]
     try:
         for i, log in enumerate(logs):
-            argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P",
-                    "threads", "-c", str(CONCURRENCY), "-l", "INFO", "--without-gossip",
-                    "--without-mingle", "-n", f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h"]
+            argv = worker_argv(queue, concurrency=CONCURRENCY, app=app, events=False,
+                               name=f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h")
             started.append(procs.spawn(argv, env=env, log=log, cwd=ROOT))
         for proc, log in zip(started, logs, strict=True):
             procs.wait_ready(proc, log, timeout=90)
@@ -340,7 +341,7 @@ def main() -> int:
             raise SystemExit("bench-limits: the simulator did not start")
         settings = Settings(anthropic_api_key="sim-bench-key", anthropic_base_url=url)
         upgrade(settings)
-        broker_url, _ = resolve_urls(settings)
+        broker_url = resolve_urls(settings).broker_url
         baseline_url = urllib.parse.urlunsplit(
             urllib.parse.urlsplit(broker_url)._replace(path=f"/{BASELINE_DB}"))
         ctx = Ctx(settings, env, url, redis.Redis.from_url(broker_url), baseline_url)

@@ -19,9 +19,9 @@ import procs  # ops/, this script's directory
 
 from farm import services
 from farm.client import Farm
-from farm.migrate import upgrade
-from farm.reports import render
+from farm.costs.reports import render
 from farm.settings import Settings
+from farm.store.migrate import upgrade
 
 JOBS = int(os.environ.get("FARM_DEMO_JOBS", "300"))
 SIMPLE = [

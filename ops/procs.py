@@ -81,13 +81,15 @@ def spawn(argv: list[str], *, env: dict[str, str] | None = None, log: Path | Non
 
 
 def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    """Until the Celery worker writing `log` says it is ready; SystemExit if it dies or
-    takes longer than `timeout`."""
-    deadline = time.monotonic() + timeout
-    while " ready." not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"a worker did not start:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+    """Until the Celery worker writing `log` says it is ready; SystemExit (with its log's
+    tail) if it exits first or takes longer than `timeout`."""
+    from farm.worker.command import WorkerNotReady
+    from farm.worker.command import wait_ready as ready
+
+    try:
+        ready(proc, log, timeout)
+    except WorkerNotReady as exc:
+        raise SystemExit(f"a worker did not start: {exc}") from None
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:

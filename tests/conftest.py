@@ -50,8 +50,8 @@ def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from farm.migrate import alembic_config
     from farm.settings import normalize_database_url
+    from farm.store.migrate import alembic_config
 
     server = make_url(normalize_database_url(service_urls[1]))
     name = f"farm_test_{uuid.uuid4().hex[:10]}"

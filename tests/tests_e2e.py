@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from farm.worker.command import wait_ready as ready
+from farm.worker.command import worker_argv
 
 API_KEY = "sk-test-e2e-secret-0123456789abcdef"
 
@@ -16,24 +16,12 @@ API_KEY = "sk-test-e2e-secret-0123456789abcdef"
 def start_worker(env: dict[str, str], log: Path, queues: str, concurrency: int = 20,
                  extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "farm", "worker", "-Q", queues,
-             "-P", "threads", "-c", str(concurrency), "-l", "INFO", "-E",
-             "-n", f"{queues.split(',')[0]}@%h-{os.getpid()}",
-             "--without-gossip", "--without-mingle", *extra],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+        return subprocess.Popen(worker_argv(queues, concurrency=concurrency, extra=extra),
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early:\n{log.read_text()[-3000:]}")
-        if " ready." in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"worker not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+    ready(proc, log, timeout)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from farm.breaker import Breaker, BreakerConfig
+from farm.capacity.breaker import Breaker, BreakerConfig
 from farm.client import Farm
 from farm.jobs import JobStatus
 from tests_e2e import running_workers

@@ -16,8 +16,8 @@ from celery import Celery
 from sqlalchemy import text
 
 from farm.client import Farm
+from farm.costs.pricing import default_pricebook
 from farm.jobs import JobStatus, Usage
-from farm.pricing import default_pricebook
 
 Stats = Callable[[], dict[str, object]]
 

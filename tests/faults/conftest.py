@@ -20,7 +20,7 @@ def own_postgres(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
     """A PostgreSQL of this test's own, migrated: (data dir, port, SQLAlchemy URL)."""
     from alembic import command
 
-    from farm.migrate import alembic_config
+    from farm.store.migrate import alembic_config
     from tests_support import free_port
 
     data_dir = tmp_path / "pg"

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.breaker import (
+from farm.capacity.breaker import Breaker, parse
+from farm.capacity.circuit import (
     Admission,
-    Breaker,
     BreakerConfig,
     BreakerState,
     BreakerValue,
     Event,
-    parse,
     transition,
 )
 
@@ -33,7 +32,8 @@ T0 = 1_700_000_000.0
 WORKER = """
 import json, sys
 import redis
-from farm.breaker import Breaker, BreakerConfig
+from farm.capacity.breaker import Breaker
+from farm.capacity.circuit import BreakerConfig
 url, config, now, model, ops = sys.argv[1:6]
 client = redis.Redis.from_url(url)
 breaker = Breaker(client, BreakerConfig(**json.loads(config)), clock=lambda: float(now))

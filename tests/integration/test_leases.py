@@ -12,9 +12,11 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from farm import leases, store
+from farm.broker import layout
 from farm.client import Farm
+from farm.reliability import leases, orphans
 from farm.settings import Settings
+from farm.store import jobs as store
 
 
 @pytest.fixture
@@ -72,8 +74,8 @@ def test_message_taken_by_a_dead_worker_is_republished(farm: Farm, broker: redis
                    "properties": {}}
         broker.hset("unacked", tag, json.dumps([message, "farm", "haiku-simple"]))
         broker.zadd("unacked_index", {tag: time.time() - 120})
-    assert leases.long_reserved(broker, 60) == [job, future] or set(
-        leases.long_reserved(broker, 60)) == {job, future}
+    assert layout.long_reserved(broker, 60) == [job, future] or set(
+        layout.long_reserved(broker, 60)) == {job, future}
     republished: list[uuid.UUID] = []
     leases.reap(farm.engine, lambda j, q, p: republished.append(j), grace_s=60, broker=broker)
     assert republished == [job]  # the not-yet-due retry is left to its holder
@@ -113,12 +115,12 @@ def test_orphan_sweep_republishes_only_jobs_whose_message_is_gone(
                "properties": {"correlation_id": str(due_held)}}
     broker.hset("unacked", "tag-1", json.dumps([message, "farm", "haiku-simple"]))
     republished: list[uuid.UUID] = []
-    n = leases.sweep_orphans(farm.engine, broker, lambda j, q, p: republished.append(j),
+    n = orphans.sweep_orphans(farm.engine, broker, lambda j, q, p: republished.append(j),
                              age_s=60, grace_s=30)
     # kept is still queued in Redis; fresh_lost is too young to judge; due_held is held
     assert n == 2 and set(republished) == {lost, due_lost}
     republished.clear()
-    assert leases.sweep_orphans(farm.engine, broker, lambda j, q, p: republished.append(j),
+    assert orphans.sweep_orphans(farm.engine, broker, lambda j, q, p: republished.append(j),
                                 age_s=60, grace_s=30) == 0  # not again while it is on its way
     assert kept not in republished
 
@@ -130,11 +132,11 @@ def test_orphan_sweep_runs_once_per_interval_across_workers(
     _drop_message(broker, job)
     calls: list[uuid.UUID] = []
     sweep = dict(every_s=60, age_s=60, grace_s=30)
-    assert leases.sweep_if_due(farm.engine, broker, lambda j, q, p: calls.append(j), **sweep) == 1
+    assert orphans.sweep_if_due(farm.engine, broker, lambda j, q, p: calls.append(j), **sweep) == 1
     with farm.engine.begin() as conn:  # pretend its new message was lost as well
         conn.execute(text("update jobs set next_run_at = now() - interval '1 hour'"))
     # another worker, inside the same interval: it does not sweep
-    assert leases.sweep_if_due(farm.engine, broker, lambda j, q, p: calls.append(j), **sweep) == 0
+    assert orphans.sweep_if_due(farm.engine, broker, lambda j, q, p: calls.append(j), **sweep) == 0
     assert calls == [job]
 
 
@@ -143,8 +145,8 @@ def test_orphan_sweep_skips_a_backlog_too_long_to_scan(farm: Farm, broker: redis
     _age(farm, 120)
     _drop_message(broker, jobs[0])
     calls: list[uuid.UUID] = []
-    assert leases.sweep_orphans(farm.engine, broker, lambda j, q, p: calls.append(j),
+    assert orphans.sweep_orphans(farm.engine, broker, lambda j, q, p: calls.append(j),
                                 age_s=60, grace_s=30, scan_max=3) == 0
-    assert leases.sweep_orphans(farm.engine, broker, lambda j, q, p: calls.append(j),
+    assert orphans.sweep_orphans(farm.engine, broker, lambda j, q, p: calls.append(j),
                                 age_s=60, grace_s=30, scan_max=4) == 1
     assert calls == [jobs[0]]

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-from farm import limits
+from farm.capacity import limits
+from farm.capacity.limiter import Grant, Limiter, Wait
+from farm.capacity.limits import LimiterConfig, ModelLimits, ModelState
 from farm.jobs import Priority
-from farm.limiter import Grant, Limiter, Wait
-from farm.limits import LimiterConfig, ModelLimits, ModelState
 
 TENANTS = ("acme", "beta", "cyan")
 
@@ -142,7 +142,7 @@ def test_script_and_python_twin_agree_step_by_step(client: redis.Redis, prefix: 
             if rpm and len(active) > 1 and usage > limits.fair_share(rpm, len(active), 10):
                 seen["over share"] += 1
             gid = got.grant_id if isinstance(got, Grant) else "none"
-            want, states[model] = limits.decide(config, model, states[model], now,
+            want, states[model] = limits.acquire(config, model, states[model], now,
                                                 grant_id=gid, **ask)
             if isinstance(want, Wait):
                 assert isinstance(got, Wait) and got.reason == want.reason
@@ -304,8 +304,8 @@ WORKER = r"""
 import json, random, sys, threading, time
 import redis
 from farm.jobs import Priority
-from farm.limiter import Grant, Limiter
-from farm.limits import LimiterConfig
+from farm.capacity.limiter import Grant, Limiter
+from farm.capacity.limits import LimiterConfig
 
 url, prefix, tenant, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 config = LimiterConfig.model_validate_json(sys.argv[5])

@@ -20,7 +20,7 @@ import anthropic
 import pytest
 from aiohttp import web
 
-from farm.sim import SimConfig, make_app
+from farm.sim.server import SimConfig, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "claude-haiku-4-5"
@@ -266,7 +266,7 @@ def test_config_rejects_unknown_fields(url: str) -> None:
 
 
 def test_run_serves_until_sigterm() -> None:
-    code = ("from farm.sim import SimConfig, run; "
+    code = ("from farm.sim.server import SimConfig, run; "
             "run(SimConfig(port=0, ttft_s=0, output_tokens_per_s=1e6))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

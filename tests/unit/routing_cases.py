@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from farm.jobs import Complexity, JobRequest
-from farm.routing import classify
+from farm.routing.classify import classify
 
 
 class Case(NamedTuple):

@@ -1,25 +1,25 @@
-"""The breaker's pure arithmetic: every transition of ``farm.breaker.transition``."""
+"""The breaker's pure arithmetic: every transition of ``farm.capacity.circuit.transition``."""
 
 from __future__ import annotations
 
 import pytest
 
-from farm.breaker import (
+from farm.capacity.breaker import parse
+from farm.capacity.circuit import (
     Admission,
     BreakerConfig,
+    BreakerDecision,
     BreakerState,
     BreakerValue,
-    Decision,
     Event,
     bucket_of,
     cooldown_s,
     counts_as_failure,
-    parse,
     report,
     transition,
     window_totals,
 )
-from farm.policies import ErrorKind
+from farm.provider.errors import ErrorKind
 
 CFG = BreakerConfig()  # 5 in a row, 30 s window, 50 % of >= 20 calls, 15 s .. 120 s, 1 probe
 T0 = 1_000_000.0
@@ -34,7 +34,7 @@ def run(value: BreakerValue, *events: tuple[Event, float], config: BreakerConfig
 
 
 def allow(value: BreakerValue, now: float, config: BreakerConfig = CFG
-          ) -> tuple[BreakerValue, Decision]:
+          ) -> tuple[BreakerValue, BreakerDecision]:
     value, decision = transition(value, Event.ALLOW, now, config)
     assert decision is not None
     return value, decision
@@ -70,7 +70,7 @@ def test_config_validation() -> None:
 def test_closed_allows_and_changes_nothing() -> None:
     value = BreakerValue(failures_in_row=3, window=((bucket_of(T0, CFG), 4, 3),))
     after, decision = allow(value, T0)
-    assert after == value and decision == Decision(Admission.ALLOW, 0.0, CLOSED)
+    assert after == value and decision == BreakerDecision(Admission.ALLOW, 0.0, CLOSED)
 
 
 def test_consecutive_failures_open_it() -> None:
@@ -123,7 +123,7 @@ def test_the_window_slides() -> None:
 
 def test_open_rejects_until_the_cooldown_is_over() -> None:
     value, decision = allow(opened(), T0 + 5)
-    assert value == opened() and decision == Decision(Admission.REJECT, 10.0, OPEN)
+    assert value == opened() and decision == BreakerDecision(Admission.REJECT, 10.0, OPEN)
     value, decision = allow(opened(reopens=2), T0 + 5)
     assert decision.retry_in_s == 60.0 - 5  # 15 * 2 ** 2
 
@@ -136,10 +136,10 @@ def test_results_while_open_are_ignored() -> None:
 
 def test_after_the_cooldown_one_probe_then_reject() -> None:
     value, decision = allow(opened(), T0 + 15)
-    assert decision == Decision(Admission.PROBE, 0.0, HALF)
+    assert decision == BreakerDecision(Admission.PROBE, 0.0, HALF)
     assert value.state is HALF and value.probe_leases == (T0 + 15 + 150,)
     value, decision = allow(value, T0 + 16)
-    assert decision == Decision(Admission.REJECT, 15.0, HALF)  # capped at the base cooldown
+    assert decision == BreakerDecision(Admission.REJECT, 15.0, HALF)  # capped at the base cooldown
     assert value.probe_leases == (T0 + 165,)
 
 

@@ -42,11 +42,11 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.anthropic_api_key.get_secret_value() == "k-123"
     assert "k-123" not in repr(s)
     assert s.anthropic_base_url == "http://127.0.0.1:9"
-    assert s.queue("haiku-simple").model == "claude-haiku-4-5"
+    assert {q.name: q.model for q in s.queues}["haiku-simple"] == "claude-haiku-4-5"
 
 
 def test_default_models_have_prices_and_are_not_deprecated() -> None:
-    from farm.pricing import default_pricebook
+    from farm.costs.pricing import default_pricebook
 
     deprecated = {"claude-sonnet-4-5", "claude-opus-4-5", "claude-mythos-preview"}
     for spec in Settings().queues:
@@ -111,7 +111,7 @@ def test_terminal_statuses() -> None:
 def test_parse_message_reads_the_wire_format() -> None:
     import json
 
-    from farm.llm import parse_message
+    from farm.provider.messages import parse_message
 
     body = {
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
@@ -138,7 +138,7 @@ def test_parse_message_reads_the_wire_format() -> None:
 def test_broker_envelope_check() -> None:
     import json
 
-    from farm.broker import decode_envelope
+    from farm.broker.transport import decode_envelope
 
     good = {"body": "e30=", "properties": {"delivery_tag": "x"}, "headers": {}}
     assert decode_envelope(json.dumps(good).encode()) == good

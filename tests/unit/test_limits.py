@@ -1,4 +1,4 @@
-"""The limiter's arithmetic (farm.limits), no services: the Lua script is checked against
+"""The limiter's arithmetic (farm.capacity.limits), no services: the Lua script is checked against
 these same functions in tests/integration/test_limiter.py."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from farm import limits
+from farm.capacity import limits
+from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, TenantUsage, Wait
 from farm.jobs import Priority
-from farm.limits import Grant, LimiterConfig, ModelLimits, ModelState, TenantUsage, Wait
 
 T0 = 1000.0
 
@@ -27,7 +27,7 @@ def ask(config: LimiterConfig, state: ModelState, now: float = T0, *, model: str
         tokens: tuple[int, int] = (0, 0), priority: Priority = Priority.HIGH,
         tenant: str = "t", waited_s: float = 0.0, grant_id: str = "g"
         ) -> tuple[Grant | Wait, ModelState]:
-    return limits.decide(config, model, state, now, input_tokens=tokens[0],
+    return limits.acquire(config, model, state, now, input_tokens=tokens[0],
                          output_tokens=tokens[1], priority=priority, tenant=tenant,
                          waited_s=waited_s, grant_id=grant_id)
 

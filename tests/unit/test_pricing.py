@@ -1,4 +1,4 @@
-"""Prices as data and the exact cost of a response (farm.pricing)."""
+"""Prices as data and the exact cost of a response (farm.costs.pricing)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from farm.costs.pricing import COLUMNS, Price, PriceBook, cost, default_pricebook
 from farm.jobs import Usage
-from farm.pricing import COLUMNS, Price, PriceBook, cost, default_pricebook
 
 HEADER = ",".join(COLUMNS)
 GOOD_ROW = "m-1,1.00,5.00,1.25,2.00,0.10,official pricing page,2025"
@@ -91,14 +91,14 @@ def test_every_row_matches_the_doc_and_the_multipliers(book: PriceBook, model: s
 
 
 def test_packaged_rows_are_written_out_exactly() -> None:
-    text = (Path(__file__).parents[2] / "farm" / "prices.csv").read_text(encoding="utf-8")
+    text = (Path(__file__).parents[2] / "farm" / "costs" / "prices.csv").read_text(encoding="utf-8")
     assert "claude-haiku-5-5,0.10,0.50,0.125,0.20,0.01," in text
     assert "claude-opus-5,5.00,25.00,6.25,10.00,0.50," in text
 
 
 def test_default_pricebook_is_read_once_and_equals_explicit_load() -> None:
     assert default_pricebook() is default_pricebook()
-    explicit = PriceBook.load(Path(__file__).parents[2] / "farm" / "prices.csv")
+    explicit = PriceBook.load(Path(__file__).parents[2] / "farm" / "costs" / "prices.csv")
     assert dict(explicit) == dict(default_pricebook())
 
 

@@ -12,21 +12,17 @@ from typing import Any
 
 import pytest
 
+from farm.broker.layout import INTAKE_QUEUE
 from farm.jobs import MAX_PROMPT_CHARS, Complexity, JobRequest, Route
-from farm.routing import (
-    COMPLEX_THRESHOLD,
-    INTAKE_QUEUE,
-    Signals,
+from farm.routing.classify import COMPLEX_THRESHOLD, Signals, classify, signals
+from farm.routing.route import (
     UnknownModelError,
     UnknownQueueError,
-    classify,
     queue_for_model,
     queue_named,
-    redact_kwargs,
     route,
-    route_task,
-    signals,
 )
+from farm.routing.router import redact_kwargs, route_task
 from farm.settings import DEFAULT_QUEUES, QueueSpec
 from tests.unit.routing_cases import CASES, accuracy, misclassified
 
@@ -395,8 +391,8 @@ def test_celery_uses_the_router_by_name_with_redacted_reprs() -> None:
 
 def test_importing_routing_pulls_in_neither_celery_nor_settings_loading() -> None:
     code = (
-        "import sys, farm.routing\n"
-        "bad = [m for m in ('celery', 'farm.celery_app', 'farm.tasks', 'farm.db') "
+        "import sys, farm.routing.classify, farm.routing.route\n"
+        "bad = [m for m in ('celery', 'farm.app', 'farm.worker.tasks', 'farm.store.schema') "
         "if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from farm import sim_limits
-from farm.sim import (
+from farm.sim import limits as sim_limits
+from farm.sim.server import (
     RUNTIME_FIELDS,
     SimConfig,
     TokenBucket,

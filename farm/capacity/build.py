@@ -1,0 +1,49 @@
+"""The capacity objects built from the farm's settings, at the edge (a worker process's
+runtime, the operator commands): each gets only the config it needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from farm.capacity.admission import AdmissionConfig, Gate
+from farm.capacity.breaker import Breaker
+from farm.capacity.circuit import BreakerConfig
+from farm.capacity.limiter import Limiter
+from farm.capacity.limits import LimiterConfig
+from farm.settings import Settings
+
+
+def limiter_config(settings: Settings) -> LimiterConfig:
+    return LimiterConfig(models=settings.limits, target=settings.limit_target,
+                         max_wait_s=settings.limit_max_wait_s,
+                         max_delay_s=settings.limit_max_delay_s,
+                         grant_ttl_s=settings.request_timeout + 60)
+
+
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(consecutive_failures=settings.breaker_failures,
+                         cooldown_s=settings.breaker_cooldown_s,
+                         max_cooldown_s=max(settings.breaker_max_cooldown_s,
+                                            settings.breaker_cooldown_s),
+                         probe_ttl_s=settings.request_timeout + 30)
+
+
+def admission_config(settings: Settings) -> AdmissionConfig:
+    return AdmissionConfig(
+        fallbacks={q.name: q.fallback_model for q in settings.queues if q.fallback_model},
+        paused_recheck_s=settings.hold_recheck_s, sleep_max_s=settings.limit_sleep_s,
+        defer_max_s=settings.defer_max_s)
+
+
+def redis_limiter(redis_client: Any, settings: Settings) -> Limiter:
+    return Limiter(redis_client, limiter_config(settings))
+
+
+def redis_breaker(redis_client: Any, settings: Settings) -> Breaker:
+    return Breaker(redis_client, breaker_config(settings))
+
+
+def redis_gate(redis_client: Any, settings: Settings) -> Gate:
+    """The admission gate of a worker process, on the cluster's shared Redis state."""
+    return Gate(redis_limiter(redis_client, settings), redis_breaker(redis_client, settings),
+                admission_config(settings))

@@ -1,0 +1,383 @@
+"""Rate-limit arithmetic, pure: config values and the twin of the limiter's Lua script.
+
+``farm.capacity.limiter`` runs this arithmetic inside Redis (one atomic script per call, on Redis
+time) so that every worker process on every host shares one set of buckets. The functions
+here do exactly the same steps, in the same order and with the same float operations, on
+an explicit ``ModelState`` and ``now``: the unit tests cover them exhaustively and the
+integration tests check that the script and this twin agree step by step.
+
+Buckets work like the provider's: capacity = effective per-minute limit, refill =
+capacity/60 per second, start full. Effective limit = (observed limit, else configured)
+* throttle% * target. A request costs 1 request, its estimated input tokens and its
+max_tokens as output tokens (the provider reserves max_tokens and refunds the rest).
+
+Priorities: a request of priority p passes a bucket only if level - cost >= reserve[p] *
+capacity (cost capped so that a request larger than the bucket still passes when it is
+full). Fairness: each tenant's granted requests are counted with exponential decay, half-
+life H = tenant_window_s/2. At a steady rate r/s such a counter settles at r * H / ln 2,
+so a tenant's fair share of the rpm bucket, (rpm/60)/N per second among N active tenants,
+is the count (rpm/60/N) * H / ln 2. While N > 1, a tenant above it is served one priority
+lower (LOW stays LOW with 0.10 more reserve) and holds at most ceil(conc/N) slots. A tenant
+alone is never demoted: there is nobody to be fair to, and it would only idle the reserve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from farm.jobs import Priority
+
+KINDS = ("rpm", "itpm", "otpm")
+HEADER_KINDS = {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}
+PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+LN2 = 0.6931471805599453  # written out: the Lua script uses the very same constant
+LOW_EXTRA_RESERVE = 0.10  # a LOW request of a tenant over its share keeps this much more back
+EPS = 1e-9  # floor(10 * 0.95) must not become 9 through 9.4999999
+DEFAULT_RESERVE = {Priority.HIGH: 0.0, Priority.NORMAL: 0.05, Priority.LOW: 0.20}
+DEFAULT_SHARE = {Priority.HIGH: 1.0, Priority.NORMAL: 0.95, Priority.LOW: 0.80}
+
+
+class ModelLimits(BaseModel):
+    """One model's provider limits; None means unlimited."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rpm: int | None = Field(default=None, gt=0)
+    itpm: int | None = Field(default=None, gt=0)
+    otpm: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+
+    def rate(self, kind: str) -> int | None:
+        value: int | None = getattr(self, kind)
+        return value
+
+
+NO_LIMITS = ModelLimits()
+
+
+class LimiterConfig(BaseModel):
+    """The limiter's configuration, shared by every worker (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+    target: float = Field(default=0.98, gt=0, le=1)
+    reserve: dict[Priority, float] = Field(default_factory=lambda: dict(DEFAULT_RESERVE))
+    concurrency_share: dict[Priority, float] = Field(default_factory=lambda: dict(DEFAULT_SHARE))
+    max_wait_s: float = Field(default=120.0, gt=0)
+    tenant_window_s: float = Field(default=60.0, gt=0)
+    grant_ttl_s: float = Field(default=180.0, gt=0)
+    slot_wait_s: float = Field(default=0.25, gt=0)  # retry hint when no concurrency slot is free
+    # a grant may be scheduled up to this far ahead: its tokens are taken now (the bucket goes
+    # into debt) and the caller sleeps delay_s before calling. Waiters queue up behind each
+    # other instead of all polling for the next token at once.
+    max_delay_s: float = Field(default=2.0, ge=0, le=30)
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, value: dict[str, ModelLimits]) -> dict[str, ModelLimits]:
+        if any(not name.strip() for name in value):
+            raise ValueError("model names must be non-blank")
+        return value
+
+    @field_validator("reserve")
+    @classmethod
+    def _reserve(cls, value: dict[Priority, float]) -> dict[Priority, float]:
+        merged = {**DEFAULT_RESERVE, **value}
+        if bad := [p.value for p, v in merged.items() if not 0.0 <= v < 1.0]:
+            raise ValueError(f"reserve of {', '.join(bad)} must be in [0, 1)")
+        if not merged[Priority.HIGH] <= merged[Priority.NORMAL] <= merged[Priority.LOW]:
+            raise ValueError("reserve must not shrink from high to normal to low")
+        return merged
+
+    @field_validator("concurrency_share")
+    @classmethod
+    def _share(cls, value: dict[Priority, float]) -> dict[Priority, float]:
+        merged = {**DEFAULT_SHARE, **value}
+        if bad := [p.value for p, v in merged.items() if not 0.0 < v <= 1.0]:
+            raise ValueError(f"concurrency_share of {', '.join(bad)} must be in (0, 1]")
+        if not merged[Priority.HIGH] >= merged[Priority.NORMAL] >= merged[Priority.LOW]:
+            raise ValueError("concurrency_share must not grow from high to normal to low")
+        return merged
+
+    @model_validator(mode="after")
+    def _finite(self) -> LimiterConfig:
+        numbers = (self.max_wait_s, self.tenant_window_s, self.grant_ttl_s, self.slot_wait_s)
+        if not all(math.isfinite(x) for x in numbers):
+            raise ValueError("max_wait_s, tenant_window_s, grant_ttl_s, slot_wait_s: finite")
+        return self
+
+    def limits_for(self, model: str) -> ModelLimits:
+        return self.models.get(model, NO_LIMITS)
+
+
+@dataclass(frozen=True)
+class Grant:
+    model: str
+    grant_id: str
+    tenant: str
+    input_tokens: int
+    output_tokens: int
+    delay_s: float = 0.0  # sleep this long before the call: its tokens exist only then
+
+
+@dataclass(frozen=True)
+class Wait:
+    wait_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    count: float  # decayed count of granted requests
+    updated: float
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Everything the limiter keeps for one model; an empty state is a fresh model.
+
+    Mirrors the Redis keys: an absent level or ``updated is None`` is a full bucket.
+    The mappings are never mutated: every step builds new ones.
+    """
+
+    levels: Mapping[str, float] = field(default_factory=dict)
+    updated: float | None = None
+    observed: Mapping[str, int] = field(default_factory=dict)
+    throttle: float | None = None
+    paused_until: float | None = None
+    active: Mapping[str, float] = field(default_factory=dict)  # tenant -> last ask
+    usage: Mapping[str, TenantUsage] = field(default_factory=dict)
+    inflight: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # id -> tenant, exp
+
+
+@dataclass(frozen=True)
+class Effective:
+    caps: Mapping[str, float]  # kind -> bucket capacity (only limited kinds)
+    concurrency: int | None
+    throttle: float
+
+    @property
+    def unlimited(self) -> bool:
+        return not self.caps and self.concurrency is None
+
+
+def check_request(input_tokens: int, output_tokens: int, tenant: str) -> None:
+    """What an acquire must be given: token counts >= 0, a tenant without '|' (the key
+    separator of in-flight grants)."""
+    if input_tokens < 0 or output_tokens < 0:
+        raise ValueError("input_tokens and output_tokens must be >= 0")
+    if not tenant or "|" in tenant:
+        raise ValueError(f"tenant must be non-empty and without '|': {tenant!r}")
+
+
+def check_pause(seconds: float) -> float:
+    """A pause length: finite and >= 0."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"pause seconds must be finite and >= 0, got {seconds!r}")
+    return float(seconds)
+
+
+def check_percent(percent: float | None) -> float | None:
+    """A throttle percent in [1, 100]; None (or 100) means no throttle."""
+    if percent is None:
+        return None
+    if not (isinstance(percent, int | float) and 1.0 <= percent <= 100.0):
+        raise ValueError(f"throttle percent must be between 1 and 100, got {percent!r}")
+    return None if percent == 100 else float(percent)
+
+
+def effective(config: LimiterConfig, model: str, state: ModelState) -> Effective:
+    limits, thr = config.limits_for(model), state.throttle or 100.0
+    caps: dict[str, float] = {}
+    for kind in KINDS:
+        base = state.observed.get(kind) or limits.rate(kind)
+        if base:
+            caps[kind] = base * (thr / 100) * config.target
+    conc = None
+    if limits.max_concurrency is not None:
+        conc = max(1, math.floor(limits.max_concurrency * thr / 100 + EPS))
+    return Effective(caps, conc, thr)
+
+
+def refill(eff: Effective, state: ModelState, now: float) -> dict[str, float]:
+    """Bucket levels at ``now`` (absent = full), capped at capacity."""
+    levels: dict[str, float] = {}
+    for kind, cap in eff.caps.items():
+        old = state.levels.get(kind)
+        if old is None or state.updated is None:
+            levels[kind] = cap
+        else:
+            levels[kind] = min(cap, old + max(0, now - state.updated) * (cap / 60))
+    return levels
+
+
+def _store(state: ModelState, levels: dict[str, float], now: float) -> ModelState:
+    return replace(state, levels={**state.levels, **levels}, updated=now)
+
+
+def promote(config: LimiterConfig, priority: Priority, waited_s: float) -> Priority:
+    """A request that waited max_wait_s or longer is served as HIGH: nothing starves."""
+    return Priority.HIGH if waited_s >= config.max_wait_s else Priority(priority)
+
+
+def decayed(usage: TenantUsage | None, now: float, half_life: float) -> float:
+    if usage is None:
+        return 0.0
+    return usage.count * 2 ** (-(now - usage.updated) / half_life)
+
+
+def fair_share(rpm_cap: float, active: int, half_life: float) -> float:
+    """A tenant's fair share of ``rpm_cap`` as a decayed count (see the module docstring)."""
+    return rpm_cap / 60 / active * half_life / LN2
+
+
+def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
+           input_tokens: int, output_tokens: int, priority: Priority, tenant: str,
+           waited_s: float = 0.0, grant_id: str = "g") -> tuple[Grant | Wait, ModelState]:
+    """The twin of the acquire script (farm.capacity.limiter): the answer and the new state."""
+    idx = PRIORITY_ORDER.index(promote(config, priority, waited_s))
+    grant = Grant(model, grant_id, tenant, input_tokens, output_tokens)
+    if state.paused_until is not None and state.paused_until > now:
+        return Wait(state.paused_until - now, "paused (429)"), state
+    eff = effective(config, model, state)
+    if eff.unlimited:  # nothing is charged, so there is nothing to release
+        return replace(grant, grant_id=""), state
+    # active tenants: those that asked within the window, the asker included
+    active = {t: s for t, s in state.active.items() if s > now - config.tenant_window_s}
+    active[tenant] = now
+    state = replace(state, active=active)
+    half = config.tenant_window_s / 2
+    used = decayed(state.usage.get(tenant), now, half)
+    extra = 0.0
+    if "rpm" in eff.caps and len(active) > 1 and used > fair_share(
+            eff.caps["rpm"], len(active), half):
+        extra = LOW_EXTRA_RESERVE if idx == 2 else 0.0
+        idx = min(idx + 1, 2)
+    prio = PRIORITY_ORDER[idx]
+    inflight = {g: v for g, v in state.inflight.items() if v[1] > now}
+    state = replace(state, inflight=inflight)
+    if eff.concurrency is not None:
+        slots = max(1, math.floor(eff.concurrency * config.concurrency_share[prio] + EPS))
+        if len(inflight) >= slots:
+            return Wait(config.slot_wait_s, "concurrency"), state
+        mine = sum(1 for t, _ in inflight.values() if t == tenant)
+        if len(active) > 1 and mine >= math.ceil(eff.concurrency / len(active)):
+            return Wait(config.slot_wait_s, "tenant-concurrency"), state
+    levels = refill(eff, state, now)
+    costs = {"rpm": 1, "itpm": input_tokens, "otpm": output_tokens}
+    share: float = min(1, config.reserve[prio] + extra)
+    wait, reason, delay = 0.0, "", 0.0
+    for kind, cap in eff.caps.items():
+        need = min(costs[kind] + share * cap, cap)
+        if levels[kind] < need:
+            ahead = (need - levels[kind]) / (cap / 60)  # until the bucket holds enough
+            delay = max(delay, ahead)
+            if ahead - config.max_delay_s > wait:
+                wait, reason = ahead - config.max_delay_s, kind
+    if reason:
+        return Wait(wait, reason), state
+    for kind, cap in eff.caps.items():
+        levels[kind] = max(-cap, levels[kind] - costs[kind])
+    usage = {**state.usage, tenant: TenantUsage(used + 1, now)}
+    inflight[grant_id] = (tenant, now + config.grant_ttl_s)
+    grant = replace(grant, delay_s=delay)
+    return grant, replace(_store(state, levels, now), usage=usage, inflight=inflight)
+
+
+def settle(config: LimiterConfig, state: ModelState, now: float, grant: Grant, *,
+           input_tokens: int | None = None, output_tokens: int | None = None
+           ) -> tuple[bool, ModelState]:
+    """The twin of release: free the slot; refund (or charge) actual usage vs reservation.
+
+    Only a grant still on record counts: a second release, or one of a grant given while the
+    model was unlimited, changes nothing. Levels stay within [-capacity, capacity].
+    """
+    if grant.grant_id not in state.inflight:
+        return False, state
+    inflight = {g: v for g, v in state.inflight.items() if g != grant.grant_id}
+    state = replace(state, inflight=inflight)
+    if input_tokens is None and output_tokens is None:
+        return True, state
+    eff = effective(config, grant.model, state)
+    if not eff.caps:
+        return True, state
+    levels = refill(eff, state, now)
+    for kind, reserved, actual in (("itpm", grant.input_tokens, input_tokens),
+                                   ("otpm", grant.output_tokens, output_tokens)):
+        if actual is not None and kind in levels:
+            cap = eff.caps[kind]
+            levels[kind] = max(-cap, min(cap, levels[kind] + (reserved - actual)))
+    return True, _store(state, levels, now)
+
+
+@dataclass(frozen=True)
+class Observation:
+    limits: Mapping[str, int]
+    remaining: Mapping[str, int]
+
+
+def parse_headers(headers: Mapping[str, str]) -> Observation:
+    """The anthropic-ratelimit-* limits and remainders; garbage values are ignored."""
+    lower = {str(k).lower(): v for k, v in headers.items()}
+    found: dict[str, dict[str, int]] = {"limit": {}, "remaining": {}}
+    for name, kind in HEADER_KINDS.items():
+        for what, into in found.items():
+            raw = lower.get(f"anthropic-ratelimit-{name}-{what}")
+            try:
+                value = int(str(raw).strip()) if raw is not None else -1
+            except ValueError:
+                continue
+            if value > 0 or (what == "remaining" and value == 0):
+                into[kind] = value
+    return Observation(found["limit"], found["remaining"])
+
+
+def observe(config: LimiterConfig, model: str, state: ModelState, now: float,
+            seen: Observation) -> ModelState:
+    """The twin of the observe script: follow the provider's limits and lower (never raise)
+    a level to remaining * target when the provider has fewer left than we think."""
+    state = replace(state, observed={**state.observed, **seen.limits})
+    eff = effective(config, model, state)
+    kinds = [k for k in seen.remaining if k in eff.caps]
+    if not kinds:
+        return state
+    levels = refill(eff, state, now)
+    for kind in kinds:
+        levels[kind] = min(levels[kind], seen.remaining[kind] * config.target)
+    return _store(state, levels, now)
+
+
+def pause(state: ModelState, now: float, seconds: float) -> ModelState:
+    """The twin of pause: paused-until only ever moves later."""
+    until = now + seconds
+    if state.paused_until is None or state.paused_until < until:
+        return replace(state, paused_until=until)
+    return state
+
+
+def describe(config: LimiterConfig, model: str, state: ModelState, now: float
+             ) -> dict[str, Any]:
+    """What `farm limits` shows for one model (nothing is changed)."""
+    eff, limits = effective(config, model, state), config.limits_for(model)
+    live = [t for t, exp in state.inflight.values() if exp > now]
+    half = config.tenant_window_s / 2
+    tenants = sorted(t for t, s in state.active.items() if s > now - config.tenant_window_s)
+    return {
+        "model": model,
+        "configured": limits.model_dump(),
+        "observed": dict(state.observed),
+        "effective": {**{k: eff.caps.get(k) for k in KINDS}, "max_concurrency": eff.concurrency},
+        "levels": refill(eff, state, now),
+        "in_flight": len(live),
+        "paused_for_s": max(0.0, (state.paused_until or now) - now),
+        "throttle_percent": state.throttle,
+        "active_tenants": {
+            t: {"usage": round(decayed(state.usage.get(t), now, half), 3),
+                "in_flight": live.count(t)} for t in tenants},
+    }

@@ -1,0 +1,5 @@
+"""Costs: what each call cost and where the money went.
+
+``pricing`` (prices as data, ``prices.csv``; Decimal cost of a call's usage) and ``reports``
+(per queue and model, over the jobs and attempts in Postgres).
+"""

@@ -1,0 +1,70 @@
+"""The orphan sweep: Postgres, not Redis, is the record of what must run.
+
+A message can vanish from Redis: kombu pops it and then records it as unacknowledged in a
+second round trip (a worker killed, or Redis restarted, between the two loses it), a Redis
+restart loses the last second of writes, a submitter can die between inserting its rows and
+publishing. So one worker of the cluster at a time (a Redis lock) sweeps for orphans: jobs
+queued in Postgres (never started for a while, or due a while ago: a retry, a hold, a
+deferral, a re-queue) whose message is in no queue list and not held by any worker; it
+publishes them again. A job that merely waits behind a backlog is in a list, so it is not
+published twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from farm.broker import layout
+from farm.reliability.leases import REPUBLISH_QUEUED_SQL, Republish
+
+log = logging.getLogger("farm.orphans")
+
+CANDIDATES_SQL = text(
+    """
+    SELECT id, queue FROM jobs
+    WHERE status = 'queued'
+      AND ((next_run_at IS NULL AND created_at < now() - make_interval(secs => :age_s))
+           OR next_run_at < now() - make_interval(secs => :grace_s))
+    ORDER BY created_at LIMIT :limit
+    """
+)
+SWEEP_LOCK = "farm:orphan-sweep"
+
+
+def sweep_orphans(engine: Engine, broker: Any, republish: Republish, *, age_s: float,
+                  grace_s: float, scan_max: int = 50_000, limit: int = 5000) -> int:
+    """Publish again the jobs queued in Postgres whose message is nowhere in Redis: never
+    started after age_s, or due more than grace_s ago."""
+    with engine.connect() as conn:
+        rows = conn.execute(CANDIDATES_SQL,
+                            {"age_s": age_s, "grace_s": grace_s, "limit": limit}).all()
+    if not rows:
+        return 0
+    candidates = {row.id for row in rows}
+    present = layout.ids_in_redis(broker, {row.queue for row in rows}, scan_max=scan_max)
+    if present is None:
+        log.info("orphan sweep skipped: more than %d messages queued", scan_max)
+        return 0
+    orphans = list(candidates - present)
+    if not orphans:
+        return 0
+    with engine.begin() as conn:
+        rows = conn.execute(REPUBLISH_QUEUED_SQL, {"ids": orphans, "grace_s": grace_s}).all()
+    for row in rows:
+        republish(row.id, row.queue, row.priority)
+    if rows:
+        log.warning("re-published %d queued job(s) whose message was lost from Redis",
+                    len(rows))
+    return len(rows)
+
+
+def sweep_if_due(engine: Engine, broker: Any, republish: Republish, *, every_s: float,
+                 age_s: float, grace_s: float) -> int:
+    """Sweep for orphans unless another worker of the cluster did in the last every_s."""
+    if not broker.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every_s * 1000))):
+        return 0
+    return sweep_orphans(engine, broker, republish, age_s=age_s, grace_s=grace_s)

@@ -1,0 +1,86 @@
+"""Worker lifecycle on Celery signals: refuse to start without an API key, say loudly when
+the provider is the simulator, start the leases at once, bound the shutdown, and give each
+process its own resources. ``connect`` hooks them up for one worker (farm.worker.wiring)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import signals
+
+from farm.reliability import leases
+from farm.settings import Settings
+from farm.worker import runtime as rt
+
+log = logging.getLogger("farm.worker")
+
+
+def check_boot(settings: Settings) -> None:
+    """A worker cannot run jobs without an API key: stop it before it takes any."""
+    if settings.anthropic_api_key is None:
+        raise SystemExit(
+            "farm worker: ANTHROPIC_API_KEY is not set. A worker needs it to call the Claude "
+            "API; for the local simulator (`farm sim`) set ANTHROPIC_API_KEY to any value and "
+            "ANTHROPIC_BASE_URL=http://127.0.0.1:8787."
+        )
+    base = settings.anthropic_base_url
+    if base and ("127.0.0.1" in base or "localhost" in base):
+        log.warning("provider: the local SIMULATOR at %s, not the real Claude API", base)
+    else:
+        log.info("provider: %s", base or "https://api.anthropic.com")
+
+
+def bound_the_grace(how: Any) -> None:
+    """Warm shutdown (SIGTERM) waits for running jobs; this bounds the wait. After
+    FARM_SHUTDOWN_GRACE_S the jobs still running are handed back (their leases end now, so
+    any live worker's reaper re-queues them within its interval) and the process exits.
+    Their unfinished calls are abandoned: they run again elsewhere, as a new attempt."""
+    built = rt.current()
+    if built is None or how != "Warm":
+        return
+    grace = built.settings.shutdown_grace_s
+
+    def expire() -> None:
+        if built.stop.wait(grace):
+            return  # the worker stopped in time
+        handed_back = leases.hand_back(built.engine, built.running.snapshot())
+        log.warning("shutdown grace of %.0fs is over: %d running job(s) handed back to the "
+                    "queue; exiting", grace, handed_back)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=expire, name="farm-shutdown-grace", daemon=True).start()
+
+
+def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
+    """Connect the handlers (strongly referenced, once per process whatever the calls)."""
+    # one line per HTTP request at INFO would drown the worker log
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    def on_init(**_: Any) -> None:
+        check_boot(settings)
+
+    def on_ready(**_: Any) -> None:
+        # build this process's runtime now, so its lease renewal and reaper run from the
+        # start (not only after the first job)
+        runtime()
+
+    def on_shutting_down(how: Any = None, **_: Any) -> None:
+        bound_the_grace(how)
+
+    def on_shutdown(**_: Any) -> None:
+        rt.reset()
+
+    def on_process_init(**_: Any) -> None:
+        rt.reset()  # a forked child must not share the parent's connections
+
+    for signal, handler in ((signals.celeryd_init, on_init), (signals.worker_ready, on_ready),
+                            (signals.worker_shutting_down, on_shutting_down),
+                            (signals.worker_shutdown, on_shutdown),
+                            (signals.worker_process_init, on_process_init)):
+        signal.connect(handler, weak=False, dispatch_uid=f"farm.lifecycle.{handler.__name__}")

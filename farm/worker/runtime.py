@@ -1,0 +1,99 @@
+"""Per-process resources of a worker: built once from settings, shared by all threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import anthropic
+import redis
+from sqlalchemy.engine import Engine
+
+from farm.capacity.admission import Gate
+from farm.capacity.build import redis_gate
+from farm.costs.pricing import PriceBook, default_pricebook
+from farm.provider.messages import make_client
+from farm.reliability.hold import HoldCheck
+from farm.reliability.leases import Republish, Running
+from farm.reliability.loops import start_threads
+from farm.reliability.policies import RetryPolicy, policy_for
+from farm.services import resolve_urls
+from farm.settings import Settings
+from farm.store.schema import make_engine
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: Engine
+    client: anthropic.Anthropic
+    prices: PriceBook
+    policies: Mapping[str, RetryPolicy]
+    running: Running
+    stop: threading.Event
+    hold: HoldCheck
+    gate: Gate
+
+    def policy(self, queue: str) -> RetryPolicy:
+        return policy_for(self.policies, queue)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def build(settings: Settings, policies: Mapping[str, RetryPolicy],
+          republish: Republish | None = None) -> Runtime:
+    urls = resolve_urls(settings)
+    pool = settings.db_pool_size
+    # the hold flag, leases, the orphan sweep, the limiter and the breaker: one client, whose
+    # pool grows to one connection per thread that uses it at the same time
+    broker = redis.Redis.from_url(urls.broker_url)
+    runtime = Runtime(
+        settings=settings,
+        # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
+        engine=make_engine(urls.database_url, pool_size=pool, max_overflow=pool * 2,
+                           autocommit=True, pre_ping=False),
+        client=make_client(settings),
+        prices=default_pricebook(),
+        policies=policies,
+        running=Running(),
+        stop=threading.Event(),
+        hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
+        gate=redis_gate(broker, settings),
+    )
+    if republish is not None:
+        start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
+                      reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
+                      broker=broker, orphan_sweep_s=settings.orphan_sweep_s,
+                      orphan_age_s=settings.orphan_age_s)
+    return runtime
+
+
+def get(settings: Settings, policies: Mapping[str, RetryPolicy],
+        republish: Republish | None = None) -> Runtime:
+    """The process's runtime; the first call builds it (and, given `republish`, starts the
+    lease-renewal and reaper threads)."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                _runtime = build(settings, policies, republish)
+    return _runtime
+
+
+def current() -> Runtime | None:
+    """The process's runtime if it is built (the per-task fast path)."""
+    return _runtime
+
+
+def reset() -> None:
+    """Drop the process's runtime (after fork, or in tests)."""
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            _runtime.stop.set()
+            _runtime.engine.dispose()
+            _runtime.client.close()
+        _runtime = None

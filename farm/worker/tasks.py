@@ -1,0 +1,196 @@
+"""Celery tasks. Thin: load the job, admit it, call the provider, persist the outcome.
+
+Every decision (routing, retrying, pricing) is a pure function from another module. The
+tasks are registered on the worker's app by ``register`` (farm.worker.wiring), with the way
+to the process's runtime handed in: nothing is read back out of Celery's configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
+from farm.capacity.admission import Later
+from farm.jobs import JobStatus
+from farm.provider import messages as llm
+from farm.provider.errors import ProviderError
+from farm.reliability import dlq, policies
+from farm.reliability.policies import Action
+from farm.routing.route import parse_and_route
+from farm.store import jobs as store
+from farm.worker import runtime as rt
+
+log = logging.getLogger("farm.tasks")
+
+
+def _parse_job_id(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
+    """Install the farm's tasks on ``app``; ``runtime()`` gives the process's runtime."""
+
+    # max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
+    # passed to self.retry() would mean "the task's default", which is 3)
+    @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              max_retries=None)
+    def run_job(self: Task, job_id: str | None = None,
+                request: dict[str, Any] | None = None, queue: str | None = None,
+                **unexpected: Any) -> dict[str, Any]:
+        return execute(self, runtime(), job_id, request, unexpected)
+
+    @app.task(name=DEAD_LETTER_TASK, bind=True, acks_late=True)
+    def dead_letter(self: Task, job_id: str, error_class: str) -> None:
+        """Consumed only if an operator runs a worker on the dead-letter queue: the DLQ row
+        is already written; this logs each dead job once more for whoever drains it."""
+        log.warning("dead letter: job %s (%s); see `farm dlq show %s`", job_id, error_class,
+                    job_id)
+
+
+def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
+            request: dict[str, Any] | None, unexpected: dict[str, Any]) -> dict[str, Any]:
+    """One delivery of a job's message: intake (inline jobs), hold, start, run."""
+    job_uuid = _parse_job_id(job_id if job_id is not None else task.request.id)
+    if job_uuid is None:
+        log.error("dropped malformed message %s: job_id %r is not a UUID", task.request.id,
+                  job_id)
+        return {"dropped": "job_id is not a UUID"}
+    if (request is not None or unexpected) and not _intake(
+            task, runtime, job_uuid, request, unexpected, task.request.delivery_info):
+        return {"job_id": str(job_uuid), "status": "failed", "error": "invalid"}
+    settings = runtime.settings
+    held = runtime.hold.held()
+    if held is not None:
+        # the farm is on hold (spend limit): keep the job queued, use no attempt, call nothing
+        store.defer(runtime.engine, job_uuid, settings.hold_recheck_s)
+        log.info("job %s held: %s", job_uuid, held.get("reason"))
+        raise _again(task, job_uuid, settings.hold_recheck_s)
+    patience = settings.db_patience_s
+    job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
+                          patience_s=patience)
+    if job is None:
+        log.info("job %s is not runnable (finished, cancelled, running elsewhere or unknown): "
+                 "acknowledged", job_uuid)
+        return {"job_id": str(job_uuid), "skipped": True}
+    if job.attempt > settings.max_deliveries:
+        reason = f"started {job.attempt} times without finishing (poison message?)"
+        store.kill_job(runtime.engine, job.id, reason)
+        _dead(task, runtime, job.id, job.queue, "poison", reason)
+        return {"job_id": str(job.id), "status": "dead", "error": "poison"}
+    runtime.running.add(job.id)
+    try:
+        return _run(task, runtime, job)
+    finally:
+        runtime.running.discard(job.id)
+
+
+def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, Any]:
+    patience = runtime.settings.db_patience_s
+    admitted = runtime.gate.admit(job)
+    if isinstance(admitted, Later):
+        # waiting for capacity, a healthy model or a resumed queue uses no attempt
+        store.unstart(runtime.engine, job, admitted.wait_s, patience_s=patience)
+        log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
+        raise _again(task, job.id, admitted.wait_s)
+    started = store.now()
+    try:
+        result = llm.call(runtime.client, admitted.model, job.request)
+    except ProviderError as exc:
+        runtime.gate.failed(admitted, exc.kind, retry_after_s=exc.retry_after_s,
+                            ratelimit=exc.ratelimit)
+        return _failed(task, runtime, job, exc, started, admitted.model)
+    runtime.gate.done(admitted, result.usage, result.ratelimit)
+    cost = runtime.prices.cost(result.model, result.usage)
+    refused = result.stop_reason == "refusal"
+    status = store.record_outcome(runtime.engine, job, store.Outcome(
+        status=JobStatus.FAILED if refused else JobStatus.SUCCEEDED,
+        model=result.model, outcome="refusal" if refused else "ok", started_at=started,
+        latency_s=result.latency_s, usage=result.usage, cost=cost, http_status=200,
+        request_id=result.request_id, response_text=result.text,
+        stop_reason=result.stop_reason, error="the model refused" if refused else None,
+    ), patience_s=patience)
+    if refused:
+        _dead(task, runtime, job.id, job.queue, "refusal", "the model refused")
+    return {"job_id": str(job.id), "status": status,
+            "cost_usd": None if cost is None else str(cost)}
+
+
+def _again(task: Task, job_id: uuid.UUID, countdown: float) -> Exception:
+    """The job's message again, later. It carries the job id only: an inline job's request
+    is recorded by then, so a later delivery does not validate and route it again."""
+    exc: Exception = task.retry(countdown=countdown, kwargs={"job_id": str(job_id)})
+    return exc
+
+
+def _intake(
+    task: Task,
+    runtime: rt.Runtime,
+    job_id: uuid.UUID,
+    request: dict[str, Any] | None,
+    unexpected: dict[str, Any],
+    delivery_info: dict[str, Any] | None,
+) -> bool:
+    """A job sent inline with plain send_task: validate, route, record the row. False when
+    the job is invalid (recorded as failed and dead-lettered)."""
+    queue = (delivery_info or {}).get("routing_key") or INTAKE_QUEUE
+    try:
+        if unexpected:
+            raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
+        job_request, chosen = parse_and_route(request, runtime.settings.queues)
+    except ValueError as exc:  # a pydantic ValidationError is a ValueError too
+        with runtime.engine.begin() as conn:
+            store.insert_failed_job(conn, job_id, request, queue, f"invalid job: {exc}")
+        _dead(task, runtime, job_id, queue, "invalid", f"invalid job: {exc}")
+        return False
+    row = store.new_job_row(job_id, job_request, chosen)
+    with runtime.engine.begin() as conn:
+        store.insert_job_once(conn, row)
+    return True
+
+
+def _failed(
+    task: Task, runtime: rt.Runtime, job: store.StartedJob, exc: ProviderError, started: Any,
+    model: str,
+) -> dict[str, Any]:
+    policy = runtime.policy(job.queue)
+    decision = policies.decide_retry(
+        policy, exc.kind, job.attempt, retry_after_s=exc.retry_after_s, rand=random.random()
+    )
+    next_status = {
+        Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
+    }.get(decision.action, JobStatus.FAILED)
+    store.record_outcome(runtime.engine, job, store.Outcome(
+        status=next_status, model=model, outcome=exc.kind.value, started_at=started,
+        latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
+        error=exc.message if decision.action is Action.RETRY
+        else f"{decision.reason}: {exc.message}",
+        retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
+    ), patience_s=runtime.settings.db_patience_s)
+    if decision.action is not Action.RETRY:
+        _dead(task, runtime, job.id, job.queue, exc.kind.value, exc.message)
+    if decision.action is Action.HALT:
+        runtime.hold.set(f"{decision.reason} (job {job.id}): raise the limit, then "
+                         "`farm hold --release`")
+        log.critical("ALERT: %s (job %s); every job is held until the limit is raised and "
+                     "`farm hold --release` is run", decision.reason, job.id)
+    if decision.action is Action.RETRY:
+        raise _again(task, job.id, decision.delay_s)
+    return {"job_id": str(job.id), "status": decision.action.value, "error": exc.kind.value}
+
+
+def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, queue: str, error_class: str,
+          message: str) -> None:
+    """Dead-letter a job: its DLQ row (once), then a message on its queue's dead-letter
+    destination (the retry policy's `dead_letter_queue`)."""
+    if dlq.record(runtime.engine, job_id, error_class, message):
+        task.app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
+                           kwargs={"job_id": str(job_id), "error_class": error_class})

@@ -1,0 +1,38 @@
+"""The worker's app, built from the top: settings once, then the Celery app (farm.app), then
+the tasks and the lifecycle handlers installed on it with the settings handed down typed.
+Nothing of the settings goes into Celery's configuration (Flower shows it to operators)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+
+from farm.app import create_app, send_job
+from farm.jobs import Priority
+from farm.reliability.policies import RetryPolicy
+from farm.settings import Settings
+from farm.worker import lifecycle, tasks
+from farm.worker import runtime as rt
+
+
+def install(app: Celery, settings: Settings, policies: Mapping[str, RetryPolicy]) -> None:
+    """Make ``app`` a farm worker's app: its tasks and its lifecycle handlers."""
+
+    def republish(job_id: Any, queue: str, priority: str) -> None:
+        send_job(app, job_id, queue, Priority(priority))
+
+    def runtime() -> rt.Runtime:
+        return rt.current() or rt.get(settings, policies, republish)
+
+    tasks.register(app, runtime)
+    lifecycle.connect(settings, runtime)
+
+
+def worker_app(settings: Settings | None = None) -> Celery:
+    """The app `celery -A farm worker` runs: settings from the environment by default."""
+    settings = settings or Settings()
+    app = create_app(settings)
+    install(app, settings, app.conf.farm_retry_policies)
+    return app
