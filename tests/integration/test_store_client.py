@@ -85,14 +85,6 @@ def test_wait_times_out_with_a_count(farm: Farm) -> None:
         farm.wait([job], timeout=0.3, poll_s=0.1)
 
 
-def test_report_views_exist_and_are_queryable(farm: Farm) -> None:
-    with farm.engine.connect() as conn:
-        for view in ("cost_report", "cost_report_jobs", "cost_report_attempts"):
-            conn.execute(text(f"select * from {view} limit 1")).all()
-    rows = farm.report()
-    assert all(r.jobs >= 0 for r in rows)
-
-
 def test_indexes_serve_the_report_queries(farm: Farm) -> None:
     with farm.engine.connect() as conn:
         names = set(conn.execute(text("select indexname from pg_indexes")).scalars())
