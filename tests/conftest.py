@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ TEST_DATA_DIR = ROOT / ".farm-test"
 
 import tests_e2e  # noqa: E402
 from tests_e2e import running_workers  # noqa: E402
-from tests_support import free_port, wait_port  # noqa: E402
+from tests_support import free_port, fresh_database, wait_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,25 +46,8 @@ def service_urls() -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     """A fresh database for this test session, migrated to head; dropped afterwards."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from farm.settings import normalize_database_url
-    from farm.store.migrate import alembic_config
-
-    server = make_url(normalize_database_url(service_urls[1]))
-    name = f"farm_test_{uuid.uuid4().hex[:10]}"
-    admin = server.set(drivername="postgresql", database="postgres")
-    dsn = admin.render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = server.set(database=name).render_as_string(hide_password=False)
-    from alembic import command
-
-    command.upgrade(alembic_config(url), "head")
-    yield url
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(service_urls[1], "farm_test", "head") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from farm.capacity import limits
 from farm.capacity.limiter import Grant, Limiter, Wait
 from farm.capacity.limits import LimiterConfig, ModelLimits, ModelState
 from farm.jobs import Priority
+from tests_support import random_headers
 
 TENANTS = ("acme", "beta", "cyan")
 
@@ -77,18 +78,6 @@ def assert_same_state(got: ModelState, want: ModelState) -> None:
         g: t for g, (t, _) in want.inflight.items()}
     assert {g: e for g, (_, e) in got.inflight.items()} == approx(
         {g: e for g, (_, e) in want.inflight.items()})
-
-
-def random_headers(rng: random.Random) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, limit in (("requests", 20), ("input-tokens", 30_000), ("output-tokens", 6_000)):
-        if rng.random() < 0.5:
-            headers[f"anthropic-ratelimit-{name}-limit"] = str(rng.choice([limit, limit * 2]))
-        if rng.random() < 0.5:
-            left = rng.randint(0, limit)
-            headers[f"anthropic-ratelimit-{name}-remaining"] = str(
-                left if name == "requests" else left // 1000 * 1000)
-    return headers
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -24,6 +24,7 @@ from farm.capacity.limiter import Limiter
 from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import Priority
+from tests_support import random_headers
 
 TENANTS = ("acme", "beta", "cyan")
 QUEUES = ("haiku-simple", "sonnet-complex", "batch")
@@ -46,18 +47,6 @@ def approx(value: Any, abs: float = 1e-9) -> Any:
     return pytest.approx(value, rel=1e-9, abs=abs)
 
 
-def random_headers(rng: random.Random) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, limit in (("requests", 20), ("input-tokens", 30_000), ("output-tokens", 60_000)):
-        if rng.random() < 0.5:
-            headers[f"anthropic-ratelimit-{name}-limit"] = str(rng.choice([limit, limit * 2]))
-        if rng.random() < 0.5:
-            left = rng.randint(0, limit)
-            headers[f"anthropic-ratelimit-{name}-remaining"] = str(
-                left if name == "requests" else left // 1000 * 1000)
-    return headers
-
-
 @dataclass(frozen=True)
 class Op:
     """One call, the same for both limiters; ``pick`` chooses among the grants held."""
@@ -78,7 +67,7 @@ def random_op(rng: random.Random) -> Op:
             "output_tokens": rng.choice([None, rng.randint(0, 4000), -rng.randint(1, 500)])},
             pick=rng.random())
     if name == "observe":
-        return Op(name, model, {"headers": random_headers(rng)})
+        return Op(name, model, {"headers": random_headers(rng, otpm=60_000)})
     if name == "pause":
         return Op(name, model, {"seconds": rng.choice([0.5, 2.0, 6.0])})
     if name == "throttle":  # "slow": a model only an operator's throttle ever names

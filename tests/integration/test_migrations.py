@@ -3,11 +3,9 @@ upgrades and downgrades cleanly (in a database of this module's own)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -15,13 +13,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex
 
-from farm.settings import normalize_database_url
 from farm.store.migrate import alembic_config
 from farm.store.schema import Base
+from tests_support import fresh_database
 
 # What the farm creates in schema public; alembic's own table is not the farm's.
 ALEMBIC_OWN = {"alembic_version", "alembic_version_pkc"}
@@ -30,17 +27,8 @@ ALEMBIC_OWN = {"alembic_version", "alembic_version_pkc"}
 @pytest.fixture(scope="module")
 def empty_url(service_urls: tuple[str, str]) -> Iterator[str]:
     """A new, empty database on the test server; dropped afterwards."""
-    server = make_url(normalize_database_url(service_urls[1]))
-    name = f"farm_migrations_{uuid.uuid4().hex[:10]}"
-    admin = server.set(drivername="postgresql", database="postgres").render_as_string(
-        hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(service_urls[1], "farm_migrations") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,42 +8,21 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from farm.costs.reports import ReportRow, summary
-from farm.settings import normalize_database_url
 from farm.store.migrate import alembic_config
+from tests_support import fresh_database
 
 D1, D2 = date(2026, 3, 1), date(2026, 3, 2)
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-9"
-
-
-@contextmanager
-def _fresh_database(server_url: str, revision: str) -> Iterator[str]:
-    """A new database on the test server, migrated to `revision`; dropped afterwards."""
-    server = make_url(normalize_database_url(server_url))
-    name = f"farm_reports_{uuid.uuid4().hex[:10]}"
-    admin = server.set(drivername="postgresql", database="postgres").render_as_string(
-        hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = server.set(database=name).render_as_string(hide_password=False)
-        command.upgrade(alembic_config(url), revision)
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _at(day: date, hms: str) -> datetime:
@@ -174,7 +153,7 @@ def test_known_rows_are_consistent() -> None:
 @pytest.fixture(scope="module", params=["0003", "head"])
 def known_engine(request: pytest.FixtureRequest,
                  service_urls: tuple[str, str]) -> Iterator[Engine]:
-    with _fresh_database(service_urls[1], request.param) as url:
+    with fresh_database(service_urls[1], "farm_reports", request.param) as url:
         # a session time zone far from UTC: the views' days must still be UTC days
         engine = create_engine(url, poolclass=NullPool,
                                connect_args={"options": "-c TimeZone=Pacific/Auckland"})
@@ -399,7 +378,7 @@ FILL_ATTEMPTS = text("""
 def big_engine(service_urls: tuple[str, str]) -> Iterator[Engine]:
     # loaded before 0004, then migrated: that builds its indexes on a full table (faster
     # than maintaining them row by row, and how an existing farm gets them)
-    with _fresh_database(service_urls[1], "0003") as url:
+    with fresh_database(service_urls[1], "farm_reports", "0003") as url:
         engine = create_engine(url, poolclass=NullPool)
         started = time.perf_counter()
         with engine.begin() as conn:

@@ -26,6 +26,7 @@ from farm.capacity.circuit import (
 from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import Priority
+from tests_support import random_headers
 
 TENANTS = ("acme", "beta", "cyan")
 CONFIG = LimiterConfig(
@@ -35,18 +36,6 @@ CONFIG = LimiterConfig(
 MODELS = ("m", "m", "m", "c", "r", "r", "seen", "free")  # seen: limits only from headers
 ASK: dict[str, Any] = {"input_tokens": 10, "output_tokens": 100, "priority": Priority.HIGH,
                        "tenant": "t"}
-
-
-def random_headers(rng: random.Random) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, limit in (("requests", 20), ("input-tokens", 30_000), ("output-tokens", 6_000)):
-        if rng.random() < 0.5:
-            headers[f"anthropic-ratelimit-{name}-limit"] = str(rng.choice([limit, limit * 2]))
-        if rng.random() < 0.5:
-            left = rng.randint(0, limit)
-            headers[f"anthropic-ratelimit-{name}-remaining"] = str(
-                left if name == "requests" else left // 1000 * 1000)
-    return headers
 
 
 def invalid_call(rng: random.Random, lim: MemoryLimiter, model: str) -> None:
