@@ -17,10 +17,19 @@ from sqlalchemy import text
 from farm.capacity.breaker import Breaker, BreakerConfig
 from farm.client import Farm
 from farm.jobs import JobStatus
-from tests_e2e import running_workers
+from tests_e2e import (
+    attempt_rows,
+    deferrals,
+    log_text,
+    running_workers,
+    wait_for_each,
+    wait_until,
+    with_status,
+)
 
 HAIKU, SONNET = "claude-haiku-4-5", "claude-sonnet-5-5"
 RPM = 120
+WORKERS, SLOTS = 2, 20
 
 
 def _clean(broker_url: str) -> None:
@@ -35,7 +44,14 @@ def _clean(broker_url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def limited(e2e_env: dict[str, str], sim_url: str, tmp_path_factory: pytest.TempPathFactory
+def limited_logs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The logs of the two workers of `limited`."""
+    folder = tmp_path_factory.mktemp("limits")
+    return [folder / f"worker-{i}.log" for i in range(WORKERS)]
+
+
+@pytest.fixture(scope="module")
+def limited(e2e_env: dict[str, str], sim_url: str, limited_logs: list[Path]
             ) -> Iterator[dict[str, str]]:
     """Two workers (20 slots each) on both queues; haiku limited to 120 RPM in the farm's
     settings and at the simulator."""
@@ -43,8 +59,7 @@ def limited(e2e_env: dict[str, str], sim_url: str, tmp_path_factory: pytest.Temp
     env = {**e2e_env, "FARM_LIMITS": f'{{"{HAIKU}": {{"rpm": {RPM}}}}}',
            "FARM_BREAKER_COOLDOWN_S": "2", "FARM_HOLD_RECHECK_S": "1",
            "FARM_LIMIT_SLEEP_S": "1"}
-    folder = tmp_path_factory.mktemp("limits")
-    specs = [(folder / f"worker-{i}.log", "haiku-simple,sonnet-complex", 20) for i in range(2)]
+    specs = [(log, "haiku-simple,sonnet-complex", SLOTS) for log in limited_logs]
     try:
         with running_workers(env, specs):
             yield env
@@ -70,11 +85,25 @@ def test_workers_together_stay_inside_the_rate_limit(
 
 
 def test_one_tenants_backlog_does_not_block_another_tenant(
-        limited: dict[str, str], farm: Farm, sim_url: str) -> None:
+        limited: dict[str, str], limited_logs: list[Path], farm: Farm, sim_url: str
+        ) -> None:
     httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {HAIKU: {"rpm": RPM}}})
     bulk = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] bulk {i}?", "tenant": "bulk",
                               "complexity": "simple"} for i in range(400)])
-    time.sleep(5.0)  # the bulk tenant has used the burst and keeps every slot asking
+
+    def bulk_not_yet_pressing() -> str | None:
+        # the bulk tenant has used what capacity there was and keeps every slot asking:
+        # each slot of both workers holds a started bulk job (calling, or waiting in the slot
+        # for capacity), and the workers have sent back for want of it as many bulk jobs as
+        # they have slots
+        taking = len(with_status(farm.engine, bulk, JobStatus.RUNNING.value))
+        sent_back = set(deferrals(log_text(*limited_logs), f"{HAIKU}:")) & set(map(str, bulk))
+        if taking >= WORKERS * SLOTS and len(sent_back) >= WORKERS * SLOTS:
+            return None
+        return (f"{taking} of {WORKERS * SLOTS} slots held by bulk jobs; {len(sent_back)} of "
+                f"{WORKERS * SLOTS} bulk jobs deferred for want of {HAIKU} capacity")
+
+    wait_until(bulk_not_yet_pressing, timeout=60, interval=0.1)
     small = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] small {i}?",
                                "tenant": "small", "complexity": "simple"} for i in range(10)])
     try:
@@ -139,22 +168,44 @@ def _farm_cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def test_pause_and_resume_a_queue(limited: dict[str, str], farm: Farm,
-                                  sim_stats: Callable[[], dict[str, object]]) -> None:
+def test_pause_and_resume_a_queue(limited: dict[str, str], limited_logs: list[Path],
+                                  farm: Farm, sim_stats: Callable[[], dict[str, object]]
+                                  ) -> None:
     assert "paused on every worker" in _farm_cli(limited, "pause", "haiku-simple")
     try:
         ids = farm.submit_many([{"prompt": f"paused {i}?", "complexity": "simple"}
                                 for i in range(5)])
-        time.sleep(3.0)  # the workers take the jobs and put them back, untouched
-        views = farm.statuses(ids)
-        assert {v.status for v in views} == {JobStatus.QUEUED}
-        assert all(v.attempts == 0 for v in views)
+        # a worker takes each job and hands it back because the queue is paused; twice
+        # each: the pause keeps holding them, not only the first time they are seen
+        wait_for_each(limited_logs, ids, "job {id} deferred", "queue haiku-simple is paused",
+                      times=2)
+
+        def not_at_rest() -> str | None:
+            # a job is `running` for the moment between its start and its hand-back; between
+            # two looks it is queued, unstarted, with no attempt used and a time to come back
+            with farm.engine.connect() as conn:
+                rows = conn.execute(text(
+                    "select id, status, attempts, started_at, next_run_at from jobs "
+                    "where id = any(:ids)"), {"ids": ids}).all()
+            busy = [r for r in rows if not (
+                r.status == JobStatus.QUEUED.value and r.attempts == 0
+                and r.started_at is None and r.next_run_at is not None)]
+            if busy or len(rows) < len(ids):
+                return f"{len(rows)} of {len(ids)} rows; not back in the queue: {busy}"
+            return None
+
+        wait_until(not_at_rest, timeout=10, interval=0.05)
+        assert attempt_rows(farm.engine, ids) == {}  # no call was made for them
         assert sim_stats()["messages_requests"] == 0
         assert "paused queues: haiku-simple" in _farm_cli(limited, "limits")
     finally:
         assert "resumed" in _farm_cli(limited, "resume", "haiku-simple")
     views = farm.wait(ids, timeout=60)
     assert {v.status for v in views} == {JobStatus.SUCCEEDED}
+    # once resumed, each ran exactly once: waiting used no attempt
+    assert all(v.attempts == 1 for v in views), [(v.id, v.attempts) for v in views]
+    assert attempt_rows(farm.engine, ids) == {str(job): 1 for job in ids}
+    assert sim_stats()["messages_requests"] == len(ids)
 
 
 def test_throttle_is_shown_and_lifted(limited: dict[str, str], tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ import pytest
 import redis
 from celery import Celery
 
+from celeryconfig import farm_retry_policies
 from farm.client import Farm
 from farm.jobs import JobStatus
+from farm.reliability.policies import policy_for
 
 
 def dead_letter_messages(broker_url: str) -> int:
@@ -38,11 +40,12 @@ def test_fatal_and_exhausted_jobs_are_dead_lettered(workers: list[Path], farm: F
     bad = farm.submit(prompt="[[sim:status=400]] please reject")
     tired = farm.submit(prompt="[[sim:status=529]] always overloaded", complexity="simple")
     views = {v.id: v for v in farm.wait([bad, tired], timeout=90)}
+    budget = policy_for(farm_retry_policies, views[tired].queue).max_attempts
     assert views[bad].status is JobStatus.FAILED and views[bad].attempts == 1
-    assert views[tired].status is JobStatus.DEAD and views[tired].attempts == 3
+    assert views[tired].status is JobStatus.DEAD and views[tired].attempts == budget
     rows = {r["job_id"]: r for r in farm.dead_letters()}
     assert rows[bad]["error_class"] == "bad_request" and rows[bad]["attempts"] == 1
-    assert rows[tired]["error_class"] == "overloaded" and rows[tired]["attempts"] == 3
+    assert rows[tired]["error_class"] == "overloaded" and rows[tired]["attempts"] == budget
     assert rows[tired]["first_failure_at"] < rows[tired]["last_failure_at"]
     assert "529" in rows[tired]["error_message"]
     assert dead_letter_messages(broker_url) == 2  # and on the real dead-letter queue

@@ -3,23 +3,37 @@ Postgres accounting."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from celery import Celery
 from sqlalchemy import text
 
+from celeryconfig import farm_retry_policies
 from farm.client import Farm
 from farm.costs.pricing import default_pricebook
 from farm.jobs import JobStatus, Usage
+from farm.reliability.policies import policy_for
+from tests_e2e import (
+    log_text,
+    succeeded,
+    wait_for_each,
+    wait_for_text,
+    wait_until,
+    with_status,
+)
 
 Stats = Callable[[], dict[str, object]]
+HAIKU_SLOTS = 30  # the haiku worker's concurrency (the `workers` fixture)
 
 
 def test_mixed_jobs_are_routed_run_and_accounted(workers: list[Path], farm: Farm,
@@ -58,7 +72,7 @@ def test_plain_send_task_from_a_service_without_the_farm(workers: list[Path], fa
                                                          broker_url: str) -> None:
     # a bare Celery app: only the broker URL and the router, named by string
     service = Celery("other-service", broker=broker_url, set_as_current=False)
-    service.conf.task_routes = ("farm.routing.route_task",)
+    service.conf.task_routes = ("farm.routing.router.route_task",)
     service.conf.task_serializer = "json"
     complex_prompt = ("Design a multi-region architecture for a payments system, analyze "
                       "the trade-offs step by step and outline a migration plan.")
@@ -83,20 +97,22 @@ def test_plain_send_task_from_a_service_without_the_farm(workers: list[Path], fa
 def test_malformed_messages_do_not_stop_the_worker(workers: list[Path], farm: Farm,
                                                    broker_url: str) -> None:
     app = Celery("garbage", broker=broker_url, set_as_current=False)
+    unknown = uuid.uuid4()
     try:
         app.send_task("farm.run_job", kwargs={"job_id": "not-a-uuid"}, queue="haiku-simple")
-        app.send_task("farm.run_job", kwargs={"job_id": str(uuid.uuid4())}, queue="haiku-simple")
+        app.send_task("farm.run_job", kwargs={"job_id": str(unknown)}, queue="haiku-simple")
         odd = app.send_task("farm.run_job", kwargs={"request": {"prompt": "x"}, "colour": 1},
                             queue="haiku-simple")
     finally:
         app.close()
     assert farm.wait([odd.id], timeout=30)[0].status is JobStatus.FAILED
     assert "colour" in (farm.status(odd.id).error or "")
-    # the worker still serves
+    # the worker took the two others and dropped them, saying why …
+    wait_for_text([workers[0]], "job_id 'not-a-uuid' is not a UUID",
+                  f"job {unknown} is not runnable")
+    # … and still serves
     ok = farm.submit(prompt="Still alive?")
     assert farm.wait([ok], timeout=30)[0].status is JobStatus.SUCCEEDED
-    log = workers[0].read_text()
-    assert "not a UUID" in log
 
 
 def test_fatal_errors_fail_after_one_call_and_retryable_ones_go_dead(
@@ -109,61 +125,87 @@ def test_fatal_errors_fail_after_one_call_and_retryable_ones_go_dead(
     assert views[bad].status is JobStatus.FAILED
     assert views[bad].attempts == 1
     assert "bad_request" in (views[bad].error or "")
+    policy = policy_for(farm_retry_policies, views[overloaded].queue)
     assert views[overloaded].status is JobStatus.DEAD
-    assert views[overloaded].attempts == 3
+    assert views[overloaded].attempts == policy.max_attempts
     with farm.engine.connect() as conn:
         outcomes = conn.execute(
             text("select outcome from attempts where job_id = :j order by attempt"),
             {"j": overloaded},
         ).scalars().all()
-    assert outcomes == ["overloaded"] * 3
-    assert sim_stats()["messages_requests"] == 4
+    assert outcomes == ["overloaded"] * policy.max_attempts
+    assert sim_stats()["messages_requests"] == 1 + policy.max_attempts  # `bad`: one call
 
 
 def test_cancel_queued_and_running_jobs(workers: list[Path], farm: Farm,
                                         sim_stats: Stats) -> None:
-    # fill every slot of the haiku worker (concurrency 30) with 3-second calls
-    blockers = farm.submit_many(
-        [{"prompt": f"[[sim:latency=3]] hold {i}", "complexity": "simple"} for i in range(30)]
-    )
-    deadline = time.monotonic() + 20
-    while sum(v.status is JobStatus.RUNNING for v in farm.statuses(blockers)) < 30:
-        assert time.monotonic() < deadline, "blockers did not start"
-        time.sleep(0.1)
+    # fill every slot of the haiku worker with 3-second calls
+    blockers = farm.submit_many([{"prompt": f"[[sim:latency=3]] hold {i}",
+                                  "complexity": "simple"} for i in range(HAIKU_SLOTS)])
+
+    def not_all_running() -> str | None:
+        n = len(with_status(farm.engine, blockers, JobStatus.RUNNING.value))
+        return None if n == len(blockers) else f"{n} of {len(blockers)} blockers running"
+
+    wait_until(not_all_running, timeout=20, interval=0.1)
     queued = farm.submit(prompt="never run me", complexity="simple")
     running = blockers[0]
     assert farm.cancel(queued) is JobStatus.CANCELLED
     assert farm.cancel(running) is JobStatus.CANCELLED
     farm.wait(blockers, timeout=60)
-    time.sleep(1.0)  # the queued one is consumed after the blockers finish, then skipped
+    # a slot frees, the worker takes the cancelled job's message and acknowledges it unrun;
+    # the cancelled running one's task ends once its call is over and recorded
+    wait_for_each(workers[:1], [queued], "job {id} is not runnable")
+    wait_until(lambda: None if str(running) in succeeded(log_text(workers[0])) else
+               f"the task of the cancelled running job {running} has not ended", timeout=30)
     q, r = farm.status(queued), farm.status(running)
     assert q.status is JobStatus.CANCELLED and q.attempts == 0 and q.started_at is None
     assert r.status is JobStatus.CANCELLED
     assert r.response_text  # the late result is kept, not reported as success
-    assert sim_stats()["messages_requests"] == 30
+    assert sim_stats()["messages_requests"] == len(blockers)  # none for the queued one
 
 
-def _broker_dump(broker_url: str) -> str:
+def _bodies(value: object) -> list[str]:
+    """The bodies of the kombu messages inside a value read from Redis, decoded: they travel
+    base64-encoded, so a search of the raw value would find no prompt even if one were sent."""
+    if isinstance(value, list):
+        return [body for item in value for body in _bodies(item)]
+    if not isinstance(value, dict):
+        return []
+    if isinstance(value.get("body"), str) and \
+            value.get("properties", {}).get("body_encoding") == "base64":
+        return [base64.b64decode(value["body"]).decode(errors="replace")]
+    return [body for item in value.values() for body in _bodies(item)]
+
+
+def _broker_dump(broker_url: str) -> list[str]:
+    """Every value in the broker's Redis, each followed by the decoded bodies of the
+    messages it holds (queues are lists, unacknowledged messages a hash)."""
     import redis
 
     client = redis.Redis.from_url(broker_url)
-    parts: list[str] = []
+    values: list[Any] = []
     try:
         for key in client.keys("*"):
             kind = client.type(key)
             if kind == b"list":
-                parts += [str(v) for v in client.lrange(key, 0, -1)]
+                values += client.lrange(key, 0, -1)
             elif kind == b"hash":
-                parts += [str(v) for v in client.hvals(key)]
+                values += client.hvals(key)
             elif kind == b"string":
-                parts.append(str(client.get(key)))
+                values.append(client.get(key))
             elif kind == b"zset":
-                parts += [str(v) for v in client.zrange(key, 0, -1)]
+                values += client.zrange(key, 0, -1)
             elif kind == b"set":
-                parts += [str(v) for v in client.smembers(key)]
+                values += list(client.smembers(key))
     finally:
         client.close()
-    return "\n".join(parts)
+    entries: list[str] = []
+    for raw in values:
+        entries.append(str(raw))
+        with contextlib.suppress(ValueError):  # not JSON: not a message
+            entries += _bodies(json.loads(raw))
+    return entries
 
 
 def test_secrets_never_reach_logs_or_database(workers: list[Path], farm: Farm,
@@ -171,12 +213,21 @@ def test_secrets_never_reach_logs_or_database(workers: list[Path], farm: Farm,
                                               api_key: str) -> None:
     # a retried job and a dead-lettered one: the workers publish messages of their own
     retried = farm.submit(prompt="[[sim:status=529]] SECRET-PROMPT-41 overloaded")
-    farm.submit(prompt="one more SECRET-PROMPT-41")
-    time.sleep(0.5)
-    messages = _broker_dump(broker_url)
-    farm.wait([retried], timeout=60)
-    messages += _broker_dump(broker_url)
-    assert "dead-letter" in messages or "farm.run_job" in messages  # the dump saw messages
+    other = farm.submit(prompt="one more SECRET-PROMPT-41")
+    dumps: list[str] = []
+    job_message = f'"job_id": "{retried}"'  # in a decoded body only
+
+    def job_message_not_seen() -> str | None:
+        dumps.extend(_broker_dump(broker_url))
+        return None if any(job_message in entry for entry in dumps) else (
+            f"no message of job {retried} read from Redis yet")
+
+    wait_until(job_message_not_seen, timeout=30, interval=0.05)
+    farm.wait([retried, other], timeout=60)
+    dumps.extend(_broker_dump(broker_url))
+    # the job, dead, is on its dead-letter queue (no worker consumes it): that message too
+    assert any(job_message in entry and "error_class" in entry for entry in dumps)
+    messages = "\n".join(dumps)
     assert api_key not in messages
     assert "SECRET-PROMPT-41" not in messages  # only job ids travel
     for log in workers:
@@ -214,20 +265,29 @@ def test_flower_needs_credentials_and_never_shows_prompts(
     env = {**e2e_env, "FARM_FLOWER_USER": "ops", "FARM_FLOWER_PASSWORD": "s3cret-pw"}
     flower = subprocess.Popen([sys.executable, "-m", "farm.cli", "flower", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base, auth = f"http://127.0.0.1:{port}", ("ops", "s3cret-pw")
     try:
         wait_port(port, timeout=60)
-        time.sleep(2)  # let Flower subscribe to events before the job runs
+
+        def no_worker_event() -> str | None:
+            # Flower's worker list holds the workers it has had events (heartbeats) from:
+            # it is subscribed before the job runs
+            seen = httpx2.get(f"{base}/workers", params={"json": 1}, auth=auth).json()["data"]
+            return None if seen else "Flower has had no event from a worker"
+
+        wait_until(no_worker_event, timeout=30, interval=0.5)
         secret_prompt = "PROMPT-MARKER-7f3a what is the airspeed of a swallow?"
         job = farm.submit(prompt=secret_prompt)
         assert farm.wait([job], timeout=30)[0].status is JobStatus.SUCCEEDED
-        base = f"http://127.0.0.1:{port}"
         assert httpx2.get(f"{base}/api/tasks").status_code == 401
-        deadline = time.monotonic() + 20
         body = ""
-        while time.monotonic() < deadline and str(job) not in body:
-            body = httpx2.get(f"{base}/api/tasks", auth=("ops", "s3cret-pw")).text
-            time.sleep(0.5)
-        assert str(job) in body  # the task is visible …
+
+        def task_not_shown() -> str | None:
+            nonlocal body
+            body = httpx2.get(f"{base}/api/tasks", auth=auth).text
+            return None if str(job) in body else f"job {job} not in Flower's task list"
+
+        wait_until(task_not_shown, timeout=20, interval=0.5)  # the task is visible …
         assert "PROMPT-MARKER-7f3a" not in body  # … its prompt is not
         assert api_key not in body
     finally:

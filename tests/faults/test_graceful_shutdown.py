@@ -8,55 +8,85 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import text
-
 from farm.client import Farm
 from farm.jobs import JobStatus
-from tests_e2e import running_workers
+from tests_e2e import (
+    attempt_rows,
+    in_flight,
+    log_text,
+    running_workers,
+    succeeded,
+    wait_busy,
+)
 
 JOBS = 200
+SHUTDOWN_MARK = "worker: Warm shutdown (MainProcess)"  # Celery's line on SIGTERM
+
+
+def _around_sigterm(log: Path) -> tuple[str, str]:
+    """The worker's log before and after it took the SIGTERM."""
+    text = log_text(log)
+    assert SHUTDOWN_MARK in text, f"no {SHUTDOWN_MARK!r} in {log.name}"
+    at = text.index(SHUTDOWN_MARK)
+    return text[:at], text[at:]
 
 
 def test_sigterm_lets_running_jobs_finish(e2e_env: dict[str, str], farm: Farm, tmp_path: Path,
                                           sim_stats: Callable[[], dict[str, object]]) -> None:
+    slots = 20
     survivor_log, leaving_log = tmp_path / "survivor.log", tmp_path / "leaving.log"
-    specs = [(log, "haiku-simple", 20) for log in (survivor_log, leaving_log)]
+    specs = [(log, "haiku-simple", slots) for log in (survivor_log, leaving_log)]
     with running_workers(e2e_env, specs) as (_, leaving):
         ids = farm.submit_many([{"prompt": f"[[sim:latency=2]] graceful {i}?",
                                  "complexity": "simple"} for i in range(JOBS)])
-        time.sleep(3.0)  # both workers are in the middle of calls
+        wait_busy(farm.engine, leaving_log, ids, slots)  # every slot of it in a call
         leaving.send_signal(signal.SIGTERM)
-        assert leaving.wait(60) == 0  # warm shutdown: it waited for its running jobs
+        assert leaving.wait(60) == 0  # warm shutdown
         views = farm.wait(ids, timeout=120)
+    before, after = _around_sigterm(leaving_log)
+    running = in_flight(before)  # taken and not finished when the signal came
+    assert running, "the leaving worker had no job in flight at the SIGTERM"
+    # it let them finish, itself, after the signal: none was abandoned or handed back
+    unfinished = running - succeeded(after)
+    assert not unfinished, f"in flight at the SIGTERM, not finished by the worker: {unfinished}"
+    assert not in_flight(before + after)
     assert [v.status for v in views] == [JobStatus.SUCCEEDED] * JOBS
     assert all(v.attempts == 1 for v in views)
+    assert attempt_rows(farm.engine, ids) == {str(job): 1 for job in ids}
     assert sim_stats()["messages_requests"] == JOBS  # nothing was run twice
-    log = leaving_log.read_text()
-    assert "succeeded" in log and "Warm shutdown" in log
+    print(f"\nSIGTERM: {len(running)} jobs in flight on the leaving worker, all finished by it")
 
 
 def test_sigterm_grace_is_bounded(e2e_env: dict[str, str], farm: Farm, tmp_path: Path,
                                   sim_stats: Callable[[], dict[str, object]]) -> None:
     """Jobs longer than the grace: handed back when it ends, run again on another worker."""
-    env = {**e2e_env, "FARM_SHUTDOWN_GRACE_S": "2", "FARM_REAPER_INTERVAL_S": "1"}
+    slots, grace_s = 10, 2
+    env = {**e2e_env, "FARM_SHUTDOWN_GRACE_S": str(grace_s), "FARM_REAPER_INTERVAL_S": "1"}
     survivor_log, leaving_log = tmp_path / "survivor.log", tmp_path / "leaving.log"
-    specs = [(log, "haiku-simple", 10) for log in (survivor_log, leaving_log)]
+    specs = [(log, "haiku-simple", slots) for log in (survivor_log, leaving_log)]
     with running_workers(env, specs) as (_, leaving):
-        ids = farm.submit_many([{"prompt": f"[[sim:latency=6]] long {i}?",
-                                 "complexity": "simple"} for i in range(20)])
-        time.sleep(2.0)  # each worker is in the middle of 10 calls
+        # calls three times as long as the grace: none can end inside it
+        ids = farm.submit_many([{"prompt": f"[[sim:latency={3 * grace_s}]] long {i}?",
+                                 "complexity": "simple"} for i in range(2 * slots)])
+        wait_busy(farm.engine, leaving_log, ids, slots)  # every slot of it in a call
         leaving.send_signal(signal.SIGTERM)
         sent = time.monotonic()
-        assert leaving.wait(60) == 1  # it did not wait 4 more seconds for its calls
+        # status 1 is the grace running out (a warm shutdown that waited would end with 0)
+        assert leaving.wait(60) == 1
         waited = time.monotonic() - sent
         views = farm.wait(ids, timeout=120)
-        with farm.engine.connect() as conn:
-            ok = conn.execute(text("select count(*) from attempts where outcome = 'ok' "
-                                   "and job_id = any(:ids)"), {"ids": ids}).scalar()
-    log = leaving_log.read_text()
-    assert "shutdown grace of 2s is over: 10 running job(s) handed back" in log
-    assert [v.status for v in views] == [JobStatus.SUCCEEDED] * 20
-    assert ok == 20  # each job accounted once
-    assert sorted(v.attempts for v in views) == [1] * 10 + [2] * 10
-    print(f"\nSIGTERM with a 2 s grace: exited after {waited:.1f}s; 10 jobs handed back and "
-          f"run again; {int(sim_stats()['messages_requests']) - 20} abandoned calls")  # type: ignore[call-overload]
+    before, after = _around_sigterm(leaving_log)
+    running = in_flight(before)
+    assert len(running) == slots, running
+    assert (f"shutdown grace of {grace_s}s is over: {len(running)} running job(s) handed back"
+            in after)
+    assert not running & succeeded(after)  # it did not finish them …
+    # … they ran again elsewhere: a second start; every other job started once
+    attempts = {str(v.id): v.attempts for v in views}
+    assert {job: attempts[job] for job in running} == dict.fromkeys(running, 2)
+    assert {n for job, n in attempts.items() if job not in running} == {1}
+    assert [v.status for v in views] == [JobStatus.SUCCEEDED] * len(ids)
+    assert attempt_rows(farm.engine, ids, "ok") == {str(job): 1 for job in ids}  # once each
+    print(f"\nSIGTERM with a {grace_s} s grace: exited after {waited:.1f}s; {len(running)} jobs "
+          f"handed back and run again; "
+          f"{int(sim_stats()['messages_requests']) - len(ids)} abandoned calls")  # type: ignore[call-overload]
