@@ -54,12 +54,18 @@ def test_reaper_requeues_expired_leases_only(farm: Farm, broker: redis.Redis) ->
 
 
 def test_renewal_keeps_a_lease_alive(farm: Farm) -> None:
-    job = farm.submit(prompt="long call")
+    """Of two jobs started with a 1 s lease, the renewed one survives the reaper that takes
+    the other (so the reaper did run, and did look at leases)."""
+    job, control = farm.submit(prompt="long call"), farm.submit(prompt="not renewed")
     store.start_job(farm.engine, job, lease_s=1)
+    store.start_job(farm.engine, control, lease_s=1)
     assert leases.renew(farm.engine, [job], 60) == 1
     time.sleep(1.2)
-    assert leases.reap(farm.engine, lambda *a: None, grace_s=30) == 0
+    reaped: list[object] = []
+    assert leases.reap(farm.engine, lambda j, q, p: reaped.append(j), grace_s=30) == 1
+    assert reaped == [control]
     assert farm.status(job).status.value == "running"
+    assert farm.status(control).status.value == "queued"
 
 
 def test_message_taken_by_a_dead_worker_is_republished(farm: Farm, broker: redis.Redis) -> None:
