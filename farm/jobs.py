@@ -25,12 +25,7 @@ class Complexity(StrEnum):
 class Priority(StrEnum):
     HIGH = "high"
     NORMAL = "normal"
-    LOW = "low"
-
-    @property
-    def celery_priority(self) -> int:
-        """Celery/Redis priority: 0 is served first."""
-        return {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}[self]
+    LOW = "low"  # the Celery/Redis priority of each: farm.broker.layout.celery_priority
 
 
 class JobStatus(StrEnum):
