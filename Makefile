@@ -5,8 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 FARM := $(BIN)/farm
 PROCS := $(BIN)/python ops/procs.py
-export FARM_DATA_DIR ?= .farm
-SIM_URL ?= http://127.0.0.1:8787
+# the embedded servers' folder: one per user, found from any directory (farm.settings)
+export FARM_DATA_DIR ?= $(or $(XDG_DATA_HOME),$(HOME)/.local/share)/farm
+SIM_PORT ?= 8787
+SIM_URL ?= http://127.0.0.1:$(SIM_PORT)
+FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
         test-integration test-e2e bench bench-limits lint typecheck check clean dlq-list \
@@ -30,18 +33,18 @@ migrate: up            ## create/upgrade the schema
 	$(FARM) migrate
 
 sim: install           ## run the simulator in the background on :8787
-	$(PROCS) start sim -- $(FARM) sim
+	$(PROCS) start sim --ready port:$(SIM_PORT) -- $(FARM) sim --port $(SIM_PORT)
 
 workers: migrate       ## one worker per queue (needs ANTHROPIC_API_KEY; for the sim any value)
-	$(PROCS) start worker-haiku-simple -- $(FARM) worker -Q haiku-simple
-	$(PROCS) start worker-sonnet-complex -- $(FARM) worker -Q sonnet-complex
-	$(PROCS) start worker-intake -- $(FARM) worker -Q farm-intake -c 8
+	$(PROCS) start worker-haiku-simple --ready worker -- $(FARM) worker -Q haiku-simple
+	$(PROCS) start worker-sonnet-complex --ready worker -- $(FARM) worker -Q sonnet-complex
+	$(PROCS) start worker-intake --ready worker -- $(FARM) worker -Q farm-intake -c 8
 
 stop-workers:
 	$(PROCS) stop worker-haiku-simple worker-sonnet-complex worker-intake
 
 flower: up             ## Flower on :5555 (needs FARM_FLOWER_USER / FARM_FLOWER_PASSWORD)
-	$(PROCS) start flower -- $(FARM) flower
+	$(PROCS) start flower --ready port:$(FLOWER_PORT) -- $(FARM) flower --port $(FLOWER_PORT)
 
 dlq-list: install      ## the dead-letter queue
 	$(FARM) dlq list

@@ -91,8 +91,10 @@ def resolve_urls(settings: Settings) -> Endpoints:
                 if v is None
             )
             raise RuntimeError(
-                f"{missing} not set and no embedded services under {settings.data_dir}: "
-                "run `make up` (or `farm up`) first, or set the URL"
+                f"{missing} not set and no embedded services under "
+                f"{settings.data_dir.resolve()} (FARM_DATA_DIR): start them with `farm up` "
+                "(`make up` in the farm's clone) with the same FARM_DATA_DIR, point "
+                "FARM_DATA_DIR at the folder where they run, or set the URLs"
             )
         broker = broker or embedded.broker_url
         database = database or embedded.database_url

@@ -6,6 +6,7 @@ Environment variables use the prefix ``FARM_``; the SDK's own ``ANTHROPIC_API_KE
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -34,6 +35,14 @@ DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
 )
 
 
+def default_data_dir() -> Path:
+    """Where the embedded servers live unless FARM_DATA_DIR says otherwise: one place per
+    user, the same whatever the current directory, so every process of the user finds them
+    (``$XDG_DATA_HOME/farm``, else ``~/.local/share/farm``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "farm"
+
+
 def normalize_database_url(url: str) -> str:
     """Accept ``postgresql://`` and ``postgres://`` and pin the psycopg 3 driver."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
@@ -52,7 +61,7 @@ class Settings(BaseSettings):
 
     broker_url: str | None = None
     database_url: str | None = None
-    data_dir: Path = Path(".farm")
+    data_dir: Path = Field(default_factory=default_data_dir)
 
     queues: tuple[QueueSpec, ...] = DEFAULT_QUEUES
 
@@ -118,6 +127,13 @@ class Settings(BaseSettings):
     flower_port: int = 5555
 
     sim_port: int = 8787
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # a relative FARM_DATA_DIR means the folder where this process started: made absolute
+        # once, so that everything the process hands it to agrees
+        return value.expanduser().absolute()
 
     @field_validator("database_url")
     @classmethod

@@ -1,11 +1,14 @@
 """Start and stop the farm's background processes (simulator, workers, Flower) by name.
 
-    python ops/procs.py start NAME -- COMMAND ...   # log: .farm/run/NAME.log
+    python ops/procs.py start NAME [--ready worker|port:N] -- COMMAND ...
     python ops/procs.py stop [NAME ...]              # all when no name is given
     python ops/procs.py status
 
-Pid files live in $FARM_DATA_DIR/run (default .farm/run). Stopping sends SIGTERM to the
-process group and waits, then SIGKILL.
+Logs and pid files live in $FARM_DATA_DIR/run (FARM_DATA_DIR defaults to the farm's per-user
+folder, see farm.settings). With --ready, start waits until the process is ready (a Celery
+worker says so in its log; a server listens on 127.0.0.1:N) and exits 1 with the reason
+(its log's tail) when it dies first or is not ready in time: "started" means running.
+Stopping sends SIGTERM to the process group and waits, then SIGKILL.
 
 The demo and the benchmarks use `spawn`, `wait_ready` and `stop_all` for the children they
 start and stop themselves.
@@ -21,7 +24,18 @@ import sys
 import time
 from pathlib import Path
 
-RUN = Path(os.environ.get("FARM_DATA_DIR", ".farm")) / "run"
+
+def _run_dir() -> Path:
+    configured = os.environ.get("FARM_DATA_DIR")
+    if configured:
+        return Path(configured) / "run"
+    from farm.settings import default_data_dir
+
+    return default_data_dir() / "run"
+
+
+RUN = _run_dir()
+READY_TIMEOUT_S = 90.0
 
 
 def _alive(pid: int) -> bool:
@@ -40,21 +54,64 @@ def _pid(name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-def start(name: str, argv: list[str]) -> int:
+class NotStarted(Exception):
+    """The process died before it was ready, or was not ready in time (message: why)."""
+
+
+def start(name: str, argv: list[str], ready: str | None = None) -> int:
+    """Start NAME in the background; with ``ready`` ("worker" or "port:N"), only return once
+    it is ready: NotStarted, with its log's tail, if it dies first or takes too long."""
     RUN.mkdir(parents=True, exist_ok=True)
     existing = _pid(name)
     if existing:
         print(f"{name}: already running (pid {existing})")
         return existing
-    log = open(RUN / f"{name}.log", "ab")  # noqa: SIM115  handed to the child
+    log_path = RUN / f"{name}.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    log = open(log_path, "ab")  # noqa: SIM115  handed to the child
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True)
     (RUN / f"{name}.pid").write_text(str(proc.pid))
-    print(f"{name}: started (pid {proc.pid}, log {RUN / f'{name}.log'})")
+    if ready is not None:
+        try:
+            _wait_until_ready(proc, ready, log_path, offset)
+        except NotStarted:
+            stop(name, quiet=True)
+            raise
+    print(f"{name}: started (pid {proc.pid}, log {log_path})")
     return proc.pid
 
 
-def stop(name: str, grace: float = 20.0) -> None:
+def _wait_until_ready(proc: subprocess.Popen[bytes], ready: str, log: Path, offset: int
+                      ) -> None:
+    from farm.services import wait_port
+
+    def tail() -> str:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace").strip()
+        return "\n".join(text.splitlines()[-15:]) or "(it wrote nothing)"
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NotStarted(f"exited with status {proc.returncode} before it was ready:\n"
+                             f"{tail()}")
+        if ready == "worker":
+            with open(log, "rb") as f:
+                f.seek(offset)
+                if b" ready." in f.read():
+                    return
+        elif wait_port(int(ready.removeprefix("port:")), timeout=0.2):
+            # the port may be another process's: ours must still be alive a moment later
+            time.sleep(0.5)
+            if proc.poll() is None:
+                return
+        time.sleep(0.2)
+    raise NotStarted(f"not ready after {READY_TIMEOUT_S:.0f}s:\n{tail()}")
+
+
+def stop(name: str, grace: float = 20.0, *, quiet: bool = False) -> None:
     pid = _pid(name)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
     if pid is None:
@@ -68,7 +125,8 @@ def stop(name: str, grace: float = 20.0) -> None:
         time.sleep(0.1)
     if _alive(pid):
         os.killpg(pid, signal.SIGKILL)
-    print(f"{name}: stopped")
+    if not quiet:
+        print(f"{name}: stopped")
 
 
 def spawn(argv: list[str], *, env: dict[str, str] | None = None, log: Path | None = None,
@@ -116,10 +174,20 @@ def main(args: list[str]) -> int:
         print(__doc__)
         return 2
     if args[0] == "start":
-        if len(args) < 4 or args[2] != "--":
-            print("usage: procs.py start NAME -- COMMAND ...")
+        name, rest = args[1] if len(args) > 1 else "", args[2:]
+        ready = None
+        if rest[:1] == ["--ready"] and len(rest) > 1:
+            ready, rest = rest[1], rest[2:]
+        if not name or rest[:1] != ["--"] or len(rest) < 2 or (
+                ready is not None and ready != "worker"
+                and not (ready.startswith("port:") and ready[5:].isdigit())):
+            print("usage: procs.py start NAME [--ready worker|port:N] -- COMMAND ...")
             return 2
-        start(args[1], args[3:])
+        try:
+            start(name, rest[1:], ready)
+        except NotStarted as exc:
+            print(f"{name}: did not start: {exc}", file=sys.stderr)
+            return 1
     elif args[0] == "stop":
         for name in args[1:] or names():
             stop(name)

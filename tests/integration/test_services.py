@@ -32,3 +32,42 @@ def test_up_reuses_and_down_stops(tmp_path: Path) -> None:
     assert sorted(stopped) == ["postgres", "valkey"]
     assert services.status(data_dir) == {"valkey": False, "postgres": False}
     assert services.down(data_dir) == []
+
+
+def test_a_script_anywhere_finds_the_running_embedded_services(tmp_path: Path) -> None:
+    """Without FARM_DATA_DIR, `farm up` and a script started in another directory agree on
+    where the embedded services are (one folder per user), so the script connects."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "ANTHROPIC_"))}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    here, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+
+    def farm(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "farm.cli", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    data_dir = tmp_path / "xdg" / "farm"
+    try:
+        assert farm("up", cwd=here).returncode == 0
+        assert farm("migrate", cwd=here).returncode == 0
+        script = ("from farm.client import Farm\n"
+                  "with Farm() as f:\n"
+                  "    print(f.settings.data_dir, len(f.report()))\n")
+        done = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split()[0] == str(data_dir)
+    finally:
+        services.down(data_dir)
+    # where no services were ever started, the error names the folder it looked in and
+    # what to do
+    env["XDG_DATA_HOME"] = str(tmp_path / "nothing-here")
+    missing = farm("report", cwd=elsewhere)
+    assert missing.returncode == 1
+    assert str(tmp_path / "nothing-here" / "farm") in missing.stderr
+    assert "FARM_DATA_DIR" in missing.stderr and "Traceback" not in missing.stderr
