@@ -85,10 +85,25 @@ def throttle(ctx: click.Context, model: str, percent: str) -> None:
             raise click.BadParameter(f"PERCENT must be 1-100 or off, not {percent!r}") from None
         if not 0 < value <= 100:
             raise click.BadParameter(f"PERCENT must be 1-100 or off, not {percent!r}")
+    settings = settings_of(ctx)
     with capacity(ctx) as (limiter, _):
+        seen = limiter.models()
+        callable_models = _known_models(settings, [])
+        if value is not None and model not in callable_models:
+            raise click.BadParameter(f"unknown model {model!r}: no queue, fallback or limit "
+                                     f"names it; known: {', '.join(callable_models)}")
+        if value is None and model not in {*callable_models, *seen}:
+            raise click.BadParameter(f"unknown model {model!r}: it has no throttle to lift")
         limiter.throttle(model, value)
-    click.echo(f"{model}: throttle lifted" if value is None
-               else f"{model}: throttled to {value:g}% of its limits on every worker")
+        has_limits = limiter.snapshot(model)["effective"]
+    if value is None:
+        click.echo(f"{model}: throttle lifted")
+        return
+    click.echo(f"{model}: throttled to {value:g}% of its limits on every worker")
+    if all(v is None for v in has_limits.values()):
+        click.echo(f"note: {model} has no limits yet (none in FARM_LIMITS, none learned from "
+                   "the provider's rate-limit headers), so the throttle takes effect once "
+                   "they are known", err=True)
 
 
 def _set_paused(ctx: click.Context, queue: str, paused: bool) -> None:
