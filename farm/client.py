@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from farm.app import create_app, send_job
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import reports
-from farm.jobs import JobRequest, JobStatus, Route, new_job_id
+from farm.jobs import JobRequest, JobStatus, Priority, Route, new_job_id
 from farm.reliability import dlq
 from farm.routing.route import parse_and_route
 from farm.services import resolve_urls
@@ -77,6 +77,9 @@ class JobView(BaseModel):
     cost_usd: Decimal | None
     attempts: int
     error: str | None
+    # a queued job waiting on a countdown: why, and when it is looked at again
+    wait_reason: str | None = None
+    next_run_at: datetime | None = None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -200,6 +203,15 @@ class Farm:
         if status is None:
             raise KeyError(f"no job {job_id}")
         return JobStatus(status)
+
+    def wake(self, reason: str, queue: str | None = None) -> int:
+        """Jobs waiting on a countdown for ``reason`` (store.HELD, store.paused(queue)), of
+        one queue or all, run now: their messages are published again. Returns how many."""
+        woken = store.wake(self.engine, reason, queue)
+        with self.app.producer_or_acquire() as producer:
+            for job_id, job_queue, priority in woken:
+                send_job(self.app, job_id, job_queue, Priority(priority), producer)
+        return len(woken)
 
     def report(self, *, since: datetime | None = None) -> list[reports.ReportRow]:
         """Cost report per queue and model over jobs created since `since` (default: all)."""

@@ -30,7 +30,7 @@ from farm.capacity.limits import Grant, Wait
 from farm.jobs import Priority, Usage
 from farm.provider.errors import ErrorKind
 from farm.reliability.hold import Polled
-from farm.store.jobs import StartedJob
+from farm.store.jobs import StartedJob, paused
 
 log = logging.getLogger("farm.admission")
 
@@ -121,8 +121,9 @@ class Gate:
 
     def admit(self, job: StartedJob) -> Go | Later:
         config = self.config
-        if job.queue in self._paused.get():
-            return Later(config.paused_recheck_s, f"queue {job.queue} is paused")
+        # the common answer (not paused) from the cache; "paused" is confirmed in Redis
+        if job.queue in self._paused.get() and job.queue in self._paused.fresh():
+            return Later(config.paused_recheck_s, paused(job.queue))
         models = candidates(job, config)
         slept = 0.0
         while True:

@@ -12,8 +12,10 @@ from typing import Any
 
 import click
 
-from farm.cli.context import capacity, redis_client, settings_of
+from farm.cli.context import capacity, farm_client, redis_client, settings_of
 from farm.settings import Settings
+from farm.store.jobs import HELD
+from farm.store.jobs import paused as paused_reason
 
 
 def _known_models(settings: Settings, seen: list[str]) -> list[str]:
@@ -127,9 +129,11 @@ def pause(ctx: click.Context, queue: str) -> None:
 @click.argument("queue")
 @click.pass_context
 def resume(ctx: click.Context, queue: str) -> None:
-    """Resume a paused QUEUE."""
+    """Resume a paused QUEUE: its waiting jobs run now, not at their next look."""
     _set_paused(ctx, queue, False)
-    click.echo(f"{queue}: resumed")
+    with farm_client(ctx) as farm:
+        woken = farm.wake(paused_reason(queue), queue)
+    click.echo(f"{queue}: resumed; {woken} waiting job(s) sent back to the workers now")
 
 
 @click.command()
@@ -142,7 +146,12 @@ def hold(ctx: click.Context, release: bool) -> None:
     with redis_client(ctx) as client:
         if release:
             released = farm_hold.release(client)
-            click.echo("released: held jobs run again" if released else "the farm was not held")
+            if not released:
+                click.echo("the farm was not held")
+                return
+            with farm_client(ctx) as farm:
+                woken = farm.wake(HELD)
+            click.echo(f"released: {woken} held job(s) sent back to the workers now")
             return
         state = farm_hold.current(client)
     click.echo("not held" if state is None else f"HELD: {state.get('reason')}")

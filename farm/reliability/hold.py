@@ -50,12 +50,22 @@ class Polled(Generic[T]):
         now = time.monotonic()
         with self._lock:
             if now - self._checked >= self._every:
-                self._checked = now
-                try:
-                    self._value = self._read()
-                except Exception as exc:
-                    log.warning("could not read from Redis: %s", type(exc).__name__)
+                self._refresh(now)
             return self._value
+
+    def fresh(self) -> T:
+        """The value read now (the rare path: before acting on a value that says "wait", so
+        that a release or a resume acts at once, not after the cache's interval)."""
+        with self._lock:
+            self._refresh(time.monotonic())
+            return self._value
+
+    def _refresh(self, now: float) -> None:
+        self._checked = now
+        try:
+            self._value = self._read()
+        except Exception as exc:
+            log.warning("could not read from Redis: %s", type(exc).__name__)
 
     def put(self, value: T) -> None:
         """A value this process has just written itself."""
@@ -72,7 +82,8 @@ class HoldCheck:
                                                            every_s)
 
     def held(self) -> dict[str, Any] | None:
-        return self._flag.get()
+        # the common answer (not held) from the cache; "held" is confirmed in Redis
+        return None if self._flag.get() is None else self._flag.fresh()
 
     def set(self, reason: str) -> None:
         set_hold(self._broker, reason)

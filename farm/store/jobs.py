@@ -86,7 +86,8 @@ def insert_failed_job(
 START_SQL = """
     UPDATE jobs
     SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),
-        lease_until = now() + make_interval(secs => %(lease_s)s), next_run_at = NULL
+        lease_until = now() + make_interval(secs => %(lease_s)s), next_run_at = NULL,
+        wait_reason = NULL
     WHERE id = %(job_id)s
       AND (status = 'queued' OR (status = 'running' AND lease_until < now()))
     RETURNING request, queue, model, attempts, created_at
@@ -151,17 +152,19 @@ UNSTART_SQL = """
     UPDATE jobs
     SET status = 'queued', attempts = attempts - 1, lease_until = NULL,
         started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
-        next_run_at = now() + make_interval(secs => %(wait_s)s)
+        next_run_at = now() + make_interval(secs => %(wait_s)s), wait_reason = %(reason)s
     WHERE id = %(job_id)s AND status = 'running' AND attempts = %(attempt)s
     RETURNING id
 """
 
 
-def unstart(engine: Engine, job: StartedJob, wait_s: float, *, patience_s: float = 0.0) -> None:
-    """Put a started job back to queued without a call (it must wait for capacity): the
-    attempt it was counted is given back, and it is due again in wait_s."""
+def unstart(engine: Engine, job: StartedJob, wait_s: float, reason: str, *,
+            patience_s: float = 0.0) -> None:
+    """Put a started job back to queued without a call (it must wait: capacity, an open
+    circuit, a paused queue): the attempt it was counted is given back, and it is due again
+    in wait_s; ``reason`` is what `farm status` says meanwhile."""
     _fetch_one(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
-                                     "wait_s": wait_s}, patience_s)
+                                     "wait_s": wait_s, "reason": reason[:500]}, patience_s)
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,8 @@ RECORD_SQL = """
                            ELSE jobs.finished_at END,
         lease_until = NULL,
         next_run_at = CASE WHEN %(retry_in_s)s::float8 IS NULL THEN NULL
-                           ELSE now() + make_interval(secs => %(retry_in_s)s) END
+                           ELSE now() + make_interval(secs => %(retry_in_s)s) END,
+        wait_reason = CAST(%(wait_reason)s AS text)
     FROM ins
     WHERE jobs.id = ins.job_id
     RETURNING jobs.status
@@ -245,19 +249,46 @@ def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome, *,
         "job_error": outcome.error if outcome.status is not JobStatus.SUCCEEDED else None,
         "terminal": outcome.status.terminal,
         "retry_in_s": outcome.retry_in_s,
+        "wait_reason": None if outcome.retry_in_s is None
+        else f"retry after {outcome.outcome} (backoff)",
     }
     row = _fetch_one(engine, RECORD_SQL, params, patience_s)
     return None if row is None else str(row[0])
 
 
-def defer(engine: Engine, job_id: uuid.UUID, seconds: float) -> None:
-    """A queued job that will be looked at again in `seconds` (its message is delayed)."""
+def defer(engine: Engine, job_id: uuid.UUID, seconds: float, reason: str) -> None:
+    """A queued job that will be looked at again in `seconds` (its message is delayed);
+    ``reason`` is what `farm status` says meanwhile."""
     with engine.begin() as conn:
         conn.execute(
-            text("UPDATE jobs SET next_run_at = now() + make_interval(secs => :s) "
-                 "WHERE id = :id AND status = 'queued'"),
-            {"id": job_id, "s": seconds},
+            text("UPDATE jobs SET next_run_at = now() + make_interval(secs => :s), "
+                 "wait_reason = :reason WHERE id = :id AND status = 'queued'"),
+            {"id": job_id, "s": seconds, "reason": reason[:500]},
         )
+
+
+HELD = "held: "  # wait_reason of a job held by the farm-wide hold
+
+
+def paused(queue: str) -> str:
+    """The wait_reason of a job whose queue is paused."""
+    return f"queue {queue} is paused"
+
+
+def wake(engine: Engine, reason: str, queue: str | None = None
+         ) -> list[tuple[uuid.UUID, str, str]]:
+    """Queued jobs waiting on a countdown for ``reason`` (its start: a hold, a paused
+    queue), of one queue or all: due now, the reason cleared. Returns (id, queue, priority)
+    of each, for their messages to be published again; their delayed messages still come
+    later and find the job taken or finished. Jobs waiting for other reasons (a retry's
+    backoff, capacity) keep waiting."""
+    sql = ("UPDATE jobs SET next_run_at = now(), wait_reason = NULL WHERE status = 'queued' "
+           "AND next_run_at > now() AND starts_with(wait_reason, :reason)"
+           + (" AND queue = :queue" if queue is not None else "")
+           + " RETURNING id, queue, priority")
+    with engine.begin() as conn:
+        rows = conn.execute(text(sql), {"reason": reason, "queue": queue}).all()
+    return [(row.id, row.queue, row.priority) for row in rows]
 
 
 def kill_job(engine: Engine, job_id: uuid.UUID, error: str) -> None:

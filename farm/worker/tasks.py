@@ -71,7 +71,8 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
     held = runtime.hold.held()
     if held is not None:
         # the farm is on hold (spend limit): keep the job queued, use no attempt, call nothing
-        store.defer(runtime.engine, job_uuid, settings.hold_recheck_s)
+        store.defer(runtime.engine, job_uuid, settings.hold_recheck_s,
+                    f"{store.HELD}{held.get('reason')}")
         log.info("job %s held: %s", job_uuid, held.get("reason"))
         raise _again(task, job_uuid, settings.hold_recheck_s)
     patience = settings.db_patience_s
@@ -98,7 +99,8 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     admitted = runtime.gate.admit(job)
     if isinstance(admitted, Later):
         # waiting for capacity, a healthy model or a resumed queue uses no attempt
-        store.unstart(runtime.engine, job, admitted.wait_s, patience_s=patience)
+        store.unstart(runtime.engine, job, admitted.wait_s, admitted.reason,
+                      patience_s=patience)
         log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
         raise _again(task, job.id, admitted.wait_s)
     started = store.now()
