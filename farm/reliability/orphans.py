@@ -62,9 +62,15 @@ def sweep_orphans(engine: Engine, broker: Any, republish: Republish, *, age_s: f
     return len(rows)
 
 
+def take_turn(broker: Any, every_s: float) -> bool:
+    """Whether this worker sweeps now: no other worker of the cluster did in the last
+    every_s (a Redis lock that expires)."""
+    return bool(broker.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every_s * 1000))))
+
+
 def sweep_if_due(engine: Engine, broker: Any, republish: Republish, *, every_s: float,
                  age_s: float, grace_s: float) -> int:
     """Sweep for orphans unless another worker of the cluster did in the last every_s."""
-    if not broker.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every_s * 1000))):
+    if not take_turn(broker, every_s):
         return 0
     return sweep_orphans(engine, broker, republish, age_s=age_s, grace_s=grace_s)

@@ -2,7 +2,8 @@
 
 ``wiring`` builds the worker's app from the top (the tasks and the signal handlers are
 installed on the app built by ``farm.app``, with the settings handed down typed);
-``tasks`` are thin (load, admit, call, persist); ``runtime`` holds a process's resources;
+``tasks`` are thin (load, admit, call, persist), with ``request`` redacting their
+argument reprs; ``runtime`` holds a process's resources;
 ``lifecycle`` is the worker's signal handlers (boot check, leases, bounded shutdown);
 ``command`` builds the `celery worker` command line and waits for readiness.
 """

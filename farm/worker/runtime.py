@@ -10,6 +10,7 @@ import anthropic
 import redis
 from sqlalchemy.engine import Engine
 
+from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.capacity.admission import Gate
 from farm.capacity.build import redis_gate
 from farm.costs.pricing import PriceBook, default_pricebook
@@ -67,7 +68,8 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
                       reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
                       broker=broker, orphan_sweep_s=settings.orphan_sweep_s,
-                      orphan_age_s=settings.orphan_age_s)
+                      orphan_age_s=settings.orphan_age_s,
+                      consumed=(*settings.servable_queues, DEAD_LETTER_QUEUE))
     return runtime
 
 

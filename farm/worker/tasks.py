@@ -25,6 +25,7 @@ from farm.reliability.policies import Action
 from farm.routing.route import parse_and_route
 from farm.store import jobs as store
 from farm.worker import runtime as rt
+from farm.worker.request import RedactingRequest
 
 log = logging.getLogger("farm.tasks")
 
@@ -41,8 +42,10 @@ def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
 
     # max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
     # passed to self.retry() would mean "the task's default", which is 3)
+    # Request: its argument reprs (task events, Flower, inspect) are redacted by the worker,
+    # whatever the sender wrote
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None)
+              max_retries=None, Request=RedactingRequest)
     def run_job(self: Task, job_id: str | None = None,
                 request: dict[str, Any] | None = None, queue: str | None = None,
                 **unexpected: Any) -> dict[str, Any]:
