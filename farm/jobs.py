@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 MAX_PROMPT_CHARS = 800_000  # ~200k tokens at ~4 chars/token: the context window
 MAX_OUTPUT_TOKENS = 64_000
@@ -122,6 +129,23 @@ class JobRequest(BaseModel):
                 f"prompt: about {self.approx_input_tokens()} input tokens + max_tokens "
                 f"{self.max_tokens} exceed the model's {window}-token context window"
             )
+
+
+def problems(exc: ValueError) -> list[tuple[str, str]]:
+    """(field, message) for each problem of an invalid job: pydantic's errors by location
+    and message (never pydantic's own text, which repeats the input: the prompt), or a
+    routing error's "field: …" text."""
+    if isinstance(exc, ValidationError):
+        return [(".".join(str(p) for p in err["loc"]) or "job", err["msg"])
+                for err in exc.errors()]
+    text = str(exc)
+    return [(text.split(":", 1)[0] if ":" in text else "job", text)]
+
+
+def describe_problems(exc: ValueError) -> str:
+    """The problems of an invalid job on one line, each naming its field."""
+    return "; ".join(message if message.startswith(f"{field}:") else f"{field}: {message}"
+                     for field, message in problems(exc))
 
 
 class Route(BaseModel):
