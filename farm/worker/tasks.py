@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from celery import Celery, Task
 from celery.exceptions import Retry
+from celery.worker.request import Request
 from sqlalchemy import exc as sa_exc
 
 from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
@@ -25,6 +26,7 @@ from farm.provider.errors import ProviderError
 from farm.reliability import dlq, policies
 from farm.reliability.policies import Action
 from farm.routing.route import parse_and_route
+from farm.routing.router import redact_args, redact_kwargs
 from farm.store import jobs as store
 from farm.worker import runtime as rt
 
@@ -38,13 +40,24 @@ def _parse_job_id(value: Any) -> uuid.UUID | None:
         return None
 
 
+class RedactedRequest(Request):  # type: ignore[misc]
+    """run_job's request in a worker. The sender wrote its own repr of the arguments into
+    the message: a service without the farm's router writes the prompt's. What the worker
+    logs and sends to Flower (the task-received event) is the redacted repr instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._argsrepr = self._request_dict["argsrepr"] = redact_args(self._args)
+        self._kwargsrepr = self._request_dict["kwargsrepr"] = redact_kwargs(self._kwargs)
+
+
 def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
     """Install the farm's tasks on ``app``; ``runtime()`` gives the process's runtime."""
 
     # max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
     # passed to self.retry() would mean "the task's default", which is 3)
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None)
+              max_retries=None, Request=RedactedRequest)
     def run_job(self: Task, job_id: str | None = None,
                 request: dict[str, Any] | None = None, queue: str | None = None,
                 **unexpected: Any) -> dict[str, Any]:
