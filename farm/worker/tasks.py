@@ -55,15 +55,16 @@ def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
     """Install the farm's tasks on ``app``; ``runtime()`` gives the process's runtime."""
 
     # max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
-    # passed to self.retry() would mean "the task's default", which is 3)
+    # passed to self.retry() would mean "the task's default", which is 3). shared=False:
+    # the tasks belong to this app only, not to every Celery app made after it
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None, Request=RedactedRequest)
+              max_retries=None, Request=RedactedRequest, shared=False)
     def run_job(self: Task, job_id: str | None = None,
                 request: dict[str, Any] | None = None, queue: str | None = None,
                 **unexpected: Any) -> dict[str, Any]:
         return execute(self, runtime(), job_id, request, unexpected)
 
-    @app.task(name=DEAD_LETTER_TASK, bind=True, acks_late=True)
+    @app.task(name=DEAD_LETTER_TASK, bind=True, acks_late=True, shared=False)
     def dead_letter(self: Task, job_id: str, error_class: str) -> None:
         """Consumed only if an operator runs a worker on the dead-letter queue: the DLQ row
         is already written; this logs each dead job once more for whoever drains it."""
