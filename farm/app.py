@@ -37,7 +37,8 @@ def create_app(settings: Settings, *, broker_url: str | None = None) -> Celery:
     """A Celery app for these settings; ``broker_url`` saves resolving it again."""
     app = Celery("farm")
     app.config_from_object(_import_celeryconfig())
-    app.conf.broker_url = broker_url or resolve_urls(settings).broker_url
+    # a configured broker is enough (Flower has no database URL); else the embedded one
+    app.conf.broker_url = broker_url or settings.broker_url or resolve_urls(settings).broker_url
     app.conf.worker_send_task_events = settings.task_events
     queue_names = tuple(q.name for q in settings.queues)
     app.conf.task_queues = declare_queues(queue_names)

@@ -20,12 +20,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from farm.app import create_app, send_job
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import reports
 from farm.jobs import JobRequest, JobStatus, Priority, Route, new_job_id
+from farm.jobs import problems as job_problems
 from farm.reliability import dlq
 from farm.routing.route import parse_and_route
 from farm.services import resolve_urls
@@ -96,13 +97,8 @@ def validate(jobs: Sequence[JobLike], settings: Settings) -> list[tuple[JobReque
     for index, job in enumerate(jobs):
         try:
             out.append(parse_and_route(job, settings.queues))
-        except ValidationError as exc:
-            for err in exc.errors():
-                field = ".".join(str(p) for p in err["loc"]) or "job"
-                problems.append((index, field, err["msg"]))
-        except ValueError as exc:
-            field = str(exc).split(":", 1)[0] if ":" in str(exc) else "job"
-            problems.append((index, field, str(exc)))
+        except ValueError as exc:  # pydantic's ValidationError too
+            problems.extend((index, field, message) for field, message in job_problems(exc))
     if problems:
         raise InvalidJobError(problems)
     return out

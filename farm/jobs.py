@@ -6,10 +6,18 @@ Everything here is frozen and typed; validation errors name the offending field.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 MAX_PROMPT_CHARS = 800_000  # ~200k tokens at ~4 chars/token: the context window
 MAX_OUTPUT_TOKENS = 64_000
@@ -45,6 +53,19 @@ TERMINAL_STATUSES = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED}
 )
 
+
+def holds_nul(value: Any) -> bool:
+    """Whether a string, or any key or value inside mappings and sequences, holds NUL
+    (U+0000): Postgres cannot store it in text or jsonb, so a job holding one is refused."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(holds_nul(item) for item in value)
+    return False
+
+
 Tenant = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -74,6 +95,14 @@ class JobRequest(BaseModel):
             raise ValueError("prompt is blank")
         return value
 
+    @field_validator("prompt", "system", "model", "queue", "tools", "metadata")
+    @classmethod
+    def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
+        if holds_nul(value):  # the value itself is never repeated in the error
+            raise ValueError(f"{info.field_name} holds a NUL character (\\x00), which "
+                             "Postgres cannot store")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, str]) -> dict[str, str]:
@@ -100,6 +129,23 @@ class JobRequest(BaseModel):
                 f"prompt: about {self.approx_input_tokens()} input tokens + max_tokens "
                 f"{self.max_tokens} exceed the model's {window}-token context window"
             )
+
+
+def problems(exc: ValueError) -> list[tuple[str, str]]:
+    """(field, message) for each problem of an invalid job: pydantic's errors by location
+    and message (never pydantic's own text, which repeats the input: the prompt), or a
+    routing error's "field: …" text."""
+    if isinstance(exc, ValidationError):
+        return [(".".join(str(p) for p in err["loc"]) or "job", err["msg"])
+                for err in exc.errors()]
+    text = str(exc)
+    return [(text.split(":", 1)[0] if ":" in text else "job", text)]
+
+
+def describe_problems(exc: ValueError) -> str:
+    """The problems of an invalid job on one line, each naming its field."""
+    return "; ".join(message if message.startswith(f"{field}:") else f"{field}: {message}"
+                     for field, message in problems(exc))
 
 
 class Route(BaseModel):

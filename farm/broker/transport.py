@@ -10,6 +10,7 @@ with ``broker_transport`` in celeryconfig.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from queue import Empty
 from typing import Any
@@ -31,6 +32,18 @@ def decode_envelope(item: bytes | str) -> dict[str, Any]:
     return payload
 
 
+def _size(item: bytes | str) -> int:
+    return len(item.encode("utf-8", "replace") if isinstance(item, str) else item)
+
+
+def _reason(exc: ValueError) -> str:
+    """Why the item is not a message, without its content: a JSON error says where it
+    stopped; anything else but the envelope checks' own messages, only its kind."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON: {exc.msg} at character {exc.pos}"
+    return str(exc) if type(exc) is ValueError else type(exc).__name__
+
+
 class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own _brpop_read, with the decoding guarded
@@ -49,8 +62,9 @@ class Channel(kombu_redis.Channel):
             try:
                 payload = decode_envelope(item)
             except ValueError as exc:
-                log.error("dropped an item on queue %s that is not a message: %s; item: %.200r",
-                          dest, exc, item)
+                # why and how big, never what it holds (anyone may push anything to a list)
+                log.error("dropped an item on queue %s that is not a message: %s (%d bytes, "
+                          "not shown)", dest, _reason(exc), _size(item))
                 return True
             self.connection._deliver(payload, dest)
             return True

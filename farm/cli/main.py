@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -320,13 +321,38 @@ def flower(ctx: click.Context, port: int | None) -> None:
         raise click.ClickException(
             "Flower needs credentials: set FARM_FLOWER_USER and FARM_FLOWER_PASSWORD"
         )
-    env = dict(os.environ)
-    # given through the environment, never on the command line (visible in `ps`)
-    password = settings.flower_password.get_secret_value()
-    env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
+    from farm.services import resolve_urls
+
+    try:
+        broker_url = settings.broker_url or resolve_urls(settings).broker_url
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
     argv = [sys.executable, "-m", "celery", "-A", "farm", "flower",
             f"--port={port or settings.flower_port}", "--address=127.0.0.1"]
-    os.execvpe(argv[0], argv, env)
+    os.execvpe(argv[0], argv, flower_env(settings, os.environ, broker_url))
+
+
+# What Flower's process gets of the environment: the system's and Python's basics, Flower's
+# own options (FLOWER_*), and of the farm's only what builds its Celery app (the broker, the
+# queues). No API key, no database URL, no FARM_FLOWER_PASSWORD: what Flower is not given,
+# it cannot show or leak.
+FLOWER_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ",
+                              "TMPDIR", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                              "FARM_DATA_DIR", "FARM_QUEUES"})
+FLOWER_ENV_PREFIXES = ("LC_", "PYTHON", "FLOWER_")
+
+
+def flower_env(settings: Settings, environ: Mapping[str, str], broker_url: str
+               ) -> dict[str, str]:
+    """Flower's environment: what it needs and nothing else. Its credentials are given
+    here as FLOWER_BASIC_AUTH, never on the command line (visible in `ps`)."""
+    env = {name: value for name, value in environ.items()
+           if name in FLOWER_ENV_NAMES or name.startswith(FLOWER_ENV_PREFIXES)}
+    assert settings.flower_password is not None
+    password = settings.flower_password.get_secret_value()
+    env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
+    env["FARM_BROKER_URL"] = broker_url  # resolved: Flower needs no database to find it
+    return env
 
 
 for _command in COMMANDS:

@@ -31,9 +31,18 @@ def _redacted(value: Any) -> str:
     return f"<redacted {type(value).__name__}>"
 
 
-def redact_kwargs(kwargs: Mapping[Any, Any]) -> str:
+def redact_args(args: Any) -> str:
+    """A repr of run_job's positional arguments: how many, never what."""
+    if isinstance(args, (list, tuple)):
+        return "()" if not args else f"(<redacted {len(args)} positional args>)"
+    return f"(<redacted {type(args).__name__}>)"
+
+
+def redact_kwargs(kwargs: Any) -> str:
     """A repr of run_job's kwargs without prompt/system text: only a UUID-like job_id and a
     queue name are shown; every other value becomes '<redacted N chars>'."""
+    if not isinstance(kwargs, Mapping):
+        return f"<redacted {type(kwargs).__name__}>"
     shown: dict[str, str] = {}
     for index, (key, value) in enumerate(list(kwargs.items())[:16]):
         name = key if isinstance(key, str) and _KEY.fullmatch(key) else f"<key {index}>"
@@ -65,7 +74,7 @@ class CeleryRouter:
             return None
         kwargs = kwargs or {}
         out: dict[str, Any] = {
-            "argsrepr": "()" if not args else f"(<redacted {len(args)} positional args>)",
+            "argsrepr": redact_args(args or ()),
             "kwargsrepr": redact_kwargs(kwargs),
         }
         if (options or {}).get("queue"):

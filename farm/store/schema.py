@@ -162,6 +162,8 @@ def make_engine(
 
     The worker's engine skips the pre-ping (a round trip per checkout): there a dead
     connection raises on use, is discarded, and the store's retry takes a fresh one.
+    A statement's error never carries its parameters (requests, prompts, responses):
+    ``hide_parameters`` keeps them out of the exception's text, hence out of logs.
     """
     return create_engine(
         database_url,
@@ -170,4 +172,5 @@ def make_engine(
         pool_recycle=1800,
         pool_pre_ping=pre_ping,
         isolation_level="AUTOCOMMIT" if autocommit else "READ COMMITTED",
+        hide_parameters=True,
     )

@@ -1,35 +1,29 @@
 """The worker's request for farm.run_job: its argument reprs are always redacted.
 
-Celery's task events (what Flower shows) and `celery inspect` carry a task's ``argsrepr``
-and ``kwargsrepr`` as the SENDER wrote them: the farm's own router redacts them, but a
-service that sends an inline job with plain Celery writes the prompt there unless it passes
-``kwargsrepr``. The worker does not trust the sender: it shows only the job id and queue,
-whatever the message says.
+The sender writes its own repr of the arguments into the message: the farm's router
+redacts it, but a service that sends an inline job with plain Celery writes the prompt
+there unless it passes ``kwargsrepr``. What the worker logs, sends to Flower (the
+task-received event) and answers to `celery inspect` (active, reserved, scheduled: also
+Flower's worker page) is the redacted repr instead: the job id, the queue, the request's
+size.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery.worker.request import Request
 
-from farm.routing.router import redact_kwargs
+from farm.routing.router import redact_args, redact_kwargs
 
 
-class RedactingRequest(Request):  # type: ignore[misc]  # celery ships no types
-    @property
-    def argsrepr(self) -> str:
-        args = self._args
-        return "()" if not args else f"(<redacted {len(args)} positional args>)"
+class RedactedRequest(Request):  # type: ignore[misc]  # celery ships no types
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._argsrepr = self._request_dict["argsrepr"] = redact_args(self._args)
+        self._kwargsrepr = self._request_dict["kwargsrepr"] = redact_kwargs(self._kwargs)
 
-    @property
-    def kwargsrepr(self) -> str:
-        kwargs = self._kwargs
-        return redact_kwargs(kwargs) if isinstance(kwargs, dict) else "<redacted>"
-
-    def info(self, safe: bool = False) -> dict[str, object]:
-        # `celery inspect active/reserved` (and Flower's worker pages): never the arguments
-        shown: dict[str, object] = super().info(safe=True)
-        shown["args"], shown["kwargs"] = self.argsrepr, self.kwargsrepr
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        # `celery inspect` asks for the raw arguments unless told safe: never give them
+        shown: dict[str, Any] = super().info(safe=True)
         return shown
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.humaninfo()} {self.argsrepr} {self.kwargsrepr}>"

@@ -11,13 +11,15 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task
+from celery.exceptions import Retry
+from sqlalchemy import exc as sa_exc
 
 from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
 from farm.capacity.admission import Later
-from farm.jobs import JobStatus
+from farm.jobs import JobStatus, describe_problems
 from farm.provider import messages as llm
 from farm.provider.errors import ProviderError
 from farm.reliability import dlq, policies
@@ -25,7 +27,7 @@ from farm.reliability.policies import Action
 from farm.routing.route import parse_and_route
 from farm.store import jobs as store
 from farm.worker import runtime as rt
-from farm.worker.request import RedactingRequest
+from farm.worker.request import RedactedRequest
 
 log = logging.getLogger("farm.tasks")
 
@@ -41,17 +43,16 @@ def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
     """Install the farm's tasks on ``app``; ``runtime()`` gives the process's runtime."""
 
     # max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
-    # passed to self.retry() would mean "the task's default", which is 3)
-    # Request: its argument reprs (task events, Flower, inspect) are redacted by the worker,
-    # whatever the sender wrote
+    # passed to self.retry() would mean "the task's default", which is 3). shared=False:
+    # the tasks belong to this app only, not to every Celery app made after it
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None, Request=RedactingRequest)
+              max_retries=None, Request=RedactedRequest, shared=False)
     def run_job(self: Task, job_id: str | None = None,
                 request: dict[str, Any] | None = None, queue: str | None = None,
                 **unexpected: Any) -> dict[str, Any]:
         return execute(self, runtime(), job_id, request, unexpected)
 
-    @app.task(name=DEAD_LETTER_TASK, bind=True, acks_late=True)
+    @app.task(name=DEAD_LETTER_TASK, bind=True, acks_late=True, shared=False)
     def dead_letter(self: Task, job_id: str, error_class: str) -> None:
         """Consumed only if an operator runs a worker on the dead-letter queue: the DLQ row
         is already written; this logs each dead job once more for whoever drains it."""
@@ -136,6 +137,20 @@ def _again(task: Task, job_id: uuid.UUID, countdown: float) -> Exception:
     return exc
 
 
+# An intake write that fails on the data (Postgres cannot store it) fails the job; one that
+# fails on the database (down, overloaded, not migrated) is tried again later
+_UNSTORABLE = (sa_exc.DataError, sa_exc.IntegrityError)
+_DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+
+
+def db_error(exc: BaseException) -> str:
+    """A database error by its kind and SQLSTATE only: its text can quote the data (the
+    server's DETAIL and CONTEXT lines do), so it is never logged or recorded."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlstate", None)
+    return type(orig).__name__ + (f" (SQLSTATE {code})" if code else "")
+
+
 def _intake(
     task: Task,
     runtime: rt.Runtime,
@@ -145,21 +160,58 @@ def _intake(
     delivery_info: dict[str, Any] | None,
 ) -> bool:
     """A job sent inline with plain send_task: validate, route, record the row. False when
-    the job is invalid (recorded as failed and dead-lettered)."""
+    the job is invalid or cannot be stored (recorded as failed and dead-lettered). While the
+    database cannot take the row, the message comes back later, request and all."""
     queue = (delivery_info or {}).get("routing_key") or INTAKE_QUEUE
     try:
         if unexpected:
             raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
         job_request, chosen = parse_and_route(request, runtime.settings.queues)
     except ValueError as exc:  # a pydantic ValidationError is a ValueError too
+        return _refuse(task, runtime, job_id, request, queue,
+                       f"invalid job: {describe_problems(exc)}")
+    try:
         with runtime.engine.begin() as conn:
-            store.insert_failed_job(conn, job_id, request, queue, f"invalid job: {exc}")
-        _dead(task, runtime, job_id, queue, "invalid", f"invalid job: {exc}")
-        return False
-    row = store.new_job_row(job_id, job_request, chosen)
-    with runtime.engine.begin() as conn:
-        store.insert_job_once(conn, row)
+            store.insert_job_once(conn, store.new_job_row(job_id, job_request, chosen))
+    except _UNSTORABLE as exc:
+        return _refuse(task, runtime, job_id, request, queue,
+                       f"the job could not be stored: {db_error(exc)}")
+    except _DATABASE_ERRORS as exc:
+        _intake_later(task, runtime, job_id, exc)
     return True
+
+
+def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue: str,
+            reason: str) -> bool:
+    """Record an inline job that cannot run as failed, with the reason, and dead-letter it.
+    Its request is kept as sent if Postgres can store it, else left out."""
+    reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
+    try:
+        try:
+            with runtime.engine.begin() as conn:
+                store.insert_failed_job(conn, job_id, raw, queue, reason)
+        except _UNSTORABLE as exc:
+            with runtime.engine.begin() as conn:
+                store.insert_failed_job(conn, job_id, {"not_stored": db_error(exc)}, queue,
+                                        reason)
+        _dead(task, runtime, job_id, queue, "invalid", reason)
+    except _DATABASE_ERRORS as exc:
+        _intake_later(task, runtime, job_id, exc)
+    return False
+
+
+def _intake_later(task: Task, runtime: rt.Runtime, job_id: uuid.UUID,
+                  exc: BaseException) -> NoReturn:
+    """The database cannot take an inline job now: its message (the request in it: there is
+    no row yet to run it from) comes back after a growing delay, for as long as it takes."""
+    delay = min(runtime.settings.defer_max_s, 2.0 ** min(task.request.retries, 10))
+    log.warning("job %s: the database cannot record the inline job (%s); it comes back in "
+                "%.0fs", job_id, db_error(exc), delay)
+    try:
+        task.retry(countdown=delay)  # no exc=: its text would travel with the retry
+    except Retry as again:
+        raise again from None  # nor as the retry's context (its traceback goes to Flower)
+    raise AssertionError("Task.retry returned")
 
 
 def _failed(

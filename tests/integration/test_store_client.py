@@ -8,11 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from farm.client import Farm, InvalidJobError
-from farm.jobs import JobRequest, JobStatus
-from farm.settings import Settings
+from farm.jobs import JobRequest, JobStatus, new_job_id
+from farm.routing.route import parse_and_route
+from farm.settings import DEFAULT_QUEUES, Settings
+from farm.store import jobs as store
+from farm.store.schema import make_engine
 
 
 @pytest.fixture
@@ -96,3 +100,23 @@ def test_wait_counts_a_job_without_a_row_as_pending(farm: Farm) -> None:
     # e.g. a job sent inline with send_task whose row a worker has not written yet
     with pytest.raises(TimeoutError, match="1 of 1"):
         farm.wait([uuid.uuid4()], timeout=0.3, poll_s=0.1)
+
+
+def test_a_failing_statement_does_not_carry_its_parameters(database_url: str) -> None:
+    # the farm's engines hide bound parameters: an error (logged, shown in Flower) names
+    # the statement, never the request and its prompt
+    request, route = parse_and_route({"prompt": "PARAM-SECRET-prompt", "system": "PARAM-SYS"},
+                                     DEFAULT_QUEUES)
+    row = store.new_job_row(new_job_id(), request, route)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            store.insert_jobs(conn, [row])
+        with pytest.raises(sa_exc.IntegrityError) as failed, engine.begin() as conn:
+            store.insert_jobs(conn, [row])  # the same id again: a duplicate key
+    finally:
+        engine.dispose()
+    message = str(failed.value)
+    assert "INSERT INTO jobs" in message and "duplicate key" in message
+    assert "PARAM-SECRET" not in message and "PARAM-SYS" not in message
+    assert "parameters hidden" in message

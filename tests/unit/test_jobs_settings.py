@@ -81,6 +81,29 @@ def test_invalid_jobs_name_the_field(fields: dict[str, object], bad: str) -> Non
     assert "nothing was enqueued" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("fields", "bad"),
+    [
+        ({"prompt": "SECRET \x00 in the prompt"}, "prompt"),
+        ({"prompt": "x", "system": "SECRET\x00"}, "system"),
+        ({"prompt": "x", "model": "claude-haiku-4-5\x00"}, "model"),
+        ({"prompt": "x", "queue": "haiku-simple\x00"}, "queue"),
+        ({"prompt": "x", "metadata": {"SECRET\x00": "v"}}, "metadata"),
+        ({"prompt": "x", "metadata": {"k": "SECRET\x00"}}, "metadata"),
+        ({"prompt": "x", "tools": [{"name": "t", "input_schema": {
+            "type": "object", "properties": {"a": {"enum": ["SECRET\x00"]}}}}]}, "tools"),
+    ],
+)
+def test_a_nul_anywhere_in_a_job_is_rejected_naming_the_field(fields: dict[str, object],
+                                                              bad: str) -> None:
+    # Postgres cannot store NUL in text or jsonb: the job is refused before it is recorded
+    with pytest.raises(InvalidJobError) as info:
+        validate([fields], Settings())
+    assert [(field, "NUL" in message) for _, field, message in info.value.problems] == [
+        (bad, True)]
+    assert "SECRET" not in str(info.value)  # the value is not repeated
+
+
 def test_unknown_model_and_queue_are_rejected() -> None:
     with pytest.raises(InvalidJobError, match="claude-nonexistent"):
         validate([{"prompt": "x", "model": "claude-nonexistent"}], Settings())
