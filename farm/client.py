@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from farm.app import create_app, send_job
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import reports
-from farm.jobs import JobRequest, JobStatus, Route, new_job_id
+from farm.costs.money import ExactUsd
+from farm.jobs import FieldError, JobRequest, JobStatus, Route, new_job_id
 from farm.reliability import dlq
 from farm.routing.route import parse_and_route
 from farm.services import resolve_urls
@@ -74,7 +74,8 @@ class JobView(BaseModel):
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
-    cost_usd: Decimal | None
+    cost_usd: ExactUsd | None  # None: no call yet, or a call on a model with no price row
+    cost_unknown: bool  # a call ran on a model with no price row
     attempts: int
     error: str | None
     created_at: datetime
@@ -96,10 +97,13 @@ def validate(jobs: Sequence[JobLike], settings: Settings) -> list[tuple[JobReque
         except ValidationError as exc:
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "job"
-                problems.append((index, field, err["msg"]))
+                # a validator's own message, without pydantic's "Value error, " in front
+                cause = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+                problems.append((index, field, str(cause) if cause else err["msg"]))
+        except FieldError as exc:  # the message names the field once: (field, problem)
+            problems.append((index, exc.field, exc.problem))
         except ValueError as exc:
-            field = str(exc).split(":", 1)[0] if ":" in str(exc) else "job"
-            problems.append((index, field, str(exc)))
+            problems.append((index, "job", str(exc)))
     if problems:
         raise InvalidJobError(problems)
     return out

@@ -16,6 +16,15 @@ MAX_OUTPUT_TOKENS = 64_000
 CONTEXT_WINDOW_TOKENS = 200_000  # every model the farm routes to has at least this window
 
 
+class FieldError(ValueError):
+    """A job's field is unacceptable: ``field`` names it, ``problem`` says what is wrong
+    without naming it again (str() is "field: problem")."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"{field}: {problem}")
+
+
 class Complexity(StrEnum):
     AUTO = "auto"
     SIMPLE = "simple"
@@ -71,17 +80,18 @@ class JobRequest(BaseModel):
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("prompt is blank")
+            raise ValueError("is blank (whitespace only)")
         return value
 
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > 32:
-            raise ValueError("metadata holds at most 32 keys")
+            raise ValueError("at most 32 keys")
         for key, item in value.items():
             if len(key) > 64 or len(item) > 1024:
-                raise ValueError(f"metadata entry {key[:64]!r} is too long")
+                raise ValueError(f"entry {key[:64]!r} is too long (keys up to 64 characters, "
+                                 "values up to 1024)")
         return value
 
     def messages(self) -> list[dict[str, Any]]:
@@ -93,11 +103,12 @@ class JobRequest(BaseModel):
         return max(1, -(-chars // 4))
 
     def check_fits_context(self, window: int = CONTEXT_WINDOW_TOKENS) -> None:
-        """Raise ValueError when prompt + system + max_tokens cannot fit the context window."""
+        """Raise FieldError (prompt) when prompt + system + max_tokens cannot fit the context
+        window."""
         need = self.approx_input_tokens() + self.max_tokens
         if need > window:
-            raise ValueError(
-                f"prompt: about {self.approx_input_tokens()} input tokens + max_tokens "
+            raise FieldError(
+                "prompt", f"about {self.approx_input_tokens()} input tokens + max_tokens "
                 f"{self.max_tokens} exceed the model's {window}-token context window"
             )
 

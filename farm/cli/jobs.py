@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from farm.cli import render
 from farm.cli.context import farm_client
 
 
@@ -34,21 +35,29 @@ def submit(ctx: click.Context, /, prompt: str | None, path: str | None, as_json:
     if (prompt is None) == (path is None):
         raise click.UsageError("give exactly one of --prompt or --file")
     if path is not None:
-        jobs = _read_jsonl(path)
+        lines = _read_jsonl(path)
+        jobs = [job for _, job in lines]
+
+        def where(index: int) -> str:
+            return f"{path}:{lines[index][0]}: "
     else:
         jobs = [{k: v for k, v in {**fields, "prompt": prompt}.items() if v is not None}]
+
+        def where(index: int) -> str:
+            return ""
     with farm_client(ctx) as farm:
         try:
             ids = farm.submit_many(jobs)
         except InvalidJobError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(render.invalid_jobs(exc.problems, where)) from None
     if as_json:
         click.echo(json.dumps({"job_ids": [str(i) for i in ids]}))
     else:
         click.echo("\n".join(str(i) for i in ids))
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
+def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """The jobs of a JSONL file (blank lines skipped), each with its line number."""
     stream = click.open_file(path, "r", encoding="utf-8")
     jobs = []
     with stream:
@@ -61,7 +70,7 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
                 raise click.ClickException(f"{path}:{number}: not JSON ({exc.msg})") from None
             if not isinstance(item, dict):
                 raise click.ClickException(f"{path}:{number}: a job must be a JSON object")
-            jobs.append(item)
+            jobs.append((number, item))
     if not jobs:
         raise click.ClickException(f"{path}: no jobs")
     return jobs
@@ -83,12 +92,10 @@ def status(ctx: click.Context, job_id: uuid.UUID, as_json: bool) -> None:
             view = farm.status(job_id)
         except (KeyError, ValueError) as exc:
             raise click.ClickException(str(exc).strip("'")) from None
-    data = _view_dict(view)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(_view_dict(view), indent=2))
     else:
-        for key, value in data.items():
-            click.echo(f"{key:<28}{value}")
+        click.echo("\n".join(render.status_lines(view)))
 
 
 @click.command()
@@ -110,8 +117,7 @@ def wait(ctx: click.Context, job_ids: tuple[uuid.UUID, ...], timeout: float | No
         click.echo(json.dumps([_view_dict(v) for v in views], indent=2))
     else:
         for v in views:
-            click.echo(f"{v.id} {v.status.value} {v.served_model or v.model} "
-                       f"cost={v.cost_usd} {(v.response_text or v.error or '')[:80]!r}")
+            click.echo(render.job_line(v))
     if any(v.status.value != "succeeded" for v in views):
         sys.exit(1)
 
@@ -134,7 +140,7 @@ def cancel(ctx: click.Context, job_id: uuid.UUID) -> None:
 @click.pass_context
 def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None:
     """Cost report per queue and model: jobs, tokens, cost, latency, errors."""
-    from farm.costs.reports import render
+    from farm.costs.reports import render as table
 
     since = None
     if since_hours is not None:
@@ -144,7 +150,7 @@ def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None
     if as_json:
         click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
     else:
-        click.echo(render(rows))
+        click.echo(table(rows))
 
 
 COMMANDS = (submit, status, wait, cancel, report)

@@ -57,14 +57,19 @@ def test_bad_input_is_named_and_nothing_is_enqueued(e2e_env: dict[str, str],
     assert big.returncode != 0 and "max_tokens" in big.stderr
     model = farm_cli(e2e_env, "submit", "--prompt", "hi", "--model", "gpt-4")
     assert model.returncode != 0 and "gpt-4" in model.stderr
+    # one line, the field named once
+    assert model.stderr.splitlines() == [
+        "Error: invalid job(s), nothing was enqueued: model: unknown model 'gpt-4'; known: "
+        "claude-haiku-4-5, claude-sonnet-5-5"]
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "fine"}\n{"prompt": "x", "priority": "urgent"}\nnot json\n')
     bad = farm_cli(e2e_env, "submit", "--file", str(path))
     assert bad.returncode != 0 and "bad.jsonl:3" in bad.stderr
-    path.write_text('{"prompt": "fine"}\n{"prompt": "x", "priority": "urgent"}\n')
+    path.write_text('{"prompt": "fine"}\n\n{"prompt": "x", "priority": "urgent"}\n')
     bad = farm_cli(e2e_env, "submit", "--file", str(path))
     assert bad.returncode != 0
-    assert "job 1: priority" in bad.stderr and "nothing was enqueued" in bad.stderr
+    # each bad job named by its line in the file
+    assert "bad.jsonl:3: priority: " in bad.stderr and "nothing was enqueued" in bad.stderr
     unknown = farm_cli(e2e_env, "status", "00000000-0000-0000-0000-000000000000")
     assert unknown.returncode != 0 and "no job" in unknown.stderr
     garbage = farm_cli(e2e_env, "status", "not-a-uuid")
@@ -77,3 +82,34 @@ def test_wait_exit_code_reports_failures(workers: list[Path], e2e_env: dict[str,
     waited = farm_cli(e2e_env, "wait", job_id, "--timeout", "60")
     assert waited.returncode == 1
     assert "failed" in waited.stdout
+
+
+def test_report_adds_up_and_money_reads_as_dollars(workers: list[Path],
+                                                  e2e_env: dict[str, str]) -> None:
+    failed = farm_cli(e2e_env, "submit", "--prompt", "[[sim:status=400]] free").stdout.strip()
+    slow = farm_cli(e2e_env, "submit", "--prompt", "[[sim:latency=10]] cancel me").stdout.strip()
+    assert farm_cli(e2e_env, "cancel", slow).returncode == 0
+    waited = farm_cli(e2e_env, "wait", failed, slow, "--timeout", "60")
+    assert waited.returncode == 1  # one failed, one cancelled
+    # a call that cost nothing reads back from Postgres as Decimal('0E-10')
+    assert f"{failed} failed claude-haiku-4-5 cost=$0.00 " in waited.stdout
+    assert "E-" not in waited.stdout
+    status = farm_cli(e2e_env, "status", failed)
+    shown = [line.split() for line in status.stdout.splitlines()]
+    assert ["cost_usd", "$0.00"] in shown
+    as_json = json.loads(farm_cli(e2e_env, "status", failed, "--json").stdout)
+    assert as_json["cost_usd"] == "0.0000000000"  # exact, fixed point
+    rows = json.loads(farm_cli(e2e_env, "report", "--json").stdout)
+    assert sum(r["cancelled"] for r in rows) >= 1
+    for r in rows:
+        assert r["succeeded"] + r["failed"] + r["cancelled"] + r["pending"] == r["jobs"], r
+        assert r["cost_usd"] is None or "E" not in r["cost_usd"]
+    table = farm_cli(e2e_env, "report").stdout.splitlines()
+    assert table[0].split()[:7] == ["queue", "model", "jobs", "ok", "fail", "cancel", "pend"]
+    body = [line for line in table[2:] if line and not line.startswith(("-", "WARNING"))]
+    for line in body:  # the rows and the total line
+        words = line.split()
+        jobs, ok, fail, cancelled, pending = map(int, words[1:6] if words[0] == "total"
+                                                 else words[2:7])
+        assert ok + fail + cancelled + pending == jobs, line
+    assert all("$" in line and "E-" not in line for line in body)
