@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import redis
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from farm.app import create_app, send_job
+from farm.broker import layout
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import reports
 from farm.costs.money import ExactUsd
@@ -53,6 +55,15 @@ class SubmitError(RuntimeError):
     def __init__(self, published: int, reason: str) -> None:
         self.published = published
         super().__init__(f"{reason}; {published} job(s) were enqueued before it")
+
+
+class WaitTimeoutError(TimeoutError):
+    """Farm.wait's timeout passed first; `pending` lists the jobs not finished, in the order
+    they were given."""
+
+    def __init__(self, pending: list[uuid.UUID], total: int, timeout: float) -> None:
+        self.pending = pending
+        super().__init__(f"{len(pending)} of {total} jobs not finished in {timeout}s")
 
 
 class JobView(BaseModel):
@@ -115,6 +126,7 @@ class Farm:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         urls = resolve_urls(self.settings)
+        self.broker_url = urls.broker_url
         self.app = create_app(self.settings, broker_url=urls.broker_url)
         self.engine = make_engine(urls.database_url, pool_size=4, max_overflow=4)
 
@@ -183,7 +195,10 @@ class Farm:
         poll_s: float = 0.25,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[JobView]:
-        """Block until every job is terminal; TimeoutError names how many are not."""
+        """Block until every job is terminal, calling on_progress(finished, total) after each
+        look. A job with no row counts as not finished (a job sent inline with send_task gets
+        its row when a worker takes it; `unknown` tells such ids from ones that name no job).
+        WaitTimeoutError (a TimeoutError) lists the jobs not finished in time."""
         ids = [uuid.UUID(str(i)) for i in job_ids]
         pending = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -194,8 +209,40 @@ class Farm:
             if not pending:
                 return self.statuses(ids)
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not finished in {timeout}s")
+                raise WaitTimeoutError([i for i in ids if i in pending], len(ids),
+                                       timeout or 0.0)
             time.sleep(poll_s)
+
+    def unknown(self, job_ids: Iterable[uuid.UUID | str], *, recheck_s: float = 0.5,
+                scan_max: int = 50_000) -> list[uuid.UUID] | None:
+        """The ids that name no job: no row in Postgres and no message in Redis. A job sent
+        inline with send_task has no row until a worker takes it, but until then its message
+        is in a queue's list or held by a worker (kombu's unacknowledged hash). Rows are read
+        again after Redis, so a job recorded meanwhile counts; an id found nowhere is looked
+        for once more after recheck_s (kombu moves a message from its list to the hash in
+        two steps). None when the queues hold more than scan_max messages: too many to look
+        through, so ids without a row cannot be told from jobs not recorded yet."""
+        ids = list(dict.fromkeys(uuid.UUID(str(i)) for i in job_ids))
+        missing = self._without_row(ids)
+        for look in range(2):
+            if not missing:
+                break
+            if look:
+                time.sleep(recheck_s)
+            client = redis.Redis.from_url(self.broker_url)
+            try:
+                present = layout.ids_in_redis(client, set(self.settings.servable_queues),
+                                              scan_max=scan_max)
+            finally:
+                client.close()
+            if present is None:
+                return None
+            missing = self._without_row([i for i in missing if i not in present])
+        return missing
+
+    def _without_row(self, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        found = store.get_jobs(self.engine, ids, columns=["id"]) if ids else {}
+        return [i for i in ids if i not in found]
 
     def cancel(self, job_id: uuid.UUID | str) -> JobStatus:
         """Cancel a queued or running job (a running one's late result is kept, not returned

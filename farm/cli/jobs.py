@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -98,21 +99,45 @@ def status(ctx: click.Context, job_id: uuid.UUID, as_json: bool) -> None:
         click.echo("\n".join(render.status_lines(view)))
 
 
+class WaitTimedOut(click.ClickException):
+    """`farm wait`'s timeout passed first: exit status 3 (1 is a job that did not succeed)."""
+
+    exit_code = 3
+
+
 @click.command()
 @click.argument("job_ids", nargs=-1, required=True, type=click.UUID)
-@click.option("--timeout", type=float, default=None)
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Give up after this many seconds (exit status 3), listing what is left.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def wait(ctx: click.Context, job_ids: tuple[uuid.UUID, ...], timeout: float | None,
          as_json: bool) -> None:
-    """Wait until the jobs are finished; print their results."""
+    """Wait until the jobs are finished; print their results (exit status 1 if any did not
+    succeed). An id with no job is an error at once; progress goes to stderr."""
+    from farm.client import WaitTimeoutError
+
+    ids = list(dict.fromkeys(job_ids))
     with farm_client(ctx) as farm:
+        unknown = farm.unknown(ids)
+        if unknown is None:
+            click.echo("note: the queues are too long to look for the messages of jobs "
+                       "without a row: waiting for them as jobs not recorded yet", err=True)
+        elif unknown:
+            raise click.ClickException("no such job: " + ", ".join(map(str, unknown)))
+        progress = render.Progress(len(ids), time.monotonic())
+
+        def on_progress(done: int, total: int) -> None:
+            line = progress.line(done, time.monotonic())
+            if line is not None:
+                click.echo(line, err=True)
+
         try:
-            views = farm.wait(list(job_ids), timeout=timeout)
-        except TimeoutError as exc:
-            raise click.ClickException(str(exc)) from None
-        except ValueError as exc:
-            raise click.ClickException(f"bad job id: {exc}") from None
+            views = farm.wait(ids, timeout=timeout, on_progress=on_progress)
+        except WaitTimeoutError as exc:
+            statuses = {v.id: v.status.value for v in farm.statuses(exc.pending)}
+            raise WaitTimedOut("\n  ".join([f"{exc}:", *render.unfinished(exc.pending,
+                                                                           statuses)])) from None
     if as_json:
         click.echo(json.dumps([_view_dict(v) for v in views], indent=2))
     else:

@@ -4,7 +4,8 @@ click. Money goes through ``farm.costs.money.usd`` (``$0.000146``, never ``0E-10
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from farm.costs.money import usd
@@ -45,3 +46,37 @@ def status_lines(view: JobView) -> list[str]:
     data = json.loads(view.model_dump_json())
     data["cost_usd"] = cost(view)
     return [f"{key:<28}{value}" for key, value in data.items()]
+
+
+class Progress:
+    """When `farm wait` prints a progress line (to stderr, so --json output stays clean):
+    none in the first `every_s` (a short wait stays quiet); then one when the count of
+    finished jobs changed, at most one per `every_s`, one after `quiet_s` without change
+    (the wait is alive), and the last one when all are finished."""
+
+    def __init__(self, total: int, start: float, *, every_s: float = 2.0,
+                 quiet_s: float = 30.0) -> None:
+        self.total, self.start = total, start
+        self.every_s, self.quiet_s = every_s, quiet_s
+        self.last_at: float | None = None
+        self.last_done = -1
+
+    def line(self, done: int, now: float) -> str | None:
+        """The line to print after a look that found `done` jobs finished, or None."""
+        if now - self.start < self.every_s:
+            return None
+        since = None if self.last_at is None else now - self.last_at
+        changed = done != self.last_done
+        final = done == self.total and changed and self.last_at is not None
+        due = since is None or (since >= self.every_s and (changed or since >= self.quiet_s))
+        if not (final or due):
+            return None
+        self.last_at, self.last_done = now, done
+        return f"{done}/{self.total} finished ({now - self.start:.0f}s)"
+
+
+def unfinished(pending: Sequence[uuid.UUID], statuses: Mapping[uuid.UUID, str]) -> list[str]:
+    """The jobs a wait gave up on, one per line with its status (a job with no row is one
+    sent inline that no worker has taken yet)."""
+    return [f"{job_id} {statuses.get(job_id, 'not recorded yet (no worker has taken it)')}"
+            for job_id in pending]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+from farm.client import Farm
 
 
 def farm_cli(env: dict[str, str], *args: str, stdin: str | None = None,
@@ -113,3 +117,57 @@ def test_report_adds_up_and_money_reads_as_dollars(workers: list[Path],
                                                  else words[2:7])
         assert ok + fail + cancelled + pending == jobs, line
     assert all("$" in line and "E-" not in line for line in body)
+
+
+def _submit(env: dict[str, str], prompt: str) -> str:
+    done = farm_cli(env, "submit", "--prompt", prompt)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_wait_on_an_id_with_no_job_says_so_at_once(e2e_env: dict[str, str]) -> None:
+    nobody = str(uuid.uuid4())
+    waited = farm_cli(e2e_env, "wait", nobody, "--timeout", "30")
+    assert waited.returncode == 1
+    assert waited.stderr.splitlines() == [f"Error: no such job: {nobody}"]
+
+
+def test_a_wait_that_times_out_shows_progress_and_lists_what_is_left(
+        workers: list[Path], e2e_env: dict[str, str]) -> None:
+    quick = _submit(e2e_env, "Name a colour.")
+    stuck = _submit(e2e_env, "[[sim:latency=15]] Name a tree.")
+    try:
+        waited = farm_cli(e2e_env, "wait", quick, stuck, "--timeout", "4", "--json")
+    finally:
+        farm_cli(e2e_env, "cancel", stuck)
+    assert waited.returncode == 3, waited.stderr
+    assert waited.stdout == ""  # nothing but JSON ever goes there
+    lines = waited.stderr.splitlines()
+    # the wait lasted its 4 s: past the 2 s of quiet, progress lines
+    assert any(re.fullmatch(r"[0-2]/2 finished \(\d+s\)", line) for line in lines), lines
+    head = next(i for i, line in enumerate(lines) if line.startswith("Error:"))
+    assert re.fullmatch(r"Error: [12] of 2 jobs not finished in 4\.0s:", lines[head]), lines
+    # then the jobs left, in the order given, with their status (the quick one may be done)
+    assert re.fullmatch(rf"  {stuck} (queued|running)", lines[-1]), lines
+
+
+def test_a_long_wait_prints_progress_to_stderr_not_into_json(
+        workers: list[Path], e2e_env: dict[str, str]) -> None:
+    ids = [_submit(e2e_env, "Name a colour."), _submit(e2e_env, "[[sim:latency=3]] A fruit?")]
+    waited = farm_cli(e2e_env, "wait", *ids, "--json")
+    assert waited.returncode == 0, waited.stderr
+    assert [v["id"] for v in json.loads(waited.stdout)] == ids
+    # the slow job took at least 3 s: progress was shown, the last line when all were done
+    assert re.fullmatch(r"2/2 finished \(\d+s\)", waited.stderr.splitlines()[-1]), waited.stderr
+
+
+def test_wait_takes_an_inline_job_no_worker_has_recorded_yet(
+        workers: list[Path], e2e_env: dict[str, str], farm: Farm) -> None:
+    # sent with plain send_task: no row until a worker runs it, after its countdown; its
+    # message is queued or held by a worker until then
+    sent = farm.app.send_task("farm.run_job", kwargs={"request": {"prompt": "Say hi."}},
+                              countdown=5)
+    assert farm.statuses([sent.id]) == []
+    waited = farm_cli(e2e_env, "wait", sent.id, "--timeout", "60")
+    assert waited.returncode == 0, waited.stderr
+    assert f"{sent.id} succeeded" in waited.stdout

@@ -10,7 +10,8 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from farm.client import Farm, InvalidJobError
+from farm.broker.layout import queue_keys
+from farm.client import Farm, InvalidJobError, WaitTimeoutError
 from farm.jobs import JobRequest, JobStatus
 from farm.settings import Settings
 
@@ -96,3 +97,34 @@ def test_wait_counts_a_job_without_a_row_as_pending(farm: Farm) -> None:
     # e.g. a job sent inline with send_task whose row a worker has not written yet
     with pytest.raises(TimeoutError, match="1 of 1"):
         farm.wait([uuid.uuid4()], timeout=0.3, poll_s=0.1)
+
+
+def test_unknown_ids_have_neither_a_row_nor_a_message(farm: Farm, broker_url: str) -> None:
+    submitted = farm.submit(prompt="hello")
+    # inline jobs: no row until a worker takes them; one waits in its queue's list, one is
+    # held by a consumer that took it and has not acknowledged it (kombu's unacked hash)
+    in_list = farm.app.send_task("farm.run_job", kwargs={"request": {"prompt": "inline"}})
+    held = farm.app.send_task("farm.run_job", kwargs={"request": {"prompt": "held"}},
+                              queue="farm-intake")
+    nothing = uuid.uuid4()
+    assert farm.statuses([in_list.id, held.id]) == []
+    with farm.app.connection_for_read() as conn:
+        message = conn.SimpleQueue("farm-intake").get(timeout=5)
+        assert message.headers["id"] == held.id
+        client = redis.Redis.from_url(broker_url)
+        try:  # it is held, not queued
+            assert client.hlen("unacked") == 1
+            assert sum(client.llen(key) for key in queue_keys("farm-intake")) == 0
+        finally:
+            client.close()
+        assert farm.unknown([submitted, in_list.id, held.id, nothing], recheck_s=0) == [
+            nothing]
+    assert farm.unknown([submitted], recheck_s=0) == []
+
+
+def test_a_wait_that_times_out_lists_the_jobs_not_finished(farm: Farm) -> None:
+    first, second = farm.submit(prompt="one"), farm.submit(prompt="two")
+    farm.cancel(first)
+    with pytest.raises(WaitTimeoutError, match="1 of 2") as info:
+        farm.wait([first, second], timeout=0.2, poll_s=0.1)
+    assert info.value.pending == [second]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from farm.cli.render import invalid_jobs, job_line, status_lines
+from farm.cli.render import Progress, invalid_jobs, job_line, status_lines, unfinished
 from farm.client import InvalidJobError, JobView, validate
 from farm.costs.money import exact, usd
 from farm.costs.reports import ReportRow, render, totals
@@ -146,3 +146,27 @@ def test_invalid_jobs_for_a_terminal() -> None:
     assert two.splitlines() == ["invalid job(s), nothing was enqueued:",
                                 "  jobs.jsonl:1: queue: unknown queue 'q'",
                                 "  jobs.jsonl:3: priority: bad"]
+
+
+def test_progress_is_quiet_at_first_then_on_change_at_most_every_two_seconds() -> None:
+    progress = Progress(300, start=100.0)
+    assert progress.line(0, 100.0) is None and progress.line(12, 101.9) is None  # short wait
+    assert progress.line(12, 102.0) == "12/300 finished (2s)"
+    assert progress.line(20, 103.0) is None  # changed, but too soon
+    assert progress.line(20, 104.0) == "20/300 finished (4s)"
+    assert progress.line(20, 107.0) is None  # no change: quiet
+    assert progress.line(20, 134.0) == "20/300 finished (34s)"  # but alive every 30 s
+    assert progress.line(299, 134.5) is None
+    assert progress.line(300, 134.6) == "300/300 finished (35s)"  # the last one at once
+
+
+def test_a_short_wait_prints_no_progress() -> None:
+    progress = Progress(3, start=0.0)
+    assert [progress.line(done, t) for done, t in ((0, 0.0), (2, 0.5), (3, 1.0))] == [
+        None, None, None]
+
+
+def test_unfinished_jobs_are_listed_with_their_status() -> None:
+    a, b = uuid.UUID(int=1), uuid.UUID(int=2)
+    assert unfinished([a, b], {a: "running"}) == [
+        f"{a} running", f"{b} not recorded yet (no worker has taken it)"]
