@@ -1,4 +1,4 @@
-"""The Python API for services: submit, status, wait, cancel, report.
+"""The Python API for services: submit, status, wait, cancel, list jobs, report.
 
     from farm.client import Farm
     with Farm() as farm:
@@ -55,6 +55,15 @@ class SubmitError(RuntimeError):
     def __init__(self, published: int, reason: str) -> None:
         self.published = published
         super().__init__(f"{reason}; {published} job(s) were enqueued before it")
+
+
+class JobFinishedError(ValueError):
+    """Farm.cancel(strict=True) on a job that had already finished: nothing was cancelled."""
+
+    def __init__(self, job_id: uuid.UUID | str, status: JobStatus) -> None:
+        self.status = status
+        super().__init__(f"job {job_id} had already finished ({status.value}): "
+                         "nothing to cancel")
 
 
 class WaitTimeoutError(TimeoutError):
@@ -187,6 +196,16 @@ class Farm:
         rows = store.get_jobs(self.engine, ids, columns=list(JobView.model_fields))
         return [JobView.model_validate(rows[i]) for i in ids if i in rows]
 
+    def jobs(self, *, tenant: str | None = None, status: Iterable[JobStatus | str] = (),
+             queue: str | None = None, since: datetime | None = None,
+             limit: int = 50) -> list[JobView]:
+        """Jobs newest first: of a tenant, in any of these statuses, on a queue, created at or
+        after `since` (each filter when given); at most `limit`."""
+        rows = store.list_jobs(self.engine, list(JobView.model_fields), tenant=tenant,
+                               statuses=[JobStatus(s).value for s in status], queue=queue,
+                               since=since, limit=limit)
+        return [JobView.model_validate(row) for row in rows]
+
     def wait(
         self,
         job_ids: Sequence[uuid.UUID | str],
@@ -244,13 +263,17 @@ class Farm:
         found = store.get_jobs(self.engine, ids, columns=["id"]) if ids else {}
         return [i for i in ids if i not in found]
 
-    def cancel(self, job_id: uuid.UUID | str) -> JobStatus:
+    def cancel(self, job_id: uuid.UUID | str, *, strict: bool = False) -> JobStatus:
         """Cancel a queued or running job (a running one's late result is kept, not returned
-        as success). Returns the job's status after the call."""
-        status = store.cancel_job(self.engine, uuid.UUID(str(job_id)))
-        if status is None:
+        as success). Returns the job's status after the call; cancelling a finished job
+        changes nothing, and with strict=True raises JobFinishedError. KeyError: no job."""
+        found = store.cancel_job(self.engine, uuid.UUID(str(job_id)))
+        if found is None:
             raise KeyError(f"no job {job_id}")
-        return JobStatus(status)
+        status, cancelled = JobStatus(found[0]), found[1]
+        if strict and not cancelled:
+            raise JobFinishedError(job_id, status)
+        return status
 
     def report(self, *, since: datetime | None = None) -> list[reports.ReportRow]:
         """Cost report per queue and model over jobs created since `since` (default: all)."""

@@ -15,6 +15,7 @@ from farm.settings import Settings
 
 
 @click.group()
+@click.version_option(package_name="farm", prog_name="farm", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """farm: an LLM task farm on Celery."""
@@ -52,10 +53,15 @@ def down(ctx: click.Context) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade the Postgres schema (Alembic)."""
-    from farm.store.migrate import upgrade
+    from alembic.util import CommandError
 
-    upgrade(settings_of(ctx))
-    click.echo("database schema is up to date")
+    from farm.store.migrate import describe, head_revision, upgrade
+
+    try:
+        before, after = upgrade(settings_of(ctx))
+    except CommandError as exc:  # e.g. a database at a revision this code does not know
+        raise click.ClickException(f"cannot migrate: {exc}") from None
+    click.echo(describe(before, after, head_revision()))
 
 
 @main.command()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 from farm.costs.money import usd
@@ -80,3 +81,14 @@ def unfinished(pending: Sequence[uuid.UUID], statuses: Mapping[uuid.UUID, str]) 
     sent inline that no worker has taken yet)."""
     return [f"{job_id} {statuses.get(job_id, 'not recorded yet (no worker has taken it)')}"
             for job_id in pending]
+
+
+def jobs_table(views: Sequence[JobView]) -> list[str]:
+    """`farm jobs`: one job per line, newest first as given, under a header."""
+    lines = [f"{'id':<37}{'created (UTC)':<20}{'status':<11}{'queue':<16}{'model':<19}"
+             f"{'tenant':<14}{'cost':>10}"]
+    for v in views:
+        lines.append(f"{v.id!s:<37}{v.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} "
+                     f"{v.status.value:<11}{v.queue:<16}{v.served_model or v.model:<19}"
+                     f"{v.tenant:<14}{'unknown' if v.cost_unknown else usd(v.cost_usd):>10}")
+    return lines

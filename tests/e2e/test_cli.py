@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -9,7 +10,12 @@ import sys
 import uuid
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
 from farm.client import Farm
+from farm.store.migrate import alembic_config
+from tests_support import fresh_database
 
 
 def farm_cli(env: dict[str, str], *args: str, stdin: str | None = None,
@@ -171,3 +177,98 @@ def test_wait_takes_an_inline_job_no_worker_has_recorded_yet(
     waited = farm_cli(e2e_env, "wait", sent.id, "--timeout", "60")
     assert waited.returncode == 0, waited.stderr
     assert f"{sent.id} succeeded" in waited.stdout
+
+
+def test_farm_jobs_lists_newest_first_with_filters(workers: list[Path],
+                                                  e2e_env: dict[str, str]) -> None:
+    tenant = f"jobs-{uuid.uuid4().hex[:8]}"
+    ok = _submit(e2e_env, "Name a colour.")  # another tenant's: never listed below
+    bad = farm_cli(e2e_env, "submit", "--prompt", "[[sim:status=400]] no", "--tenant",
+                   tenant).stdout.strip()
+    deep = farm_cli(e2e_env, "submit", "--prompt", "Name a river.", "--tenant", tenant,
+                    "--queue", "sonnet-complex").stdout.strip()
+    assert farm_cli(e2e_env, "wait", ok, bad, deep, "--timeout", "60").returncode == 1
+
+    def listed(*args: str) -> list[str]:
+        done = farm_cli(e2e_env, "jobs", "--tenant", tenant, *args, "--json")
+        assert done.returncode == 0, done.stderr
+        return [v["id"] for v in json.loads(done.stdout)]
+
+    assert listed() == [deep, bad]
+    assert listed("--status", "failed") == [bad]
+    assert listed("--status", "succeeded", "--status", "failed") == [deep, bad]
+    assert listed("--queue", "sonnet-complex") == [deep]
+    assert listed("--limit", "1") == [deep]
+    assert listed("--since", "1h") == [deep, bad]
+    assert listed("--since", "2999-01-01T00:00") == []
+    table = farm_cli(e2e_env, "jobs", "--tenant", tenant).stdout.splitlines()
+    assert table[0].split()[:4] == ["id", "created", "(UTC)", "status"]
+    assert [line.split()[0] for line in table[1:3]] == [deep, bad]
+    assert table[1].split()[3:5] == ["succeeded", "sonnet-complex"]
+    assert table[-1] == "2 job(s)"
+    wrong = farm_cli(e2e_env, "jobs", "--since", "yesterday")
+    assert wrong.returncode == 2
+    assert wrong.stderr.splitlines()[-1].startswith(
+        "Error: Invalid value for '--since': expected hours (6, 1.5), a duration")
+
+
+def test_submit_reads_the_prompt_from_a_file_or_stdin_with_metadata_queue_and_fallback(
+        e2e_env: dict[str, str], farm: Farm, tmp_path: Path) -> None:
+    big = "Summarise this text.\n" + "lorem ipsum dolor " * 20_000  # 360 kB: no argv
+    done = farm_cli(e2e_env, "submit", "--prompt-file", "-", "--metadata", "ticket=T-1",
+                    "--metadata", "expr=a=b", "--queue", "sonnet-complex", "--allow-fallback",
+                    "--json", stdin=big)
+    assert done.returncode == 0, done.stderr
+    from_stdin = json.loads(done.stdout)["job_ids"][0]
+    path = tmp_path / "prompt.txt"
+    path.write_text("Translate 'good morning' into Italian.\n", encoding="utf-8")
+    from_file = farm_cli(e2e_env, "submit", "--prompt-file", str(path)).stdout.strip()
+    with farm.engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT id::text, request FROM jobs WHERE id = ANY(:ids)"),
+                                 {"ids": [from_stdin, from_file]}).all())
+    assert rows[from_stdin]["prompt"] == big
+    assert rows[from_stdin]["metadata"] == {"ticket": "T-1", "expr": "a=b"}
+    assert rows[from_stdin]["queue"] == "sonnet-complex"
+    assert rows[from_stdin]["allow_fallback"] is True
+    assert rows[from_file]["prompt"] == path.read_text(encoding="utf-8")
+    assert farm.status(from_stdin).queue == "sonnet-complex"
+    for job in (from_stdin, from_file):
+        farm.cancel(job)
+    bad = farm_cli(e2e_env, "submit", "--prompt", "hi", "--metadata", "ticket")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[-1] == (
+        "Error: Invalid value for '--metadata': expected KEY=VALUE, got 'ticket'")
+    both = farm_cli(e2e_env, "submit", "--prompt", "hi", "--prompt-file", str(path))
+    assert both.returncode == 2 and "exactly one of --prompt, --prompt-file or --file" in (
+        both.stderr)
+
+
+def test_cancel_of_a_finished_job_fails_and_says_so(workers: list[Path],
+                                                   e2e_env: dict[str, str]) -> None:
+    job = _submit(e2e_env, "Name a planet.")
+    assert farm_cli(e2e_env, "wait", job, "--timeout", "60").returncode == 0
+    done = farm_cli(e2e_env, "cancel", job)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"Error: job {job} had already finished (succeeded): nothing to cancel"]
+
+
+def test_version_comes_from_the_package(e2e_env: dict[str, str]) -> None:
+    shown = farm_cli(e2e_env, "--version")
+    assert shown.returncode == 0
+    assert shown.stdout.strip() == f"farm {importlib.metadata.version('farm')}"
+
+
+def test_migrate_says_from_which_revision_to_which(e2e_env: dict[str, str],
+                                                  service_urls: tuple[str, str]) -> None:
+    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
+    with fresh_database(service_urls[1], "farm_cli_migrate", "0003") as url:
+        env = {**e2e_env, "FARM_DATABASE_URL": url}
+        first = farm_cli(env, "migrate")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip() == f"upgraded the database schema: 0003 -> {head} (head)"
+        again = farm_cli(env, "migrate")
+        assert again.stdout.strip() == f"database schema already at head {head}: nothing to do"
+    with fresh_database(service_urls[1], "farm_cli_migrate") as url:
+        created = farm_cli({**e2e_env, "FARM_DATABASE_URL": url}, "migrate")
+        assert created.stdout.strip() == f"created the database schema: none -> {head} (head)"

@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import text
 
 from farm.broker.layout import queue_keys
-from farm.client import Farm, InvalidJobError, WaitTimeoutError
+from farm.client import Farm, InvalidJobError, JobFinishedError, WaitTimeoutError
 from farm.jobs import JobRequest, JobStatus
 from farm.settings import Settings
 
@@ -128,3 +128,27 @@ def test_a_wait_that_times_out_lists_the_jobs_not_finished(farm: Farm) -> None:
     with pytest.raises(WaitTimeoutError, match="1 of 2") as info:
         farm.wait([first, second], timeout=0.2, poll_s=0.1)
     assert info.value.pending == [second]
+
+
+def test_jobs_are_listed_newest_first_and_filtered(farm: Farm) -> None:
+    tenant = f"list-{uuid.uuid4().hex[:8]}"
+    first = farm.submit(prompt="one", tenant=tenant)
+    second = farm.submit(prompt="two", tenant=tenant, queue="sonnet-complex")
+    third = farm.submit(prompt="three", tenant=tenant)
+    farm.cancel(third)
+    assert [v.id for v in farm.jobs(tenant=tenant)] == [third, second, first]
+    assert [v.id for v in farm.jobs(tenant=tenant, limit=2)] == [third, second]
+    assert [v.id for v in farm.jobs(tenant=tenant, status=["cancelled"])] == [third]
+    assert [v.id for v in farm.jobs(tenant=tenant, status=[JobStatus.QUEUED, "cancelled"],
+                                    queue="haiku-simple")] == [third, first]
+    created = farm.status(second).created_at
+    assert [v.id for v in farm.jobs(tenant=tenant, since=created)] == [third, second]
+    assert farm.jobs(tenant="nobody-has-this-tenant") == []
+
+
+def test_a_strict_cancel_of_a_finished_job_raises(farm: Farm) -> None:
+    job = farm.submit(prompt="hello")
+    assert farm.cancel(job, strict=True) is JobStatus.CANCELLED
+    with pytest.raises(JobFinishedError, match="already finished \\(cancelled\\)") as info:
+        farm.cancel(job, strict=True)
+    assert info.value.status is JobStatus.CANCELLED
