@@ -1,4 +1,4 @@
-"""The Python API for services: submit, status, wait, cancel, report.
+"""The Python API for services: submit, status, wait, cancel, list jobs, report.
 
     from farm.client import Farm
     with Farm() as farm:
@@ -17,14 +17,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
+import redis
 from pydantic import BaseModel, ConfigDict
 
 from farm.app import create_app, send_job
+from farm.broker import layout
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import reports
+from farm.costs.money import ExactUsd
 from farm.jobs import JobRequest, JobStatus, Priority, Route, new_job_id
 from farm.jobs import problems as job_problems
 from farm.reliability import dlq
@@ -56,6 +58,24 @@ class SubmitError(RuntimeError):
         super().__init__(f"{reason}; {published} job(s) were enqueued before it")
 
 
+class JobFinishedError(ValueError):
+    """Farm.cancel(strict=True) on a job that had already finished: nothing was cancelled."""
+
+    def __init__(self, job_id: uuid.UUID | str, status: JobStatus) -> None:
+        self.status = status
+        super().__init__(f"job {job_id} had already finished ({status.value}): "
+                         "nothing to cancel")
+
+
+class WaitTimeoutError(TimeoutError):
+    """Farm.wait's timeout passed first; `pending` lists the jobs not finished, in the order
+    they were given."""
+
+    def __init__(self, pending: list[uuid.UUID], total: int, timeout: float) -> None:
+        self.pending = pending
+        super().__init__(f"{len(pending)} of {total} jobs not finished in {timeout}s")
+
+
 class JobView(BaseModel):
     """A job as stored in Postgres."""
 
@@ -75,7 +95,8 @@ class JobView(BaseModel):
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
-    cost_usd: Decimal | None
+    cost_usd: ExactUsd | None  # None: no call yet, or a call on a model with no price row
+    cost_unknown: bool  # a call ran on a model with no price row
     attempts: int
     error: str | None
     # a queued job waiting on a countdown: why, and when it is looked at again
@@ -110,6 +131,7 @@ class Farm:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         urls = resolve_urls(self.settings)
+        self.broker_url = urls.broker_url
         self.app = create_app(self.settings, broker_url=urls.broker_url)
         self.engine = make_engine(urls.database_url, pool_size=4, max_overflow=4)
 
@@ -170,6 +192,16 @@ class Farm:
         rows = store.get_jobs(self.engine, ids, columns=list(JobView.model_fields))
         return [JobView.model_validate(rows[i]) for i in ids if i in rows]
 
+    def jobs(self, *, tenant: str | None = None, status: Iterable[JobStatus | str] = (),
+             queue: str | None = None, since: datetime | None = None,
+             limit: int = 50) -> list[JobView]:
+        """Jobs newest first: of a tenant, in any of these statuses, on a queue, created at or
+        after `since` (each filter when given); at most `limit`."""
+        rows = store.list_jobs(self.engine, list(JobView.model_fields), tenant=tenant,
+                               statuses=[JobStatus(s).value for s in status], queue=queue,
+                               since=since, limit=limit)
+        return [JobView.model_validate(row) for row in rows]
+
     def wait(
         self,
         job_ids: Sequence[uuid.UUID | str],
@@ -178,7 +210,10 @@ class Farm:
         poll_s: float = 0.25,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> list[JobView]:
-        """Block until every job is terminal; TimeoutError names how many are not."""
+        """Block until every job is terminal, calling on_progress(finished, total) after each
+        look. A job with no row counts as not finished (a job sent inline with send_task gets
+        its row when a worker takes it; `unknown` tells such ids from ones that name no job).
+        WaitTimeoutError (a TimeoutError) lists the jobs not finished in time."""
         ids = [uuid.UUID(str(i)) for i in job_ids]
         pending = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -189,16 +224,52 @@ class Farm:
             if not pending:
                 return self.statuses(ids)
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"{len(pending)} of {len(ids)} jobs not finished in {timeout}s")
+                raise WaitTimeoutError([i for i in ids if i in pending], len(ids),
+                                       timeout or 0.0)
             time.sleep(poll_s)
 
-    def cancel(self, job_id: uuid.UUID | str) -> JobStatus:
+    def unknown(self, job_ids: Iterable[uuid.UUID | str], *, recheck_s: float = 0.5,
+                scan_max: int = 50_000) -> list[uuid.UUID] | None:
+        """The ids that name no job: no row in Postgres and no message in Redis. A job sent
+        inline with send_task has no row until a worker takes it, but until then its message
+        is in a queue's list or held by a worker (kombu's unacknowledged hash). Rows are read
+        again after Redis, so a job recorded meanwhile counts; an id found nowhere is looked
+        for once more after recheck_s (kombu moves a message from its list to the hash in
+        two steps). None when the queues hold more than scan_max messages: too many to look
+        through, so ids without a row cannot be told from jobs not recorded yet."""
+        ids = list(dict.fromkeys(uuid.UUID(str(i)) for i in job_ids))
+        missing = self._without_row(ids)
+        for look in range(2):
+            if not missing:
+                break
+            if look:
+                time.sleep(recheck_s)
+            client = redis.Redis.from_url(self.broker_url)
+            try:
+                present = layout.ids_in_redis(client, set(self.settings.servable_queues),
+                                              scan_max=scan_max)
+            finally:
+                client.close()
+            if present is None:
+                return None
+            missing = self._without_row([i for i in missing if i not in present])
+        return missing
+
+    def _without_row(self, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        found = store.get_jobs(self.engine, ids, columns=["id"]) if ids else {}
+        return [i for i in ids if i not in found]
+
+    def cancel(self, job_id: uuid.UUID | str, *, strict: bool = False) -> JobStatus:
         """Cancel a queued or running job (a running one's late result is kept, not returned
-        as success). Returns the job's status after the call."""
-        status = store.cancel_job(self.engine, uuid.UUID(str(job_id)))
-        if status is None:
+        as success). Returns the job's status after the call; cancelling a finished job
+        changes nothing, and with strict=True raises JobFinishedError. KeyError: no job."""
+        found = store.cancel_job(self.engine, uuid.UUID(str(job_id)))
+        if found is None:
             raise KeyError(f"no job {job_id}")
-        return JobStatus(status)
+        status, cancelled = JobStatus(found[0]), found[1]
+        if strict and not cancelled:
+            raise JobFinishedError(job_id, status)
+        return status
 
     def wake(self, reason: str, queue: str | None = None) -> int:
         """Jobs waiting on a countdown for ``reason`` (store.HELD, store.paused(queue)), of

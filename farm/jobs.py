@@ -24,6 +24,15 @@ MAX_OUTPUT_TOKENS = 64_000
 CONTEXT_WINDOW_TOKENS = 200_000  # every model the farm routes to has at least this window
 
 
+class FieldError(ValueError):
+    """A job's field is unacceptable: ``field`` names it, ``problem`` says what is wrong
+    without naming it again (str() is "field: problem")."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"{field}: {problem}")
+
+
 class Complexity(StrEnum):
     AUTO = "auto"
     SIMPLE = "simple"
@@ -92,7 +101,7 @@ class JobRequest(BaseModel):
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("prompt is blank")
+            raise ValueError("is blank (whitespace only)")
         return value
 
     @field_validator("prompt", "system", "model", "queue", "tools", "metadata")
@@ -107,10 +116,11 @@ class JobRequest(BaseModel):
     @classmethod
     def _metadata_small(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > 32:
-            raise ValueError("metadata holds at most 32 keys")
+            raise ValueError("at most 32 keys")
         for key, item in value.items():
             if len(key) > 64 or len(item) > 1024:
-                raise ValueError(f"metadata entry {key[:64]!r} is too long")
+                raise ValueError(f"entry {key[:64]!r} is too long (keys up to 64 characters, "
+                                 "values up to 1024)")
         return value
 
     def messages(self) -> list[dict[str, Any]]:
@@ -122,30 +132,37 @@ class JobRequest(BaseModel):
         return max(1, -(-chars // 4))
 
     def check_fits_context(self, window: int = CONTEXT_WINDOW_TOKENS) -> None:
-        """Raise ValueError when prompt + system + max_tokens cannot fit the context window."""
+        """Raise FieldError (prompt) when prompt + system + max_tokens cannot fit the context
+        window."""
         need = self.approx_input_tokens() + self.max_tokens
         if need > window:
-            raise ValueError(
-                f"prompt: about {self.approx_input_tokens()} input tokens + max_tokens "
+            raise FieldError(
+                "prompt", f"about {self.approx_input_tokens()} input tokens + max_tokens "
                 f"{self.max_tokens} exceed the model's {window}-token context window"
             )
 
 
 def problems(exc: ValueError) -> list[tuple[str, str]]:
-    """(field, message) for each problem of an invalid job: pydantic's errors by location
-    and message (never pydantic's own text, which repeats the input: the prompt), or a
-    routing error's "field: …" text."""
+    """(field, problem) for each problem of an invalid job, the problem not naming the field
+    again: pydantic's errors by location and message (a validator's own message without
+    pydantic's "Value error, "; never pydantic's own text, which repeats the input: the
+    prompt), a FieldError's, or a "field: problem" text."""
     if isinstance(exc, ValidationError):
-        return [(".".join(str(p) for p in err["loc"]) or "job", err["msg"])
-                for err in exc.errors()]
-    text = str(exc)
-    return [(text.split(":", 1)[0] if ":" in text else "job", text)]
+        out: list[tuple[str, str]] = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "job"
+            cause = err.get("ctx", {}).get("error") if err["type"] == "value_error" else None
+            out.append((field, str(cause) if cause else err["msg"]))
+        return out
+    if isinstance(exc, FieldError):
+        return [(exc.field, exc.problem)]
+    field, colon, rest = str(exc).partition(": ")
+    return [(field, rest)] if colon and " " not in field else [("job", str(exc))]
 
 
 def describe_problems(exc: ValueError) -> str:
     """The problems of an invalid job on one line, each naming its field."""
-    return "; ".join(message if message.startswith(f"{field}:") else f"{field}: {message}"
-                     for field, message in problems(exc))
+    return "; ".join(f"{field}: {problem}" for field, problem in problems(exc))
 
 
 class Route(BaseModel):

@@ -1,3 +1,5 @@
-"""The `farm` command: ``main`` (services, migrations, workers, simulator, jobs, reports,
-dead letters, Flower), ``controls`` (limits, throttle, pause, resume, hold) and ``context``
-(what every command shares: the settings, clients of the farm)."""
+"""The `farm` command: ``main`` (the group; services, migrations, workers, simulator,
+Flower), ``jobs`` (submit, status, wait, cancel, jobs, report), ``dlq`` (the dead-letter
+queue), ``controls`` (limits, throttle, pause, resume, hold), ``render`` and ``parsing``
+(what the job commands print and read from their options, pure) and ``context`` (what
+every command shares: the settings, clients of the farm)."""

@@ -1,23 +1,22 @@
-"""The `farm` command: services, migrations, workers, simulator, jobs and reports."""
+"""The `farm` command: services, migrations, workers, the simulator and Flower; the jobs',
+dead letters' and operator controls' commands are registered from their modules."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
-from farm.cli.context import farm_client, settings_of
-from farm.cli.controls import COMMANDS
+from farm.cli import controls, dlq, jobs
+from farm.cli.context import settings_of
 from farm.settings import Settings
 
 
 @click.group()
+@click.version_option(package_name="farm", prog_name="farm", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """farm: an LLM task farm on Celery."""
@@ -55,10 +54,15 @@ def down(ctx: click.Context) -> None:
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade the Postgres schema (Alembic)."""
-    from farm.store.migrate import upgrade
+    from alembic.util import CommandError
 
-    upgrade(settings_of(ctx))
-    click.echo("database schema is up to date")
+    from farm.store.migrate import describe, head_revision, upgrade
+
+    try:
+        before, after = upgrade(settings_of(ctx))
+    except CommandError as exc:  # e.g. a database at a revision this code does not know
+        raise click.ClickException(f"cannot migrate: {exc}") from None
+    click.echo(describe(before, after, head_revision()))
 
 
 @main.command()
@@ -111,207 +115,6 @@ def sim(ctx: click.Context, /, port: int | None, **options: Any) -> None:
 
 
 @main.command()
-@click.option("--prompt", help="The user prompt.")
-@click.option("--system", default=None)
-@click.option("--complexity", type=click.Choice(["auto", "simple", "complex"]), default="auto")
-@click.option("--model", default=None)
-@click.option("--max-tokens", type=int, default=1024)
-@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default="normal")
-@click.option("--tenant", default="default")
-@click.option("--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
-              help="JSONL: one job per line, with the Python API's field names.")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def submit(ctx: click.Context, /, prompt: str | None, path: str | None, as_json: bool,
-           **fields: Any) -> None:
-    """Submit one job (--prompt) or many (--file jobs.jsonl)."""
-    from farm.client import InvalidJobError
-
-    if (prompt is None) == (path is None):
-        raise click.UsageError("give exactly one of --prompt or --file")
-    if path is not None:
-        jobs = _read_jsonl(path)
-    else:
-        jobs = [{k: v for k, v in {**fields, "prompt": prompt}.items() if v is not None}]
-    with farm_client(ctx) as farm:
-        try:
-            ids = farm.submit_many(jobs)
-        except InvalidJobError as exc:
-            raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(json.dumps({"job_ids": [str(i) for i in ids]}))
-    else:
-        click.echo("\n".join(str(i) for i in ids))
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-    stream = click.open_file(path, "r", encoding="utf-8")
-    jobs = []
-    with stream:
-        for number, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise click.ClickException(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(item, dict):
-                raise click.ClickException(f"{path}:{number}: a job must be a JSON object")
-            jobs.append(item)
-    if not jobs:
-        raise click.ClickException(f"{path}: no jobs")
-    return jobs
-
-
-def _view_dict(view: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(view.model_dump_json())
-    return data
-
-
-@main.command()
-@click.argument("job_id", type=click.UUID)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def status(ctx: click.Context, job_id: uuid.UUID, as_json: bool) -> None:
-    """Show one job."""
-    with farm_client(ctx) as farm:
-        try:
-            view = farm.status(job_id)
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(str(exc).strip("'")) from None
-    data = _view_dict(view)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        for key, value in data.items():
-            click.echo(f"{key:<28}{value}")
-
-
-@main.command()
-@click.argument("job_ids", nargs=-1, required=True, type=click.UUID)
-@click.option("--timeout", type=float, default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def wait(ctx: click.Context, job_ids: tuple[uuid.UUID, ...], timeout: float | None,
-         as_json: bool) -> None:
-    """Wait until the jobs are finished; print their results."""
-    with farm_client(ctx) as farm:
-        try:
-            views = farm.wait(list(job_ids), timeout=timeout)
-        except TimeoutError as exc:
-            raise click.ClickException(str(exc)) from None
-        except ValueError as exc:
-            raise click.ClickException(f"bad job id: {exc}") from None
-    if as_json:
-        click.echo(json.dumps([_view_dict(v) for v in views], indent=2))
-    else:
-        for v in views:
-            click.echo(f"{v.id} {v.status.value} {v.served_model or v.model} "
-                       f"cost={v.cost_usd} {(v.response_text or v.error or '')[:80]!r}")
-    if any(v.status.value != "succeeded" for v in views):
-        sys.exit(1)
-
-
-@main.command()
-@click.argument("job_id", type=click.UUID)
-@click.pass_context
-def cancel(ctx: click.Context, job_id: uuid.UUID) -> None:
-    """Cancel a queued or running job."""
-    with farm_client(ctx) as farm:
-        try:
-            click.echo(farm.cancel(job_id).value)
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(str(exc).strip("'")) from None
-
-
-@main.command()
-@click.option("--since-hours", type=float, default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None:
-    """Cost report per queue and model: jobs, tokens, cost, latency, errors."""
-    from farm.costs.reports import render
-
-    since = None
-    if since_hours is not None:
-        since = datetime.now(UTC) - timedelta(hours=since_hours)
-    with farm_client(ctx) as farm:
-        rows = farm.report(since=since)
-    if as_json:
-        click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
-    else:
-        click.echo(render(rows))
-
-
-@main.group()
-def dlq() -> None:
-    """The dead-letter queue: list, show, replay, purge."""
-
-
-@dlq.command("list")
-@click.option("--all", "include_replayed", is_flag=True, help="Include replayed entries.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def dlq_list(ctx: click.Context, include_replayed: bool, limit: int, as_json: bool) -> None:
-    """Dead jobs, newest first."""
-    with farm_client(ctx) as farm:
-        rows = farm.dead_letters(limit=limit, include_replayed=include_replayed)
-    if as_json:
-        click.echo(json.dumps(rows, default=str, indent=2))
-        return
-    for r in rows:
-        replay = f" -> replayed as {r['replayed_as']}" if r["replayed_as"] else ""
-        click.echo(f"{r['job_id']}  {r['queue']:<15} {r['error_class']:<14} "
-                   f"attempts={r['attempts']}  last={r['last_failure_at']:%Y-%m-%d %H:%M:%S}  "
-                   f"{r['error_message'][:60]!r}{replay}")
-    click.echo(f"{len(rows)} dead job(s)")
-
-
-@dlq.command("show")
-@click.argument("job_id", type=click.UUID)
-@click.pass_context
-def dlq_show(ctx: click.Context, job_id: uuid.UUID) -> None:
-    """One dead job, with its request."""
-    with farm_client(ctx) as farm:
-        try:
-            row = farm.dead_letter(job_id)
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(str(exc).strip("'")) from None
-    click.echo(json.dumps(row, default=str, indent=2))
-
-
-@dlq.command("replay")
-@click.argument("job_ids", nargs=-1, type=click.UUID)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead job not replayed.")
-@click.pass_context
-def dlq_replay(ctx: click.Context, job_ids: tuple[uuid.UUID, ...], replay_all: bool) -> None:
-    """Send dead jobs through the router again, as new jobs with a fresh attempt budget."""
-    if replay_all == bool(job_ids):
-        raise click.UsageError("give job ids or --all (not both)")
-    with farm_client(ctx) as farm:
-        try:
-            pairs = farm.replay(None if replay_all else list(job_ids))
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(str(exc).strip("'")) from None
-    for old, new in pairs:
-        click.echo(f"{old} -> {new}")
-    click.echo(f"replayed {len(pairs)} job(s)")
-
-
-@dlq.command("purge")
-@click.option("--yes", is_flag=True, help="Do not ask.")
-@click.pass_context
-def dlq_purge(ctx: click.Context, yes: bool) -> None:
-    """Forget every dead letter (the jobs' rows stay) and empty the dead-letter queue."""
-    if not yes:
-        click.confirm("Delete every dead-letter entry?", abort=True)
-    with farm_client(ctx) as farm:
-        rows, messages = farm.purge_dead_letters()
-    click.echo(f"purged {rows} dead-letter row(s) and {messages} queued message(s)")
-
-
-@main.command()
 @click.option("--port", type=int, default=None)
 @click.pass_context
 def flower(ctx: click.Context, port: int | None) -> None:
@@ -355,7 +158,7 @@ def flower_env(settings: Settings, environ: Mapping[str, str], broker_url: str
     return env
 
 
-for _command in COMMANDS:
+for _command in (*jobs.COMMANDS, dlq.dlq, *controls.COMMANDS):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -10,23 +10,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from farm.jobs import Complexity, JobRequest, Route
+from farm.jobs import Complexity, FieldError, JobRequest, Route
 from farm.routing.classify import classify
 from farm.settings import QueueSpec
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(FieldError):
     """No configured queue serves the requested model."""
     def __init__(self, model: str, known: Sequence[str]) -> None:
         self.model, self.known = model, tuple(known)
-        super().__init__(f"model: unknown model {model!r}; known: {', '.join(known) or 'none'}")
+        super().__init__("model", f"unknown model {model!r}; known: {', '.join(known) or 'none'}")
 
 
-class UnknownQueueError(ValueError):
+class UnknownQueueError(FieldError):
     """No configured queue has the requested name (or serves the requested complexity)."""
     def __init__(self, what: str, known: Sequence[str]) -> None:
         self.known = tuple(known)
-        super().__init__(f"queue: unknown queue {what}; known: {', '.join(known) or 'none'}")
+        super().__init__("queue", f"unknown queue {what}; known: {', '.join(known) or 'none'}")
 
 
 def queue_named(name: str, queues: Sequence[QueueSpec]) -> QueueSpec:
@@ -46,7 +46,7 @@ def queue_for_model(model: str, queues: Sequence[QueueSpec], prefer: str = "") -
 
 def parse_and_route(raw: Any, queues: Sequence[QueueSpec]) -> tuple[JobRequest, Route]:
     """A job as given (a JobRequest or a mapping), validated, checked against the context
-    window and routed. Raises pydantic's ValidationError or a ValueError ("field: …")."""
+    window and routed. Raises pydantic's ValidationError or a FieldError ("field: …")."""
     request = raw if isinstance(raw, JobRequest) else JobRequest.model_validate(raw)
     request.check_fits_context()
     return request, route(request, queues)

@@ -311,16 +311,18 @@ def fail_unpublished(conn: Connection, job_ids: Sequence[uuid.UUID], error: str)
     )
 
 
-def cancel_job(engine: Engine, job_id: uuid.UUID) -> str | None:
-    """Cancel a job that is not finished; returns its status after the call (None: no job)."""
+def cancel_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, bool] | None:
+    """Cancel a job that is not finished. Returns its status after the call and whether
+    this call cancelled it (False: it had finished before); None when there is no job."""
     with engine.begin() as conn:
-        conn.execute(
+        done = conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status.in_(["queued", "running"]))
             .values(status=JobStatus.CANCELLED.value, finished_at=func.now())
-        )
+            .returning(jobs.c.id)
+        ).first()
         status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
-    return status
+    return None if status is None else (status, done is not None)
 
 
 def get_jobs(engine: Engine, job_ids: Iterable[uuid.UUID],
@@ -332,6 +334,25 @@ def get_jobs(engine: Engine, job_ids: Iterable[uuid.UUID],
     with engine.connect() as conn:
         rows = conn.execute(select(*chosen).where(jobs.c.id == func.any(ids))).mappings().all()
     return {row["id"]: dict(row) for row in rows}
+
+
+def list_jobs(engine: Engine, columns: Sequence[str], *, tenant: str | None = None,
+              statuses: Sequence[str] = (), queue: str | None = None,
+              since: datetime | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Jobs newest first (created_at, then id), each filter applied when given; served by
+    the created_at and (tenant, created_at) indexes."""
+    query = select(*[jobs.c[name] for name in columns])
+    if tenant is not None:
+        query = query.where(jobs.c.tenant == tenant)
+    if statuses:
+        query = query.where(jobs.c.status.in_(list(statuses)))
+    if queue is not None:
+        query = query.where(jobs.c.queue == queue)
+    if since is not None:
+        query = query.where(jobs.c.created_at >= since)
+    query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
 
 
 FINISHED_SQL = text(

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
 
 from farm.services import resolve_urls
 from farm.settings import Settings
@@ -20,5 +23,35 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
-    command.upgrade(alembic_config(resolve_urls(settings).database_url), revision)
+def current_revision(database_url: str) -> str | None:
+    """The revision the database is at (None: no schema yet)."""
+    engine = create_engine(database_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def upgrade(settings: Settings, revision: str = "head") -> tuple[str | None, str | None]:
+    """Upgrade the database to `revision`; returns the revisions before and after."""
+    url = resolve_urls(settings).database_url
+    before = current_revision(url)
+    command.upgrade(alembic_config(url), revision)
+    return before, current_revision(url)
+
+
+def describe(before: str | None, after: str | None, head: str | None) -> str:
+    """What an upgrade did, in one line: "already at head 0004", "0003 -> 0004 (head)"."""
+    if before == after:
+        where = f"head {after}" if after == head else str(after)
+        return f"database schema already at {where}: nothing to do"
+    at = f"{after} (head)" if after == head else str(after)
+    if before is None:
+        return f"created the database schema: none -> {at}"
+    return f"upgraded the database schema: {before} -> {at}"

@@ -296,13 +296,14 @@ def test_cost_report_exact(known_engine: Engine) -> None:
 
 
 def _report_row(queue: str, model: str, jobs: int, succeeded: int, failed: int,
-                pending: int, tokens: tuple[int, int, int], cost: str | None, unpriced: int,
-                calls: int, errors: int, p50: float | None, p95: float | None,
+                cancelled: int, pending: int, tokens: tuple[int, int, int], cost: str | None,
+                unpriced: int, calls: int, errors: int, p50: float | None, p95: float | None,
                 ) -> ReportRow:
     return ReportRow(
         queue=queue, model=model, jobs=jobs, succeeded=succeeded, failed=failed,
-        pending=pending, input_tokens=tokens[0], output_tokens=tokens[1],
-        cache_tokens=tokens[2], cost_usd=None if cost is None else Decimal(cost),
+        cancelled=cancelled, pending=pending, input_tokens=tokens[0],
+        output_tokens=tokens[1], cache_tokens=tokens[2],
+        cost_usd=None if cost is None else Decimal(cost),
         unpriced_jobs=unpriced, calls=calls, errors=errors, p50_ms=p50, p95_ms=p95,
     )
 
@@ -316,30 +317,33 @@ def test_summary_exact(known_engine: Engine) -> None:
     # the attempts of those jobs per queue and the attempt's model; percentiles over
     # successful calls only (unlike the views, which take every call)
     _same_report(summary(known_engine, since=_at(D1, "00:00:00")), [
-        _report_row("batch", HAIKU, 1, 0, 0, 1, (0, 0, 0), None, 0, 0, 0, None, None),
+        _report_row("batch", HAIKU, 1, 0, 0, 0, 1, (0, 0, 0), None, 0, 0, 0, None, None),
         # J1-J4, J9-J12; ok latencies 700, 900, 1500, 2000
-        _report_row("haiku-simple", HAIKU, 8, 4, 3, 1, (200, 83, 30), "0.0006295", 0,
+        _report_row("haiku-simple", HAIKU, 8, 4, 3, 0, 1, (200, 83, 30), "0.0006295", 0,
                     9, 5, 1200.0, 1925.0),
         # J15 served by haiku: its overloaded sonnet call counts in the sonnet row
-        _report_row("sonnet-complex", HAIKU, 1, 1, 0, 0, (60, 20, 0), "0.00016", 0,
+        _report_row("sonnet-complex", HAIKU, 1, 1, 0, 0, 0, (60, 20, 0), "0.00016", 0,
                     1, 0, 1200.0, 1200.0),
-        _report_row("sonnet-complex", OPUS, 1, 1, 0, 0, (1000, 400, 300), None, 1,
+        _report_row("sonnet-complex", OPUS, 1, 1, 0, 0, 0, (1000, 400, 300), None, 1,
                     1, 0, 4000.0, 4000.0),
         # J6-J8, J13, J16; calls J7 x2, J16, J13, J15's first; ok latencies 2500, 3000
-        _report_row("sonnet-complex", SONNET, 5, 2, 1, 1, (700, 350, 50), "0.0075375", 0,
+        _report_row("sonnet-complex", SONNET, 5, 2, 1, 1, 1, (700, 350, 50), "0.0075375", 0,
                     5, 3, 2750.0, 2975.0),
     ])
     # since 12:00 UTC on D1: J1, J2 and J5 are out (J3, created at 12:00:00, is in)
     _same_report(summary(known_engine, since=_at(D1, "12:00:00")), [
-        _report_row("batch", HAIKU, 1, 0, 0, 1, (0, 0, 0), None, 0, 0, 0, None, None),
-        _report_row("haiku-simple", HAIKU, 6, 3, 2, 1, (100, 33, 0), "0.000265", 0,
+        _report_row("batch", HAIKU, 1, 0, 0, 0, 1, (0, 0, 0), None, 0, 0, 0, None, None),
+        _report_row("haiku-simple", HAIKU, 6, 3, 2, 0, 1, (100, 33, 0), "0.000265", 0,
                     6, 3, 900.0, 1890.0),
-        _report_row("sonnet-complex", HAIKU, 1, 1, 0, 0, (60, 20, 0), "0.00016", 0,
+        _report_row("sonnet-complex", HAIKU, 1, 1, 0, 0, 0, (60, 20, 0), "0.00016", 0,
                     1, 0, 1200.0, 1200.0),
-        _report_row("sonnet-complex", SONNET, 5, 2, 1, 1, (700, 350, 50), "0.0075375", 0,
+        _report_row("sonnet-complex", SONNET, 5, 2, 1, 1, 1, (700, 350, 50), "0.0075375", 0,
                     5, 3, 2750.0, 2975.0),
     ])
     assert summary(known_engine, since=_at(D2, "06:00:00")) == []
+    # every job is in exactly one of ok, failed, cancelled and pending (J6 is cancelled)
+    for row in summary(known_engine):
+        assert row.succeeded + row.failed + row.cancelled + row.pending == row.jobs, row
     # the default is every job
     assert summary(known_engine) == summary(known_engine, since=_at(D1, "00:00:00"))
 

@@ -11,7 +11,8 @@ import redis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from farm.client import Farm, InvalidJobError
+from farm.broker.layout import queue_keys
+from farm.client import Farm, InvalidJobError, JobFinishedError, WaitTimeoutError
 from farm.jobs import JobRequest, JobStatus, new_job_id
 from farm.routing.route import parse_and_route
 from farm.settings import DEFAULT_QUEUES, Settings
@@ -120,3 +121,58 @@ def test_a_failing_statement_does_not_carry_its_parameters(database_url: str) ->
     assert "INSERT INTO jobs" in message and "duplicate key" in message
     assert "PARAM-SECRET" not in message and "PARAM-SYS" not in message
     assert "parameters hidden" in message
+
+
+def test_unknown_ids_have_neither_a_row_nor_a_message(farm: Farm, broker_url: str) -> None:
+    submitted = farm.submit(prompt="hello")
+    # inline jobs: no row until a worker takes them; one waits in its queue's list, one is
+    # held by a consumer that took it and has not acknowledged it (kombu's unacked hash)
+    in_list = farm.app.send_task("farm.run_job", kwargs={"request": {"prompt": "inline"}})
+    held = farm.app.send_task("farm.run_job", kwargs={"request": {"prompt": "held"}},
+                              queue="farm-intake")
+    nothing = uuid.uuid4()
+    assert farm.statuses([in_list.id, held.id]) == []
+    with farm.app.connection_for_read() as conn:
+        message = conn.SimpleQueue("farm-intake").get(timeout=5)
+        assert message.headers["id"] == held.id
+        client = redis.Redis.from_url(broker_url)
+        try:  # it is held, not queued
+            assert client.hlen("unacked") == 1
+            assert sum(client.llen(key) for key in queue_keys("farm-intake")) == 0
+        finally:
+            client.close()
+        assert farm.unknown([submitted, in_list.id, held.id, nothing], recheck_s=0) == [
+            nothing]
+    assert farm.unknown([submitted], recheck_s=0) == []
+
+
+def test_a_wait_that_times_out_lists_the_jobs_not_finished(farm: Farm) -> None:
+    first, second = farm.submit(prompt="one"), farm.submit(prompt="two")
+    farm.cancel(first)
+    with pytest.raises(WaitTimeoutError, match="1 of 2") as info:
+        farm.wait([first, second], timeout=0.2, poll_s=0.1)
+    assert info.value.pending == [second]
+
+
+def test_jobs_are_listed_newest_first_and_filtered(farm: Farm) -> None:
+    tenant = f"list-{uuid.uuid4().hex[:8]}"
+    first = farm.submit(prompt="one", tenant=tenant)
+    second = farm.submit(prompt="two", tenant=tenant, queue="sonnet-complex")
+    third = farm.submit(prompt="three", tenant=tenant)
+    farm.cancel(third)
+    assert [v.id for v in farm.jobs(tenant=tenant)] == [third, second, first]
+    assert [v.id for v in farm.jobs(tenant=tenant, limit=2)] == [third, second]
+    assert [v.id for v in farm.jobs(tenant=tenant, status=["cancelled"])] == [third]
+    assert [v.id for v in farm.jobs(tenant=tenant, status=[JobStatus.QUEUED, "cancelled"],
+                                    queue="haiku-simple")] == [third, first]
+    created = farm.status(second).created_at
+    assert [v.id for v in farm.jobs(tenant=tenant, since=created)] == [third, second]
+    assert farm.jobs(tenant="nobody-has-this-tenant") == []
+
+
+def test_a_strict_cancel_of_a_finished_job_raises(farm: Farm) -> None:
+    job = farm.submit(prompt="hello")
+    assert farm.cancel(job, strict=True) is JobStatus.CANCELLED
+    with pytest.raises(JobFinishedError, match="already finished \\(cancelled\\)") as info:
+        farm.cancel(job, strict=True)
+    assert info.value.status is JobStatus.CANCELLED
