@@ -138,8 +138,8 @@ def test_an_inline_job_postgres_cannot_store_fails_without_its_text(
 
 
 @pytest.mark.parametrize(("request_", "named"), [
-    ({"prompt": f"{PROMPT} \0 a NUL"}, "prompt: Value error, prompt holds a NUL character"),
-    ({"prompt": "x", "metadata": {"k\0": "v"}}, "metadata: Value error, metadata holds a NUL"),
+    ({"prompt": f"{PROMPT} \0 a NUL"}, "prompt: prompt holds a NUL character"),
+    ({"prompt": "x", "metadata": {"k\0": "v"}}, "metadata: metadata holds a NUL"),
     ({"prompt": PROMPT + "x" * 800_000}, "prompt: String should have at most 800000 characters"),
     ({"prompt": [PROMPT]}, "prompt: Input should be a valid string"),
 ])
