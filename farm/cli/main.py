@@ -324,7 +324,8 @@ def flower(ctx: click.Context, port: int | None) -> None:
     # given through the environment, never on the command line (visible in `ps`)
     password = settings.flower_password.get_secret_value()
     env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{password}"
-    argv = [sys.executable, "-m", "celery", "-A", "farm", "flower",
+    # `celery -A farm flower`, listing the dead-letter queue too (farm.cli.flower)
+    argv = [sys.executable, "-m", "farm.cli.flower",
             f"--port={port or settings.flower_port}", "--address=127.0.0.1"]
     os.execvpe(argv[0], argv, env)
 

@@ -1,7 +1,8 @@
 """Flower, as an operator uses it: `farm flower` behind basic auth, next to real workers.
 
 It shows each job's real outcome (a dead job is a failure with its error class, a cancelled
-one revoked, a repeated delivery changes neither) and never shows a prompt."""
+one revoked, a repeated delivery changes neither), lists every queue of the farm, the
+dead-letter queue included, with the lengths Redis holds, and never shows a prompt."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ import redis
 
 from celeryconfig import farm_retry_policies
 from farm.app import send_job
-from farm.broker.layout import ids_in_redis
+from farm.broker.layout import (
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTER_TASK,
+    INTAKE_QUEUE,
+    celery_priority,
+    ids_in_redis,
+    queue_keys,
+)
 from farm.client import Farm, validate
 from farm.jobs import JobStatus, Priority
 from farm.reliability.policies import policy_for
@@ -30,6 +38,7 @@ from tests_support import free_port, wait_port
 
 AUTH = ("ops", "s3cret-pw")
 READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
+SERVED = {"haiku-simple", "sonnet-complex", INTAKE_QUEUE}  # the `workers` fixture's queues
 
 
 class Flower:
@@ -181,3 +190,48 @@ def test_flower_shows_each_job_s_real_outcome(flower: Flower, farm: Farm, worker
     assert infos[str(dead)]["state"] == "FAILURE"
     assert infos[str(ok)]["state"] == "SUCCESS"
 
+
+def _lengths(client: redis.Redis, queue: str) -> dict[str, int]:
+    return {key: int(client.llen(key)) for key in queue_keys(queue)}
+
+
+def test_flower_lists_every_queue_with_its_length(flower: Flower, farm: Farm,
+                                                  broker_url: str) -> None:
+    # the workers consume their queues, not the dead-letter queue: Flower knows it from them
+    def consumed() -> set[str]:
+        workers = flower.get("/api/workers", refresh=1).json()
+        return {q["name"] for info in workers.values() for q in info.get("active_queues", [])}
+
+    wait_until(lambda: None if consumed() == SERVED else f"consumed: {consumed()}",
+               timeout=20, interval=0.5)
+    client = redis.Redis.from_url(broker_url)
+    sent: list[str] = []
+    try:
+        before = _lengths(client, DEAD_LETTER_QUEUE)
+        # dead letters at every priority: kombu keeps one Redis list per priority step
+        for priority in (Priority.HIGH, Priority.NORMAL, Priority.NORMAL, Priority.LOW,
+                         Priority.LOW, Priority.LOW):
+            sent.append(farm.app.send_task(
+                DEAD_LETTER_TASK, queue=DEAD_LETTER_QUEUE, priority=celery_priority(priority),
+                kwargs={"job_id": str(uuid.uuid4()), "error_class": "flower-test"}).id)
+        after = _lengths(client, DEAD_LETTER_QUEUE)
+        assert all(after[key] > before[key] for key in after), (before, after)  # every list
+        in_redis = sum(after.values())
+        assert in_redis == sum(before.values()) + len(sent)
+
+        response = flower.get("/api/queues/length")
+        assert response.status_code == 200, response.text
+        lengths = {q["name"]: q["messages"] for q in response.json()["active_queues"]}
+        assert set(lengths) == SERVED | {DEAD_LETTER_QUEUE}
+        assert lengths[DEAD_LETTER_QUEUE] == in_redis
+
+        page = flower.get("/broker")
+        assert page.status_code == 200 and "not supported" not in page.text
+        for queue in SERVED | {DEAD_LETTER_QUEUE}:
+            assert f"<td>{queue}</td>" in page.text
+    finally:
+        for key in queue_keys(DEAD_LETTER_QUEUE):  # take back what this test put there
+            for raw in client.lrange(key, 0, -1):
+                if any(task_id.encode() in raw for task_id in sent):
+                    client.lrem(key, 1, raw)
+        client.close()
