@@ -40,9 +40,11 @@ farm_retry_policies = {
 }
 
 # --- delivery -----------------------------------------------------------------------------
-# kombu's Redis transport, except that an item which is not a message is dropped with a
-# logged reason instead of stopping the worker (farm/broker/transport.py)
-broker_transport = "farm.broker.transport:Transport"
+# The transport is chosen by the broker URL's scheme, and farm.app.create_app makes redis://
+# and rediss:// resolve to kombu's Redis transport except that an item which is not a message
+# is dropped with a logged reason instead of stopping the worker (farm/broker/transport.py).
+# No `broker_transport` path here: it would become the connection URL's scheme, which Flower
+# cannot read ("'redis' broker is not supported").
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]  # pickle refused

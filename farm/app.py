@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 
+from farm.broker import transport
 from farm.broker.layout import RUN_JOB_TASK, celery_priority, declare_queues
 from farm.jobs import Priority
 from farm.routing.router import CeleryRouter
@@ -34,7 +35,9 @@ def _import_celeryconfig() -> object:
 
 
 def create_app(settings: Settings, *, broker_url: str | None = None) -> Celery:
-    """A Celery app for these settings; ``broker_url`` saves resolving it again."""
+    """A Celery app for these settings; ``broker_url`` saves resolving it again. Its
+    redis:// and rediss:// URLs resolve to the farm's hardened transport (registered here)."""
+    transport.register()
     app = Celery("farm")
     app.config_from_object(_import_celeryconfig())
     # a configured broker is enough (Flower has no database URL); else the embedded one

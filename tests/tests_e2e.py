@@ -80,9 +80,16 @@ def in_flight(text: str) -> set[str]:
     return {job for job, n in open_deliveries.items() if n > 0}
 
 
+def ended(text: str, how: str) -> set[str]:
+    """The task ids a worker's log shows a delivery of ended ``how``: "succeeded" (the job
+    succeeded), "raised" (JobFailed: it failed or is dead), "ignored" (it was cancelled, or
+    another delivery has it), "retry"."""
+    return {m[1] for m in TASK_LINE.finditer(text) if m[2] == how}
+
+
 def succeeded(text: str) -> set[str]:
     """The task ids a worker's log shows finished with "succeeded" (the task returned)."""
-    return {m[1] for m in TASK_LINE.finditer(text) if m[2] == "succeeded"}
+    return ended(text, "succeeded")
 
 
 def wait_until(missing: Callable[[], str | None], timeout: float,

@@ -4,8 +4,13 @@ logged reason instead of stopping the worker.
 kombu's Redis channel decodes each popped item inline in its consumer loop; an item that is
 not JSON (anyone can LPUSH to a Redis list) raises there and the worker dies with
 "Unrecoverable error". Celery handles bad bodies, unknown tasks and refused content types
-itself once an item is a well-formed envelope; this channel makes sure it is one. Selected
-with ``broker_transport`` in celeryconfig.py.
+itself once an item is a well-formed envelope; this channel makes sure it is one.
+
+It is selected by the broker URL's scheme: ``register`` (called by farm.app.create_app) makes
+kombu resolve ``redis://`` and ``rediss://`` to it. Named by a ``broker_transport`` path
+instead, it would make the connection's URL ``farm.broker.transport:Transport://…``, which
+no monitor can read: Flower answers "'redis' broker is not supported" on its Broker page and
+to /api/queues/length.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 from queue import Empty
 from typing import Any
 
+import kombu.transport
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -77,3 +83,17 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+SCHEMES = ("redis", "rediss")
+
+
+def register() -> None:
+    """Resolve the broker URL schemes of the farm to this transport in this process, from now
+    on (kombu's alias table; a scheme kombu had resolved already is forgotten)."""
+    target = f"{__name__}:{Transport.__name__}"
+    cache = getattr(kombu.transport, "_transport_cache", {})
+    for scheme in SCHEMES:
+        if kombu.transport.TRANSPORT_ALIASES.get(scheme) != target:
+            kombu.transport.TRANSPORT_ALIASES[scheme] = target
+            cache.pop(scheme, None)

@@ -1,5 +1,6 @@
 """The `farm` command: ``main`` (the group; services, migrations, workers, simulator,
 Flower), ``jobs`` (submit, status, wait, cancel, jobs, report), ``dlq`` (the dead-letter
 queue), ``controls`` (limits, throttle, pause, resume, hold), ``render`` and ``parsing``
-(what the job commands print and read from their options, pure) and ``context`` (what
-every command shares: the settings, clients of the farm)."""
+(what the job commands print and read from their options, pure), ``context`` (what every
+command shares: the settings, clients of the farm) and ``flower`` (the Flower process
+`farm flower` runs: Celery's, listing every queue of the farm)."""

@@ -130,7 +130,8 @@ def flower(ctx: click.Context, port: int | None) -> None:
         broker_url = settings.broker_url or resolve_urls(settings).broker_url
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
-    argv = [sys.executable, "-m", "celery", "-A", "farm", "flower",
+    # `celery -A farm flower`, listing the dead-letter queue too (farm.cli.flower)
+    argv = [sys.executable, "-m", "farm.cli.flower",
             f"--port={port or settings.flower_port}", "--address=127.0.0.1"]
     os.execvpe(argv[0], argv, flower_env(settings, os.environ, broker_url))
 

@@ -65,6 +65,14 @@ def entry(engine: Engine, job_id: uuid.UUID) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
+def error_class(engine: Engine, job_id: uuid.UUID) -> str | None:
+    """The error class the job was dead-lettered with; None when it has no DLQ row."""
+    with engine.connect() as conn:
+        value = conn.execute(text("SELECT error_class FROM dead_letters WHERE job_id = :id"),
+                             {"id": job_id}).scalar_one_or_none()
+    return None if value is None else str(value)
+
+
 def replayable(engine: Engine, job_ids: Sequence[uuid.UUID] | None) -> list[dict[str, Any]]:
     """Dead jobs not yet replayed (all of them when job_ids is None), with their requests."""
     sql = ("SELECT d.job_id, j.request FROM dead_letters d JOIN jobs j ON j.id = d.job_id "

@@ -1,8 +1,9 @@
 """Celery tasks. Thin: load the job, admit it, call the provider, persist the outcome.
 
-Every decision (routing, retrying, pricing) is a pure function from another module. The
-tasks are registered on the worker's app by ``register`` (farm.worker.wiring), with the way
-to the process's runtime handed in: nothing is read back out of Celery's configuration.
+Every decision (routing, retrying, pricing, how a delivery ends for Flower) is a pure
+function from another module. The tasks are registered on the worker's app by ``register``
+(farm.worker.wiring), with the way to the process's runtime handed in: nothing is read back
+out of Celery's configuration.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Celery, Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
 from sqlalchemy import exc as sa_exc
 
 from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
@@ -26,7 +27,9 @@ from farm.reliability import dlq, policies
 from farm.reliability.policies import Action
 from farm.routing.route import parse_and_route
 from farm.store import jobs as store
+from farm.worker import outcome
 from farm.worker import runtime as rt
+from farm.worker.outcome import Ending, JobFailed
 from farm.worker.request import RedactedRequest
 
 log = logging.getLogger("farm.tasks")
@@ -43,10 +46,11 @@ def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
     """Install the farm's tasks on ``app``; ``runtime()`` gives the process's runtime."""
 
     # max_retries=None: Celery never gives up on its own; the retry policy decides (a `None`
-    # passed to self.retry() would mean "the task's default", which is 3). shared=False:
-    # the tasks belong to this app only, not to every Celery app made after it
+    # passed to self.retry() would mean "the task's default", which is 3). throws: a job that
+    # ended failed or dead raises JobFailed, an expected failure (farm.worker.outcome).
+    # shared=False: the tasks belong to this app only, not to every Celery app made after it
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None, Request=RedactedRequest, shared=False)
+              max_retries=None, Request=RedactedRequest, throws=(JobFailed,), shared=False)
     def run_job(self: Task, job_id: str | None = None,
                 request: dict[str, Any] | None = None, queue: str | None = None,
                 **unexpected: Any) -> dict[str, Any]:
@@ -62,15 +66,16 @@ def register(app: Celery, runtime: Callable[[], rt.Runtime]) -> None:
 
 def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
             request: dict[str, Any] | None, unexpected: dict[str, Any]) -> dict[str, Any]:
-    """One delivery of a job's message: intake (inline jobs), hold, start, run."""
+    """One delivery of a job's message: intake (inline jobs), hold, start, run. It ends as
+    farm.worker.outcome says from the job's status: a result, JobFailed, or Ignore."""
     job_uuid = _parse_job_id(job_id if job_id is not None else task.request.id)
     if job_uuid is None:
         log.error("dropped malformed message %s: job_id %r is not a UUID", task.request.id,
                   job_id)
-        return {"dropped": "job_id is not a UUID"}
+        raise JobFailed(str(task.request.id), outcome.DROPPED, outcome.MALFORMED)
     if (request is not None or unexpected) and not _intake(
             task, runtime, job_uuid, request, unexpected, task.request.delivery_info):
-        return {"job_id": str(job_uuid), "status": "failed", "error": "invalid"}
+        raise JobFailed(str(job_uuid), JobStatus.FAILED, "invalid")
     settings = runtime.settings
     held = runtime.hold.held()
     if held is not None:
@@ -83,14 +88,12 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
     job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
                           patience_s=patience)
     if job is None:
-        log.info("job %s is not runnable (finished, cancelled, running elsewhere or unknown): "
-                 "acknowledged", job_uuid)
-        return {"job_id": str(job_uuid), "skipped": True}
+        return _not_runnable(task, runtime, job_uuid)
     if job.attempt > settings.max_deliveries:
         reason = f"started {job.attempt} times without finishing (poison message?)"
         store.kill_job(runtime.engine, job.id, reason)
         _dead(task, runtime, job.id, job.queue, "poison", reason)
-        return {"job_id": str(job.id), "status": "dead", "error": "poison"}
+        raise JobFailed(str(job.id), JobStatus.DEAD, "poison")
     runtime.running.add(job.id)
     try:
         return _run(task, runtime, job)
@@ -108,17 +111,17 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
         raise _again(task, job.id, admitted.wait_s)
     started = store.now()
-    try:
-        result = llm.call(runtime.client, admitted.model, job.request)
-    except ProviderError as exc:
-        runtime.gate.failed(admitted, exc.kind, retry_after_s=exc.retry_after_s,
-                            ratelimit=exc.ratelimit)
-        return _failed(task, runtime, job, exc, started, admitted.model)
+    result = _call(runtime, admitted.model, job)
+    if isinstance(result, ProviderError):
+        runtime.gate.failed(admitted, result.kind, retry_after_s=result.retry_after_s,
+                            ratelimit=result.ratelimit)
+        return _failed(task, runtime, job, result, started, admitted.model)
     runtime.gate.done(admitted, result.usage, result.ratelimit)
     cost = runtime.prices.cost(result.model, result.usage)
     refused = result.stop_reason == "refusal"
+    intended = JobStatus.FAILED if refused else JobStatus.SUCCEEDED
     status = store.record_outcome(runtime.engine, job, store.Outcome(
-        status=JobStatus.FAILED if refused else JobStatus.SUCCEEDED,
+        status=intended,
         model=result.model, outcome="refusal" if refused else "ok", started_at=started,
         latency_s=result.latency_s, usage=result.usage, cost=cost, http_status=200,
         request_id=result.request_id, response_text=result.text,
@@ -126,8 +129,52 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     ), patience_s=patience)
     if refused:
         _dead(task, runtime, job.id, job.queue, "refusal", "the model refused")
-    return {"job_id": str(job.id), "status": status,
-            "cost_usd": None if cost is None else str(cost)}
+    # None: this attempt was recorded already (a write retried after an outage)
+    status = status or intended.value
+    return _end(task, runtime, job.id, status, "refusal" if refused else None, {
+        "job_id": str(job.id), "status": status,
+        "cost_usd": None if cost is None else str(cost)})
+
+
+def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
+          ) -> llm.CallResult | ProviderError:
+    """The provider's result, or its error returned (not raised): whatever the task raises
+    next (a retry, JobFailed) then carries no chained provider message into Celery's events
+    and Flower, only its own."""
+    try:
+        return llm.call(runtime.client, model, job.request)
+    except ProviderError as exc:
+        return exc
+
+
+def _end(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, status: str | None,
+         error_class: str | None, result: dict[str, Any]) -> dict[str, Any]:
+    """End the delivery as farm.worker.outcome says for the job's status afterwards: return
+    ``result`` (SUCCESS), raise JobFailed (FAILURE), or report REVOKED / nothing (Ignore;
+    the message is acknowledged either way). A failure's error class is ``error_class``, or
+    else the one the job was dead-lettered with (another delivery ended it)."""
+    end = outcome.ending(status)
+    if end is Ending.SUCCESS:
+        return result
+    if end is Ending.FAILURE:
+        if status is None:
+            raise JobFailed(str(job_id), outcome.DROPPED, outcome.UNKNOWN_JOB)
+        raise JobFailed(str(job_id), status,
+                        error_class or dlq.error_class(runtime.engine, job_id) or status)
+    if end is Ending.REVOKED:
+        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+    raise Ignore()
+
+
+def _not_runnable(task: Task, runtime: rt.Runtime, job_id: uuid.UUID) -> dict[str, Any]:
+    """A delivery of a job that must not run (finished, cancelled, running under another
+    worker's live lease, or unknown): acknowledged unrun; it reports the job as it stands, so
+    a repeated delivery of a succeeded job is no failure and one of a dead job no success."""
+    row = store.get_jobs(runtime.engine, [job_id], columns=("id", "status")).get(job_id)
+    status = None if row is None else str(row["status"])
+    log.info("job %s is not runnable (%s): acknowledged", job_id, status or "no such job")
+    return _end(task, runtime, job_id, status, None,
+                {"job_id": str(job_id), "status": status, "repeated_delivery": True})
 
 
 def _again(task: Task, job_id: uuid.UUID, countdown: float) -> Exception:
@@ -225,7 +272,7 @@ def _failed(
     next_status = {
         Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
     }.get(decision.action, JobStatus.FAILED)
-    store.record_outcome(runtime.engine, job, store.Outcome(
+    status = store.record_outcome(runtime.engine, job, store.Outcome(
         status=next_status, model=model, outcome=exc.kind.value, started_at=started,
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY
@@ -241,7 +288,9 @@ def _failed(
                      "`farm hold --release` is run", decision.reason, job.id)
     if decision.action is Action.RETRY:
         raise _again(task, job.id, decision.delay_s)
-    return {"job_id": str(job.id), "status": decision.action.value, "error": exc.kind.value}
+    status = status or next_status.value
+    return _end(task, runtime, job.id, status, exc.kind.value,
+                {"job_id": str(job.id), "status": status, "error": exc.kind.value})
 
 
 def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, queue: str, error_class: str,

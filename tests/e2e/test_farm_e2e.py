@@ -24,8 +24,8 @@ from farm.costs.pricing import default_pricebook
 from farm.jobs import JobStatus, Usage
 from farm.reliability.policies import policy_for
 from tests_e2e import (
+    ended,
     log_text,
-    succeeded,
     wait_for_each,
     wait_for_text,
     wait_until,
@@ -154,9 +154,10 @@ def test_cancel_queued_and_running_jobs(workers: list[Path], farm: Farm,
     assert farm.cancel(running) is JobStatus.CANCELLED
     farm.wait(blockers, timeout=60)
     # a slot frees, the worker takes the cancelled job's message and acknowledges it unrun;
-    # the cancelled running one's task ends once its call is over and recorded
-    wait_for_each(workers[:1], [queued], "job {id} is not runnable")
-    wait_until(lambda: None if str(running) in succeeded(log_text(workers[0])) else
+    # the cancelled running one's task ends once its call is over and recorded (Flower shows
+    # both as revoked: tests/e2e/test_flower.py)
+    wait_for_each(workers[:1], [queued], "job {id} is not runnable (cancelled)")
+    wait_until(lambda: None if str(running) in ended(log_text(workers[0]), "ignored") else
                f"the task of the cancelled running job {running} has not ended", timeout=30)
     q, r = farm.status(queued), farm.status(running)
     assert q.status is JobStatus.CANCELLED and q.attempts == 0 and q.started_at is None
@@ -250,46 +251,3 @@ def test_worker_without_api_key_refuses_to_start(e2e_env: dict[str, str]) -> Non
         assert done.returncode != 0
         assert "ANTHROPIC_API_KEY is not set" in done.stdout + done.stderr
 
-
-def test_flower_needs_credentials_and_never_shows_prompts(
-    workers: list[Path], farm: Farm, e2e_env: dict[str, str], api_key: str
-) -> None:
-    import httpx2
-
-    from tests_support import free_port, wait_port
-
-    refused = subprocess.run([sys.executable, "-m", "farm.cli", "flower"], env=e2e_env,
-                             capture_output=True, text=True, timeout=60)
-    assert refused.returncode != 0 and "FARM_FLOWER_USER" in refused.stderr
-    port = free_port()
-    env = {**e2e_env, "FARM_FLOWER_USER": "ops", "FARM_FLOWER_PASSWORD": "s3cret-pw"}
-    flower = subprocess.Popen([sys.executable, "-m", "farm.cli", "flower", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base, auth = f"http://127.0.0.1:{port}", ("ops", "s3cret-pw")
-    try:
-        wait_port(port, timeout=60)
-
-        def no_worker_event() -> str | None:
-            # Flower's worker list holds the workers it has had events (heartbeats) from:
-            # it is subscribed before the job runs
-            seen = httpx2.get(f"{base}/workers", params={"json": 1}, auth=auth).json()["data"]
-            return None if seen else "Flower has had no event from a worker"
-
-        wait_until(no_worker_event, timeout=30, interval=0.5)
-        secret_prompt = "PROMPT-MARKER-7f3a what is the airspeed of a swallow?"
-        job = farm.submit(prompt=secret_prompt)
-        assert farm.wait([job], timeout=30)[0].status is JobStatus.SUCCEEDED
-        assert httpx2.get(f"{base}/api/tasks").status_code == 401
-        body = ""
-
-        def task_not_shown() -> str | None:
-            nonlocal body
-            body = httpx2.get(f"{base}/api/tasks", auth=auth).text
-            return None if str(job) in body else f"job {job} not in Flower's task list"
-
-        wait_until(task_not_shown, timeout=20, interval=0.5)  # the task is visible …
-        assert "PROMPT-MARKER-7f3a" not in body  # … its prompt is not
-        assert api_key not in body
-    finally:
-        flower.terminate()
-        flower.wait(20)

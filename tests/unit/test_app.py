@@ -15,6 +15,7 @@ from farm.broker.layout import (
     INTAKE_QUEUE,
     PRIORITY_STEPS,
     RUN_JOB_TASK,
+    SEP,
     celery_priority,
     queue_keys,
 )
@@ -103,3 +104,35 @@ def test_the_routers_former_name_still_resolves() -> None:
 
     assert symbol_by_name("farm.routing.route_task") is route_task
     assert symbol_by_name("farm.routing.router.route_task") is route_task
+
+
+def test_redis_urls_resolve_to_the_hardened_transport_and_read_as_redis() -> None:
+    from flower.utils.broker import Broker, Redis
+
+    from farm.broker.transport import Transport
+
+    for url, shown in (("redis://:pw@127.0.0.1:6399/6", "redis://:**@127.0.0.1:6399/6"),
+                       ("rediss://:pw@127.0.0.1:6399/6", "rediss://:**@127.0.0.1:6399/6")):
+        app = create_app(Settings(), broker_url=url)
+        try:
+            with app.connection() as conn:  # not connected: nothing is called here
+                assert isinstance(conn.transport, Transport)
+                assert conn.as_uri() == shown
+                with_password = conn.as_uri(include_password=True)
+        finally:
+            app.close()
+        assert with_password == url
+    # what Flower builds its broker view from: the Redis one, with kombu's priority lists
+    broker = Broker("redis://:pw@127.0.0.1:6399/6",
+                    broker_options=app.conf.broker_transport_options)
+    assert isinstance(broker, Redis)
+    assert (tuple(broker.priority_steps), broker.sep) == (PRIORITY_STEPS, SEP)
+    assert [broker._q_for_pri("q", step) for step in PRIORITY_STEPS] == queue_keys("q")
+
+
+def test_flower_lists_the_queues_consumed_and_the_ones_declared() -> None:
+    from farm.cli.flower import queue_names
+
+    assert queue_names(["haiku-simple", INTAKE_QUEUE],
+                       ["haiku-simple", "sonnet-complex", INTAKE_QUEUE, DEAD_LETTER_QUEUE]
+                       ) == [DEAD_LETTER_QUEUE, INTAKE_QUEUE, "haiku-simple", "sonnet-complex"]
