@@ -51,11 +51,15 @@ class InvalidJobError(ValueError):
 
 class SubmitError(RuntimeError):
     """Publishing stopped part-way: the first `published` jobs are enqueued; the rest of
-    their chunk is recorded as failed and later chunks were never recorded."""
+    their chunk (`failed`, their ids) is recorded as failed, never to run, and later
+    chunks were never recorded. The message says all three."""
 
-    def __init__(self, published: int, reason: str) -> None:
-        self.published = published
-        super().__init__(f"{reason}; {published} job(s) were enqueued before it")
+    def __init__(self, published: int, reason: str,
+                 failed: Sequence[uuid.UUID] = ()) -> None:
+        self.published, self.failed = published, list(failed)
+        left = (f"; recorded as failed, not run: {', '.join(map(str, self.failed))}"
+                if self.failed else "")
+        super().__init__(f"{reason}; {published} job(s) were enqueued before it{left}")
 
 
 class JobFinishedError(ValueError):
@@ -175,9 +179,10 @@ class Farm:
                 published += 1
         except Exception as exc:
             reason = f"publish failed: {type(exc).__name__}: {exc}"[:500]
+            failed = [i for i, _ in chunk[published:]]
             with self.engine.begin() as conn:
-                store.fail_unpublished(conn, [i for i, _ in chunk[published:]], reason)
-            raise SubmitError(submitted + published, reason) from exc
+                store.fail_unpublished(conn, failed, reason)
+            raise SubmitError(submitted + published, reason, failed) from exc
 
     # --- reading ----------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ import click
 
 from farm.cli import controls, dlq, jobs
 from farm.cli.context import settings_of
+from farm.cli.errors import FarmGroup
 from farm.settings import Settings
 
 
-@click.group()
+@click.group(cls=FarmGroup)
 @click.version_option(package_name="farm", prog_name="farm", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context) -> None:
