@@ -3,5 +3,5 @@ Flower), ``jobs`` (submit, status, wait, cancel, jobs, report), ``dlq`` (the dea
 queue), ``controls`` (limits, throttle, pause, resume, hold), ``render`` and ``parsing``
 (what the job commands print and read from their options, pure), ``context`` (what every
 command shares: the settings, clients of the farm), ``errors`` (one line, not a traceback,
-for an unreachable database or broker, a missing schema, file or port) and ``flower`` (the Flower process
-`farm flower` runs: Celery's, listing every queue of the farm)."""
+for an unreachable database or broker, a missing schema, file or port) and ``flower`` (the
+Flower process `farm flower` runs: Celery's, listing every queue of the farm)."""
