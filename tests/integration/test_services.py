@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 import redis
 
 from farm import services
@@ -71,3 +72,51 @@ def test_a_script_anywhere_finds_the_running_embedded_services(tmp_path: Path) -
     assert missing.returncode == 1
     assert str(tmp_path / "nothing-here" / "farm") in missing.stderr
     assert "FARM_DATA_DIR" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_embedded_services_require_the_credentials_made_at_up(tmp_path: Path) -> None:
+    """Valkey and PostgreSQL are not open to every local user: `up` makes a password for
+    each, kept in services.json readable by its owner only, never on a command line."""
+    import json
+    import stat
+
+    data_dir = tmp_path / "farm-data"
+    try:
+        endpoints = services.up(data_dir)
+        state_file = data_dir / services.STATE_FILE
+        assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+        state = json.loads(state_file.read_text())
+        vpw, ppw = state["valkey_password"], state["postgres_password"]
+        assert len(vpw) >= 24 and len(ppw) >= 24 and vpw != ppw
+        assert services.read_endpoints(data_dir) == endpoints
+        port = state["valkey_port"]
+        anonymous = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                anonymous.ping()
+        finally:
+            anonymous.close()
+        client = redis.Redis.from_url(endpoints.broker_url)
+        try:
+            assert client.ping()
+        finally:
+            client.close()
+        dsn = endpoints.database_url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        without = f"postgresql://postgres@127.0.0.1:{state['postgres_port']}/farm"
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(without, connect_timeout=5)
+        # no process shows a password on its command line (`ps`)
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                assert vpw not in cmdline and ppw not in cmdline
+        # a restart keeps them
+        services.down(data_dir)
+        assert services.up(data_dir) == endpoints
+    finally:
+        services.down(data_dir)
