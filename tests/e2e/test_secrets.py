@@ -139,7 +139,7 @@ def test_flower_workers_and_logs_show_no_password_key_or_prompt(
         name = next(iter(workers))
         conf = workers[name]["conf"]
         # the real config is shown (a positive control), the broker URL in it censored
-        assert conf["broker_transport"] == "farm.broker.transport:Transport"
+        assert conf["task_default_queue"] == "farm-intake"
         assert conf["broker_url"].endswith(secret_broker.rsplit("@", 1)[1])
 
         with Farm(settings) as farm:
@@ -184,7 +184,7 @@ def test_flower_workers_and_logs_show_no_password_key_or_prompt(
         failed = {path: page.status_code for path, page in pages.items()
                   if page.status_code != 200}
         assert not failed, failed
-        assert "broker_transport" in pages[f"/worker/{name}"].text  # the Config tab
+        assert "task_default_queue" in pages[f"/worker/{name}"].text  # the Config tab
         assert str(ids[4]) in pages[f"/task/{ids[4]}"].text
         shown = {path: _found(page.text) for path, page in pages.items()}
         assert not {path: what for path, what in shown.items() if what}, shown

@@ -28,6 +28,7 @@ from farm.store import jobs as store
 from farm.store.schema import make_engine
 from farm.worker import runtime as rt
 from farm.worker import tasks
+from farm.worker.outcome import JobFailed
 
 PROMPT = "INTAKE-SECRET-PROMPT"
 Deliver = Callable[..., dict[str, Any]]
@@ -126,9 +127,10 @@ def test_an_inline_job_postgres_cannot_store_fails_without_its_text(
     deliver = _deliverer(worker_app, engine, tmp_path)
     request = {"prompt": f"{PROMPT} what is 2 + 2?"}
     job = uuid.uuid4()
-    with caplog.at_level(logging.INFO):
-        result = deliver(job, request)
-    assert result == {"job_id": str(job), "status": "failed", "error": "invalid"}
+    with caplog.at_level(logging.INFO), pytest.raises(JobFailed) as ended:
+        deliver(job, request)
+    assert (ended.value.job_id, ended.value.status, ended.value.error_class) == (
+        str(job), "failed", "invalid")
     row = _row(engine, job)
     assert row["status"] == "failed" and row["request"] == request  # as sent: storable
     assert row["error"] == ("the job could not be stored: UntranslatableCharacter "
@@ -149,9 +151,9 @@ def test_an_invalid_inline_job_is_recorded_failed_naming_the_field_not_the_promp
 ) -> None:
     deliver = _deliverer(worker_app, engine, tmp_path)
     job = uuid.uuid4()
-    with caplog.at_level(logging.INFO):
-        result = deliver(job, request_)
-    assert result["status"] == "failed"
+    with caplog.at_level(logging.INFO), pytest.raises(JobFailed) as ended:
+        deliver(job, request_)
+    assert ended.value.status == "failed"
     row = _row(engine, job)
     assert row["status"] == "failed" and row["error"].startswith(f"invalid job: {named}")
     assert row["dead_error_message"] == row["error"]
