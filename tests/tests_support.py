@@ -6,7 +6,11 @@ import random
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import pytest
+
+from farm.capacity.limits import ModelState
 from farm.services import free_port
 
 __all__ = ["free_port", "fresh_database", "random_headers", "wait_port"]
@@ -60,3 +64,32 @@ def random_headers(rng: random.Random, *, otpm: int = 6_000) -> dict[str, str]:
             headers[f"anthropic-ratelimit-{name}-remaining"] = str(
                 left if name == "requests" else left // 1000 * 1000)
     return headers
+
+
+def _approx(value: Any) -> Any:
+    return pytest.approx(value, rel=1e-9, abs=1e-9)
+
+
+def assert_same_state(got: ModelState, want: ModelState,
+                      ids: dict[str, str] | None = None) -> None:
+    """Two limiter states agree (floats within rounding); ``ids`` maps ``got``'s grant ids
+    to ``want``'s where they differ (Redis's against memory's)."""
+    assert set(got.levels) == set(want.levels)
+    assert dict(got.levels) == _approx(dict(want.levels))
+    assert (got.updated is None) == (want.updated is None)
+    if want.updated is not None:
+        assert got.updated == _approx(want.updated)
+    assert dict(got.observed) == dict(want.observed)
+    assert got.throttle == want.throttle
+    assert (got.paused_until is None) == (want.paused_until is None)
+    if want.paused_until is not None:
+        assert got.paused_until == _approx(want.paused_until)
+    assert dict(got.active) == _approx(dict(want.active))
+    assert set(got.usage) == set(want.usage)
+    for tenant, usage in want.usage.items():
+        assert (got.usage[tenant].count, got.usage[tenant].updated) == _approx(
+            (usage.count, usage.updated))
+    mapped = {(ids or {}).get(g, g): v for g, v in got.inflight.items()}
+    assert {g: t for g, (t, _) in mapped.items()} == {g: t for g, (t, _) in want.inflight.items()}
+    assert {g: e for g, (_, e) in mapped.items()} == _approx(
+        {g: e for g, (_, e) in want.inflight.items()})

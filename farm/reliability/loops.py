@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from farm.reliability.leases import Republish, Running, reap, renew
-from farm.reliability.orphans import sweep_orphans, take_turn
-from farm.reliability.strays import rescue_strays
+from farm.reliability.orphans import sweep_if_due
 
 log = logging.getLogger("farm.leases")
 
@@ -27,9 +26,8 @@ def start_threads(engine: Engine, running: Running, republish: Republish, *, lea
     farm's messages on queues no farm worker consumes, ``consumed`` being those that are)."""
 
     def sweep() -> None:
-        if take_turn(broker, orphan_sweep_s):
-            sweep_orphans(engine, broker, republish, age_s=orphan_age_s, grace_s=lease_s)
-            rescue_strays(broker, consumed)
+        sweep_if_due(engine, broker, republish, every_s=orphan_sweep_s, age_s=orphan_age_s,
+                     grace_s=lease_s, consumed=consumed)
 
     def loop(name: str, interval: float, step: Callable[[], Any]) -> threading.Thread:
         def run() -> None:

@@ -13,6 +13,7 @@ published twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from farm.broker import layout
 from farm.reliability.leases import REPUBLISH_QUEUED_SQL, Republish
+from farm.reliability.strays import rescue_strays
 
 log = logging.getLogger("farm.orphans")
 
@@ -69,8 +71,13 @@ def take_turn(broker: Any, every_s: float) -> bool:
 
 
 def sweep_if_due(engine: Engine, broker: Any, republish: Republish, *, every_s: float,
-                 age_s: float, grace_s: float) -> int:
-    """Sweep for orphans unless another worker of the cluster did in the last every_s."""
+                 age_s: float, grace_s: float, consumed: Sequence[str] | None = None) -> int:
+    """Sweep for orphans unless another worker of the cluster did in the last every_s; with
+    ``consumed`` (the farm's queues), for strays too (farm.reliability.strays). Returns the
+    orphans published again."""
     if not take_turn(broker, every_s):
         return 0
-    return sweep_orphans(engine, broker, republish, age_s=age_s, grace_s=grace_s)
+    found = sweep_orphans(engine, broker, republish, age_s=age_s, grace_s=grace_s)
+    if consumed is not None:
+        rescue_strays(broker, consumed)
+    return found

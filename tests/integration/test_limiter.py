@@ -21,7 +21,7 @@ from farm.capacity import limits
 from farm.capacity.limiter import Grant, Limiter, Wait
 from farm.capacity.limits import LimiterConfig, ModelLimits, ModelState
 from farm.jobs import Priority
-from tests_support import random_headers
+from tests_support import assert_same_state, random_headers
 
 TENANTS = ("acme", "beta", "cyan")
 
@@ -58,26 +58,6 @@ def prefix() -> str:
 
 def approx(value: Any) -> Any:
     return pytest.approx(value, rel=1e-9, abs=1e-9)
-
-
-def assert_same_state(got: ModelState, want: ModelState) -> None:
-    assert set(got.levels) == set(want.levels)
-    assert dict(got.levels) == approx(dict(want.levels))
-    assert (got.updated is None) == (want.updated is None)
-    if want.updated is not None:
-        assert got.updated == approx(want.updated)
-    assert dict(got.observed) == dict(want.observed)
-    assert got.throttle == want.throttle
-    assert got.paused_until == (None if want.paused_until is None else approx(want.paused_until))
-    assert dict(got.active) == approx(dict(want.active))
-    assert set(got.usage) == set(want.usage)
-    for tenant, usage in want.usage.items():
-        assert (got.usage[tenant].count, got.usage[tenant].updated) == approx(
-            (usage.count, usage.updated))
-    assert {g: t for g, (t, _) in got.inflight.items()} == {
-        g: t for g, (t, _) in want.inflight.items()}
-    assert {g: e for g, (_, e) in got.inflight.items()} == approx(
-        {g: e for g, (_, e) in want.inflight.items()})
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

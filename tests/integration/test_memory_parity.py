@@ -21,10 +21,10 @@ from farm.capacity import limits
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import Admission, BreakerConfig, BreakerState, Event
 from farm.capacity.limiter import Limiter
-from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, Wait
+from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import Priority
-from tests_support import random_headers
+from tests_support import assert_same_state, random_headers
 
 TENANTS = ("acme", "beta", "cyan")
 QUEUES = ("haiku-simple", "sonnet-complex", "batch")
@@ -158,29 +158,6 @@ def assert_same_answer(got: Any, want: Any, ids: dict[str, str]) -> None:
             ids[got.grant_id] = want.grant_id
     else:
         assert got == want
-
-
-def assert_same_state(got: ModelState, want: ModelState, ids: dict[str, str]) -> None:
-    """``got`` read from Redis, ``want`` from memory; Redis's grant ids mapped to memory's."""
-    assert set(got.levels) == set(want.levels)
-    assert dict(got.levels) == approx(dict(want.levels))
-    assert (got.updated is None) == (want.updated is None)
-    if want.updated is not None:
-        assert got.updated == approx(want.updated)
-    assert dict(got.observed) == dict(want.observed)
-    assert got.throttle == want.throttle
-    assert (got.paused_until is None) == (want.paused_until is None)
-    if want.paused_until is not None:
-        assert got.paused_until == approx(want.paused_until)
-    assert dict(got.active) == approx(dict(want.active))
-    assert set(got.usage) == set(want.usage)
-    for tenant, usage in want.usage.items():
-        assert (got.usage[tenant].count, got.usage[tenant].updated) == approx(
-            (usage.count, usage.updated))
-    mapped = {ids[g]: v for g, v in got.inflight.items()}
-    assert {g: t for g, (t, _) in mapped.items()} == {g: t for g, (t, _) in want.inflight.items()}
-    assert {g: e for g, (_, e) in mapped.items()} == approx(
-        {g: e for g, (_, e) in want.inflight.items()})
 
 
 def assert_close(got: Any, want: Any, path: str = "") -> None:
