@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm.broker.layout import INTAKE_QUEUE
-from farm.capacity.limits import ModelLimits
+from farm.capacity.config import ModelLimits
 
 
 class QueueSpec(BaseModel):

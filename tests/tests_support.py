@@ -81,6 +81,10 @@ def assert_same_state(got: ModelState, want: ModelState,
         assert got.updated == _approx(want.updated)
     assert dict(got.observed) == dict(want.observed)
     assert got.throttle == want.throttle
+    assert got.throttle_base == want.throttle_base
+    assert (got.rate is None) == (want.rate is None)
+    if got.rate is not None and want.rate is not None:
+        assert (got.rate.count, got.rate.updated) == _approx((want.rate.count, want.rate.updated))
     assert (got.paused_until is None) == (want.paused_until is None)
     if want.paused_until is not None:
         assert got.paused_until == _approx(want.paused_until)

@@ -8,8 +8,8 @@ from typing import Any
 from farm.capacity.admission import AdmissionConfig, Gate
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import BreakerConfig
+from farm.capacity.config import LimiterConfig
 from farm.capacity.limiter import Limiter
-from farm.capacity.limits import LimiterConfig
 from farm.settings import Settings
 
 

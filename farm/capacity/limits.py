@@ -19,6 +19,13 @@ so a tenant's fair share of the rpm bucket, (rpm/60)/N per second among N active
 is the count (rpm/60/N) * H / ln 2. While N > 1, a tenant above it is served one priority
 lower (LOW stays LOW with 0.10 more reserve) and holds at most ceil(conc/N) slots. A tenant
 alone is never demoted: there is nobody to be fair to, and it would only idle the reserve.
+
+Throttle of a model with no limits at all: every grant of every model (limited or not) is
+counted with the same decay, so the model's recent rate is known: count * ln 2 / H per
+second. Throttling such a model takes that rate, as requests per minute, as its base and
+keeps it while the throttle lasts (measured again under the throttle, the rate would only
+ratchet down): rpm capacity = base * throttle% * target. With no calls to measure (under one
+a minute) there is nothing to take a percent of, and the throttle is refused.
 """
 
 from __future__ import annotations
@@ -28,8 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from farm.capacity.config import LimiterConfig
 from farm.jobs import Priority
 
 KINDS = ("rpm", "itpm", "otpm")
@@ -38,82 +44,7 @@ PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 LN2 = 0.6931471805599453  # written out: the Lua script uses the very same constant
 LOW_EXTRA_RESERVE = 0.10  # a LOW request of a tenant over its share keeps this much more back
 EPS = 1e-9  # floor(10 * 0.95) must not become 9 through 9.4999999
-DEFAULT_RESERVE = {Priority.HIGH: 0.0, Priority.NORMAL: 0.05, Priority.LOW: 0.20}
-DEFAULT_SHARE = {Priority.HIGH: 1.0, Priority.NORMAL: 0.95, Priority.LOW: 0.80}
-
-
-class ModelLimits(BaseModel):
-    """One model's provider limits; None means unlimited."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    rpm: int | None = Field(default=None, gt=0)
-    itpm: int | None = Field(default=None, gt=0)
-    otpm: int | None = Field(default=None, gt=0)
-    max_concurrency: int | None = Field(default=None, gt=0)
-
-    def rate(self, kind: str) -> int | None:
-        value: int | None = getattr(self, kind)
-        return value
-
-
-NO_LIMITS = ModelLimits()
-
-
-class LimiterConfig(BaseModel):
-    """The limiter's configuration, shared by every worker (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    models: dict[str, ModelLimits] = Field(default_factory=dict)
-    target: float = Field(default=0.98, gt=0, le=1)
-    reserve: dict[Priority, float] = Field(default_factory=lambda: dict(DEFAULT_RESERVE))
-    concurrency_share: dict[Priority, float] = Field(default_factory=lambda: dict(DEFAULT_SHARE))
-    max_wait_s: float = Field(default=120.0, gt=0)
-    tenant_window_s: float = Field(default=60.0, gt=0)
-    grant_ttl_s: float = Field(default=180.0, gt=0)
-    slot_wait_s: float = Field(default=0.25, gt=0)  # retry hint when no concurrency slot is free
-    # a grant may be scheduled up to this far ahead: its tokens are taken now (the bucket goes
-    # into debt) and the caller sleeps delay_s before calling. Waiters queue up behind each
-    # other instead of all polling for the next token at once.
-    max_delay_s: float = Field(default=2.0, ge=0, le=30)
-
-    @field_validator("models")
-    @classmethod
-    def _names(cls, value: dict[str, ModelLimits]) -> dict[str, ModelLimits]:
-        if any(not name.strip() for name in value):
-            raise ValueError("model names must be non-blank")
-        return value
-
-    @field_validator("reserve")
-    @classmethod
-    def _reserve(cls, value: dict[Priority, float]) -> dict[Priority, float]:
-        merged = {**DEFAULT_RESERVE, **value}
-        if bad := [p.value for p, v in merged.items() if not 0.0 <= v < 1.0]:
-            raise ValueError(f"reserve of {', '.join(bad)} must be in [0, 1)")
-        if not merged[Priority.HIGH] <= merged[Priority.NORMAL] <= merged[Priority.LOW]:
-            raise ValueError("reserve must not shrink from high to normal to low")
-        return merged
-
-    @field_validator("concurrency_share")
-    @classmethod
-    def _share(cls, value: dict[Priority, float]) -> dict[Priority, float]:
-        merged = {**DEFAULT_SHARE, **value}
-        if bad := [p.value for p, v in merged.items() if not 0.0 < v <= 1.0]:
-            raise ValueError(f"concurrency_share of {', '.join(bad)} must be in (0, 1]")
-        if not merged[Priority.HIGH] >= merged[Priority.NORMAL] >= merged[Priority.LOW]:
-            raise ValueError("concurrency_share must not grow from high to normal to low")
-        return merged
-
-    @model_validator(mode="after")
-    def _finite(self) -> LimiterConfig:
-        numbers = (self.max_wait_s, self.tenant_window_s, self.grant_ttl_s, self.slot_wait_s)
-        if not all(math.isfinite(x) for x in numbers):
-            raise ValueError("max_wait_s, tenant_window_s, grant_ttl_s, slot_wait_s: finite")
-        return self
-
-    def limits_for(self, model: str) -> ModelLimits:
-        return self.models.get(model, NO_LIMITS)
+MIN_BASE_RPM = 1.0  # a throttle base below one call a minute is no traffic at all
 
 
 @dataclass(frozen=True)
@@ -154,6 +85,8 @@ class ModelState:
     active: Mapping[str, float] = field(default_factory=dict)  # tenant -> last ask
     usage: Mapping[str, TenantUsage] = field(default_factory=dict)
     inflight: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # id -> tenant, exp
+    rate: TenantUsage | None = None  # decayed count of the model's grants (all tenants)
+    throttle_base: float | None = None  # rpm a throttle takes its percent of (no rpm limit)
 
 
 @dataclass(frozen=True)
@@ -192,11 +125,24 @@ def check_percent(percent: float | None) -> float | None:
     return None if percent == 100 else float(percent)
 
 
+class NothingToThrottle(ValueError):
+    """A throttle of a model that has no limits and no recent calls to measure."""
+
+    def __init__(self, model: str, measured_rpm: float) -> None:
+        super().__init__(
+            f"{model} has no limits (none configured, none learned from the "
+            f"provider's headers) and made {measured_rpm:.2g} calls a minute lately: there is "
+            "no rate to take a percent of")
+        self.model, self.measured_rpm = model, measured_rpm
+
+
 def effective(config: LimiterConfig, model: str, state: ModelState) -> Effective:
     limits, thr = config.limits_for(model), state.throttle or 100.0
     caps: dict[str, float] = {}
     for kind in KINDS:
-        base = state.observed.get(kind) or limits.rate(kind)
+        base: float | None = state.observed.get(kind) or limits.rate(kind)
+        if not base and kind == "rpm" and state.throttle is not None:
+            base = state.throttle_base
         if base:
             caps[kind] = base * (thr / 100) * config.target
     conc = None
@@ -232,6 +178,37 @@ def decayed(usage: TenantUsage | None, now: float, half_life: float) -> float:
     return usage.count * 2 ** (-(now - usage.updated) / half_life)
 
 
+def measured_rpm(config: LimiterConfig, state: ModelState, now: float) -> float:
+    """The model's recent rate of grants, per minute (see the module docstring)."""
+    half = config.tenant_window_s / 2
+    return decayed(state.rate, now, half) * LN2 / half * 60
+
+
+def counted(config: LimiterConfig, state: ModelState, now: float) -> ModelState:
+    """One more grant in the model's rate."""
+    count = decayed(state.rate, now, config.tenant_window_s / 2) + 1
+    return replace(state, rate=TenantUsage(count, now))
+
+
+def throttle(config: LimiterConfig, model: str, state: ModelState, now: float,
+             percent: float | None) -> tuple[float | None, ModelState]:
+    """The twin of the throttle script: set (or, with None, lift) the operator's throttle.
+    Returns the rpm base it takes its percent of when the model has no limits at all (kept
+    from an earlier throttle, else measured now); raises NothingToThrottle when there is
+    none."""
+    if percent is None:
+        return None, replace(state, throttle=None, throttle_base=None)
+    limits = config.limits_for(model)
+    if limits.max_concurrency or any(state.observed.get(k) or limits.rate(k) for k in KINDS):
+        return None, replace(state, throttle=percent)  # the percent is of those limits
+    base = state.throttle_base
+    if base is None:
+        base = measured_rpm(config, state, now)
+        if base < MIN_BASE_RPM:
+            raise NothingToThrottle(model, base)
+    return base, replace(state, throttle=percent, throttle_base=base)
+
+
 def fair_share(rpm_cap: float, active: int, half_life: float) -> float:
     """A tenant's fair share of ``rpm_cap`` as a decayed count (see the module docstring)."""
     return rpm_cap / 60 / active * half_life / LN2
@@ -247,7 +224,7 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
         return Wait(state.paused_until - now, "paused (429)"), state
     eff = effective(config, model, state)
     if eff.unlimited:  # nothing is charged, so there is nothing to release
-        return replace(grant, grant_id=""), state
+        return replace(grant, grant_id=""), counted(config, state, now)
     # active tenants: those that asked within the window, the asker included
     active = {t: s for t, s in state.active.items() if s > now - config.tenant_window_s}
     active[tenant] = now
@@ -287,7 +264,9 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
     usage = {**state.usage, tenant: TenantUsage(used + 1, now)}
     inflight[grant_id] = (tenant, now + config.grant_ttl_s)
     grant = replace(grant, delay_s=delay)
-    return grant, replace(_store(state, levels, now), usage=usage, inflight=inflight)
+    state = counted(config, replace(_store(state, levels, now), usage=usage, inflight=inflight),
+                    now)
+    return grant, state
 
 
 def settle(config: LimiterConfig, state: ModelState, now: float, grant: Grant, *,
@@ -377,6 +356,8 @@ def describe(config: LimiterConfig, model: str, state: ModelState, now: float
         "in_flight": len(live),
         "paused_for_s": max(0.0, (state.paused_until or now) - now),
         "throttle_percent": state.throttle,
+        "throttle_base_rpm": state.throttle_base if state.throttle is not None else None,
+        "rate_rpm": round(measured_rpm(config, state, now), 3),
         "active_tenants": {
             t: {"usage": round(decayed(state.usage.get(t), now, half), 3),
                 "in_flight": live.count(t)} for t in tenants},

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from farm.capacity import limits
@@ -28,7 +27,8 @@ from farm.capacity.circuit import (
     report,
     transition,
 )
-from farm.capacity.limits import Grant, LimiterConfig, ModelState, Wait
+from farm.capacity.config import LimiterConfig
+from farm.capacity.limits import Grant, ModelState, Wait
 from farm.jobs import Priority
 
 Clock = Callable[[], float]
@@ -101,9 +101,11 @@ class MemoryLimiter:
             self._update(model, lambda state, now: (
                 None, limits.observe(self.config, model, state, now, seen)), seen=True)
 
-    def throttle(self, model: str, percent: float | None) -> None:
+    def throttle(self, model: str, percent: float | None) -> float | None:
         value = limits.check_percent(percent)
-        self._update(model, lambda state, _: (None, replace(state, throttle=value)), seen=True)
+        base: float | None = self._update(model, lambda state, now: limits.throttle(
+            self.config, model, state, now, value), seen=True)
+        return base
 
     def pause_queue(self, queue: str) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from farm.capacity.limits import NothingToThrottle
 from farm.cli.context import capacity, farm_client, redis_client, settings_of
 from farm.settings import Settings
 from farm.store.jobs import HELD
@@ -76,7 +77,8 @@ def limits(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def throttle(ctx: click.Context, model: str, percent: str) -> None:
     """Emergency throttle: use only PERCENT (1-100) of MODEL's limits; `off` (or 100)
-    lifts it."""
+    lifts it. A model with no limits is held to PERCENT of its recent request rate
+    (refused if it made no calls lately: there is nothing to take a percent of)."""
     value: float | None
     if percent.lower() in {"off", "none", "100"}:
         value = None
@@ -96,16 +98,19 @@ def throttle(ctx: click.Context, model: str, percent: str) -> None:
                                      f"names it; known: {', '.join(callable_models)}")
         if value is None and model not in {*callable_models, *seen}:
             raise click.BadParameter(f"unknown model {model!r}: it has no throttle to lift")
-        limiter.throttle(model, value)
-        has_limits = limiter.snapshot(model)["effective"]
+        try:
+            base = limiter.throttle(model, value)
+        except NothingToThrottle as exc:
+            raise click.ClickException(
+                f"{exc}; set its limits in FARM_LIMITS, or `farm pause` its queue") from None
+        rpm = limiter.snapshot(model)["effective"]["rpm"]
     if value is None:
         click.echo(f"{model}: throttle lifted")
-        return
-    click.echo(f"{model}: throttled to {value:g}% of its limits on every worker")
-    if all(v is None for v in has_limits.values()):
-        click.echo(f"note: {model} has no limits yet (none in FARM_LIMITS, none learned from "
-                   "the provider's rate-limit headers), so the throttle takes effect once "
-                   "they are known", err=True)
+    elif base is None:
+        click.echo(f"{model}: throttled to {value:g}% of its limits on every worker")
+    else:
+        click.echo(f"{model}: throttled to {value:g}% of its recent {base:.0f} calls a minute "
+                   f"(it has no limits): at most {rpm:.3g} a minute on all workers together")
 
 
 def _set_paused(ctx: click.Context, queue: str, paused: bool) -> None:

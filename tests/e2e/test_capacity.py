@@ -236,3 +236,36 @@ def test_throttle_is_shown_and_lifted(limited: dict[str, str], tmp_path: Path) -
     with pytest.raises(subprocess.CalledProcessError) as bad:
         _farm_cli(limited, "throttle", HAIKU, "150")
     assert "PERCENT must be 1-100" in bad.value.stderr
+
+
+def test_a_throttle_holds_back_a_model_without_limits(
+        limited: dict[str, str], limited_logs: list[Path], farm: Farm) -> None:
+    """`farm throttle claude-haiku-4-5 1` used to say "throttled to 1%" while 8 jobs still
+    finished at once: a model with no limits had nothing for the percent to cut. Here
+    sonnet has none (not configured, the simulator sends no rate-limit headers)."""
+    warm = farm.submit_many([{"prompt": f"Analyze trade-offs of warm-up {i} in depth.",
+                              "complexity": "complex", "max_tokens": 32} for i in range(20)])
+    assert {v.status for v in farm.wait(warm, timeout=60)} == {JobStatus.SUCCEEDED}
+    said = _farm_cli(limited, "throttle", SONNET, "1")
+    assert f"{SONNET}: throttled to 1% of its recent" in said and "it has no limits" in said
+    ids: list[object] = []
+    try:
+        ids = list(farm.submit_many([
+            {"prompt": f"Analyze trade-offs of throttled {i} in depth.",
+             "complexity": "complex", "max_tokens": 32} for i in range(8)]))
+
+        def not_all_seen() -> str | None:  # each job ran, or a worker handed it back
+            held = deferrals(log_text(*limited_logs), f"{SONNET}: rpm")
+            ran = with_status(farm.engine, ids, JobStatus.SUCCEEDED.value)
+            unseen = {str(i) for i in ids} - ran - set(held)
+            return f"{len(unseen)} job(s) neither ran nor were held back" if unseen else None
+
+        wait_until(not_all_seen, timeout=60)
+        ran = with_status(farm.engine, ids, JobStatus.SUCCEEDED.value)
+        # the tiny bucket (1% of a few dozen calls a minute) lets one or two through
+        assert 1 <= len(ran) <= 2, ran
+        assert attempt_rows(farm.engine, ids) == dict.fromkeys(ran, 1)  # the rest: no call
+    finally:
+        assert "lifted" in _farm_cli(limited, "throttle", SONNET, "off")
+        for job in ids:
+            farm.cancel(job)  # they wait out their deferral otherwise

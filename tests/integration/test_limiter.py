@@ -11,15 +11,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
 from farm.capacity import limits
+from farm.capacity.config import LimiterConfig, ModelLimits
 from farm.capacity.limiter import Grant, Limiter, Wait
-from farm.capacity.limits import LimiterConfig, ModelLimits, ModelState
+from farm.capacity.limits import ModelState
 from farm.jobs import Priority
 from tests_support import assert_same_state, random_headers
 
@@ -69,10 +69,10 @@ def test_script_and_python_twin_agree_step_by_step(client: redis.Redis, prefix: 
         tenant_window_s=20, grant_ttl_s=30, max_wait_s=15)
     clock, rng = Clock(), random.Random(seed)
     lim = Limiter(client, config, prefix, clock=clock)
-    states = {m: ModelState() for m in ("m", "c", "r", "seen", "free")}
+    states = {m: ModelState() for m in ("m", "c", "r", "seen", "free", "idle")}
     held: list[Grant] = []
     seen: Counter[str] = Counter()
-    for _ in range(600):
+    for _ in range(900):
         clock.now += rng.choice([0.0, 0.0, 0.05, 0.1, 0.3, 1.0, 2.5, 7.0])
         now, model = clock.now, rng.choice(["m", "m", "m", "c", "r", "r", "seen", "free"])
         op = rng.choices(["acquire", "release", "observe", "pause", "throttle"],
@@ -96,9 +96,19 @@ def test_script_and_python_twin_agree_step_by_step(client: redis.Redis, prefix: 
             lim.pause(model, secs)
             states[model] = limits.pause(states[model], now, secs)
         elif op == "throttle":
-            percent = rng.choice([None, 100, 50, 80, 25.5])
-            lim.throttle(model, percent)
-            states[model] = replace(states[model], throttle=limits.check_percent(percent))
+            percent = rng.choice([None, 100, 50, 80, 25.5, 1])
+            model = rng.choice([model, "free", "idle"])  # idle: no limits, no calls
+            try:
+                want_base, states[model] = limits.throttle(
+                    config, model, states[model], now, limits.check_percent(percent))
+            except limits.NothingToThrottle:
+                with pytest.raises(limits.NothingToThrottle):
+                    lim.throttle(model, percent)
+                seen["nothing to throttle"] += 1
+            else:
+                got_base = lim.throttle(model, percent)
+                assert got_base == (None if want_base is None else approx(want_base))
+                seen["throttled by rate" if want_base else "throttle"] += 1
         else:
             ask: dict[str, Any] = {
                 "input_tokens": rng.randint(0, 3000), "output_tokens": rng.choice(
@@ -125,8 +135,8 @@ def test_script_and_python_twin_agree_step_by_step(client: redis.Redis, prefix: 
         assert_same_state(got_state, states[model])
     # the scenario really went through the interesting branches
     assert seen["grant"] > 50 and seen["release"] > 30
-    assert {"rpm", "concurrency", "tenant-concurrency", "paused (429)", "over share"} <= set(
-        seen), seen
+    assert {"rpm", "concurrency", "tenant-concurrency", "paused (429)", "over share",
+            "throttled by rate", "nothing to throttle"} <= set(seen), seen
 
 
 def test_acquire_and_release_are_one_round_trip(broker_url: str, prefix: str) -> None:
@@ -149,8 +159,10 @@ def test_acquire_and_release_are_one_round_trip(broker_url: str, prefix: str) ->
         assert isinstance(free, Grant) and free.grant_id == ""
         lim.release(free)  # nothing was charged: no round trip at all
         assert client.sent == ["EVALSHA"] * 3
-        # a model without limits leaves nothing behind
-        assert not client.keys(f"{prefix}:m:unknown-model:*")
+        # a model without limits leaves only its rate behind, which soon expires
+        assert client.keys(f"{prefix}:m:unknown-model:*") == [
+            f"{prefix}:m:unknown-model:rate".encode()]
+        assert 0 < client.ttl(f"{prefix}:m:unknown-model:rate") <= 5 * config.tenant_window_s
     finally:
         client.close()
 
@@ -274,7 +286,7 @@ import json, random, sys, threading, time
 import redis
 from farm.jobs import Priority
 from farm.capacity.limiter import Grant, Limiter
-from farm.capacity.limits import LimiterConfig
+from farm.capacity.config import LimiterConfig
 
 url, prefix, tenant, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 config = LimiterConfig.model_validate_json(sys.argv[5])

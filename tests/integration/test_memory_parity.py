@@ -20,8 +20,9 @@ import redis
 from farm.capacity import limits
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import Admission, BreakerConfig, BreakerState, Event
+from farm.capacity.config import LimiterConfig, ModelLimits
 from farm.capacity.limiter import Limiter
-from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, Wait
+from farm.capacity.limits import Grant, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import Priority
 from tests_support import assert_same_state, random_headers

@@ -17,7 +17,8 @@ import pytest
 from farm.capacity import admission, limits
 from farm.capacity.admission import AdmissionConfig, Gate, Go, Later, candidates, waited_s
 from farm.capacity.circuit import BreakerConfig, BreakerState, BreakerValue, window_totals
-from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, Wait
+from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.limits import Grant, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import JobRequest, Priority, Usage
 from farm.provider.errors import ErrorKind

@@ -12,7 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from farm.capacity import limits
-from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, TenantUsage, Wait
+from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.limits import Grant, ModelState, TenantUsage, Wait
 from farm.jobs import Priority
 
 T0 = 1000.0
@@ -136,9 +137,11 @@ def test_a_request_larger_than_the_bucket_passes_when_full_and_the_level_floors(
     assert isinstance(ask(c, state, T0 + 121, tokens=(0, 5000), priority=Priority.LOW)[0], Grant)
 
 
-def test_a_model_without_limits_is_free_and_unrecorded() -> None:
+def test_a_model_without_limits_is_free_and_only_counted() -> None:
     got, state = ask(LimiterConfig(), ModelState(), model="free", tokens=(10**6, 10**6))
-    assert isinstance(got, Grant) and state == ModelState()
+    assert isinstance(got, Grant) and got.grant_id == "" and got.delay_s == 0
+    # nothing charged, no slot, no tenant: only its rate is counted (for a throttle)
+    assert state == replace(ModelState(), rate=TenantUsage(1.0, T0))
 
 
 # --- priorities ---------------------------------------------------------------------
@@ -308,6 +311,62 @@ def test_throttle_scales_rates_and_concurrency() -> None:
     assert limits.effective(c, "m", replace(state, throttle=None)).caps["rpm"] == pytest.approx(98)
     assert limits.check_percent(None) is None and limits.check_percent(100) is None  # both clear
     assert limits.check_percent(1) == 1.0 and limits.check_percent(37.5) == 37.5
+
+
+def test_every_grant_counts_in_the_models_rate_which_settles_at_the_real_rate() -> None:
+    c, state = LimiterConfig(), ModelState()
+    for i in range(600):  # 2 calls a second for 5 minutes, no limits
+        _, state = ask(c, state, T0 + i / 2, model="free")
+    assert limits.measured_rpm(c, state, T0 + 300) == pytest.approx(120, rel=0.01)
+    limited = drain(cfg(rpm=1000), ModelState(), 10)
+    assert limited.rate == TenantUsage(pytest.approx(10.0), T0)
+    # a minute later it has decayed to a quarter (half-life: tenant_window_s / 2)
+    assert limits.measured_rpm(c, state, T0 + 360) == pytest.approx(30, rel=0.01)
+
+
+def test_a_throttle_of_a_model_without_limits_takes_its_percent_of_the_recent_rate() -> None:
+    c, state = LimiterConfig(max_delay_s=0), ModelState()
+    for i in range(600):
+        _, state = ask(c, state, T0 + i / 2, model="free")
+    now = T0 + 300
+    base, throttled = limits.throttle(c, "free", state, now, 10.0)
+    assert base == pytest.approx(120, rel=0.01) and throttled.throttle == 10.0
+    eff = limits.effective(c, "free", throttled)
+    assert eff.caps == {"rpm": pytest.approx(base * 0.10 * 0.98)} and not eff.unlimited
+    # it acts: the bucket (capacity ~11.8) lets ~11 through, then the next one waits
+    for i in range(11):
+        got, throttled = ask(c, throttled, now, model="free", grant_id=f"g{i}")
+        assert isinstance(got, Grant) and got.grant_id == f"g{i}"
+    got, throttled = ask(c, throttled, now, model="free")
+    assert isinstance(got, Wait) and got.reason == "rpm"
+    # changing the percent keeps the base (the rate under the throttle would ratchet down)
+    later = now + 600
+    again, throttled = limits.throttle(c, "free", throttled, later, 1.0)
+    assert again == base and limits.effective(c, "free", throttled).caps["rpm"] == (
+        pytest.approx(base * 0.01 * 0.98))
+    # lifting it clears both: the model is free again
+    lifted, free = limits.throttle(c, "free", throttled, later, None)
+    assert lifted is None and free.throttle is None and free.throttle_base is None
+    assert limits.effective(c, "free", free).unlimited
+
+
+def test_a_throttle_with_nothing_to_measure_is_refused_and_changes_nothing() -> None:
+    c = LimiterConfig()
+    with pytest.raises(limits.NothingToThrottle, match="no limits") as err:
+        limits.throttle(c, "free", ModelState(), T0, 1.0)
+    assert err.value.measured_rpm == 0.0
+    _, state = ask(c, ModelState(), model="free")  # one call, then ten idle minutes
+    with pytest.raises(limits.NothingToThrottle):
+        limits.throttle(c, "free", state, T0 + 600, 50.0)
+    # a model with a request limit needs no base: its limit is what the percent is of
+    base, state = limits.throttle(cfg(rpm=100), "m", ModelState(), T0, 50.0)
+    assert base is None and state == replace(ModelState(), throttle=50.0)
+    base, state = limits.throttle(c, "o", replace(ModelState(), observed={"rpm": 50}), T0, 5.0)
+    assert base is None and limits.effective(c, "o", state).caps["rpm"] == pytest.approx(2.45)
+    # nor does one with only a token or a concurrency limit: the percent acts on that
+    for only in ({"otpm": 1000}, {"max_concurrency": 4}):
+        base, state = limits.throttle(cfg(**only), "m", ModelState(), T0, 50.0)
+        assert base is None and not limits.effective(cfg(**only), "m", state).unlimited
 
 
 def test_parse_headers() -> None:

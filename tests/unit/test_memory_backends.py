@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -23,7 +22,8 @@ from farm.capacity.circuit import (
     report,
     transition,
 )
-from farm.capacity.limits import Grant, LimiterConfig, ModelLimits, ModelState, Wait
+from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.limits import Grant, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import Priority
 from tests_support import random_headers
@@ -61,11 +61,11 @@ def non_negative(value: int | None) -> int | None:
 def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
     clock, rng = ManualClock(), random.Random(seed)
     lim = MemoryLimiter(CONFIG, clock=clock)
-    states = {m: ModelState() for m in MODELS}
+    states = {m: ModelState() for m in (*MODELS, "idle")}
     followed: set[str] = set()  # models observed, paused or throttled
     held: list[Grant] = []
     seen: Counter[str] = Counter()
-    for _ in range(600):
+    for _ in range(900):
         clock.sleep(rng.choice([0.0, 0.0, 0.05, 0.1, 0.3, 1.0, 2.5, 7.0]))
         now, model = clock(), rng.choice(MODELS)
         op = rng.choices(["acquire", "release", "observe", "pause", "throttle", "invalid"],
@@ -95,10 +95,19 @@ def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
             states[model] = limits.pause(states[model], now, secs)
             followed.add(model)
         elif op == "throttle":
-            percent = rng.choice([None, 100, 50, 80, 25.5])
-            lim.throttle(model, percent)
-            states[model] = replace(states[model], throttle=limits.check_percent(percent))
-            followed.add(model)
+            percent = rng.choice([None, 100, 50, 80, 25.5, 1])
+            model = rng.choice([model, "free", "idle"])  # idle: no limits, no calls
+            try:
+                want_base, states[model] = limits.throttle(
+                    CONFIG, model, states[model], now, limits.check_percent(percent))
+            except limits.NothingToThrottle:
+                with pytest.raises(limits.NothingToThrottle):
+                    lim.throttle(model, percent)
+                seen["nothing to throttle"] += 1
+            else:
+                assert lim.throttle(model, percent) == want_base
+                followed.add(model)
+                seen["throttled by rate" if want_base else "throttle"] += 1
         elif op == "invalid":
             with pytest.raises(ValueError):
                 invalid_call(rng, lim, model)
@@ -132,8 +141,8 @@ def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
     # the sequence really went through the interesting branches
     assert seen["grant"] > 50 and seen["release"] > 30 and seen["unlimited"] > 0
     assert seen["invalid"] > 0 and seen["scheduled"] > 0
-    assert {"rpm", "concurrency", "tenant-concurrency", "paused (429)", "over share"} <= set(
-        seen), seen
+    assert {"rpm", "concurrency", "tenant-concurrency", "paused (429)", "over share",
+            "throttled by rate", "nothing to throttle"} <= set(seen), seen
     assert len({g.grant_id for g in held if g.grant_id}) == sum(1 for g in held if g.grant_id)
 
 
@@ -211,9 +220,17 @@ def test_throttle_scales_the_limits_and_clears() -> None:
         assert snap["effective"]["rpm"] == pytest.approx(600 * config.target)
         assert snap["effective"]["max_concurrency"] == 4
     assert isinstance(lim.acquire("m", **ASK), Grant)
-    lim.throttle("other", 25)  # a model without limits: remembered and listed
-    assert lim.snapshot("other")["throttle_percent"] == 25.0
-    assert lim.models() == ["m", "other"]
+    # a model without limits: a throttle needs its recent calls to take a percent of
+    with pytest.raises(limits.NothingToThrottle, match="other has no limits"):
+        lim.throttle("other", 25)
+    assert lim.models() == ["m"]
+    for _ in range(30):
+        assert lim.acquire("other", **ASK) == Grant("other", "", "t", 10, 100)
+    base = lim.throttle("other", 25)  # remembered and listed
+    snap = lim.snapshot("other")
+    assert base == snap["throttle_base_rpm"] == pytest.approx(30 * limits.LN2 / 30 * 60)
+    assert snap["throttle_percent"] == 25.0 and lim.models() == ["m", "other"]
+    assert snap["effective"]["rpm"] == pytest.approx(base * 0.25 * config.target)
 
 
 def test_a_pause_only_gets_longer_and_is_per_model() -> None:
