@@ -30,7 +30,7 @@ from farm.capacity.limits import Grant, Wait
 from farm.jobs import Priority, Usage
 from farm.provider.errors import ErrorKind
 from farm.reliability.hold import Polled
-from farm.store.jobs import StartedJob, paused
+from farm.store.jobs import StartedJob, limited, paused
 
 log = logging.getLogger("farm.admission")
 
@@ -143,7 +143,7 @@ class Gate:
                     if got.delay_s > 0:
                         self._sleep(got.delay_s)
                     return Go(model, got, decision.admission is Admission.PROBE, i > 0)
-                wait = Later(got.wait_s, f"{model}: {got.reason}")
+                wait = Later(got.wait_s, limited(model, got.reason))
                 break  # capacity, not health: the fallback is for open circuits only
             assert wait is not None
             if wait.reason.startswith("circuit") or slept + wait.wait_s > config.sleep_max_s:

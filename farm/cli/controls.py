@@ -15,7 +15,7 @@ import click
 from farm.capacity.limits import NothingToThrottle
 from farm.cli.context import capacity, farm_client, redis_client, settings_of
 from farm.settings import Settings
-from farm.store.jobs import HELD
+from farm.store.jobs import HELD, LIMITS, limited
 from farm.store.jobs import paused as paused_reason
 
 
@@ -98,19 +98,27 @@ def throttle(ctx: click.Context, model: str, percent: str) -> None:
                                      f"names it; known: {', '.join(callable_models)}")
         if value is None and model not in {*callable_models, *seen}:
             raise click.BadParameter(f"unknown model {model!r}: it has no throttle to lift")
+        before = limiter.snapshot(model)["throttle_percent"]
         try:
             base = limiter.throttle(model, value)
         except NothingToThrottle as exc:
             raise click.ClickException(
                 f"{exc}; set its limits in FARM_LIMITS, or `farm pause` its queue") from None
         rpm = limiter.snapshot(model)["effective"]["rpm"]
+    woken = ""
+    if before is not None and (value is None or value > before):
+        # jobs deferred under the tighter throttle run now, not at their next look
+        with farm_client(ctx) as farm:
+            count = sum(farm.wake(limited(model, kind)) for kind in LIMITS)
+        woken = f"; {count} waiting job(s) sent back to the workers now"
     if value is None:
-        click.echo(f"{model}: throttle lifted")
+        click.echo(f"{model}: throttle lifted{woken}")
     elif base is None:
-        click.echo(f"{model}: throttled to {value:g}% of its limits on every worker")
+        click.echo(f"{model}: throttled to {value:g}% of its limits on every worker{woken}")
     else:
         click.echo(f"{model}: throttled to {value:g}% of its recent {base:.0f} calls a minute "
-                   f"(it has no limits): at most {rpm:.3g} a minute on all workers together")
+                   f"(it has no limits): at most {rpm:.3g} a minute on all workers together"
+                   f"{woken}")
 
 
 def _set_paused(ctx: click.Context, queue: str, paused: bool) -> None:

@@ -275,6 +275,14 @@ def paused(queue: str) -> str:
     return f"queue {queue} is paused"
 
 
+LIMITS = ("rpm", "itpm", "otpm", "concurrency", "tenant-concurrency")  # what a throttle cuts
+
+
+def limited(model: str, limit: str) -> str:
+    """The wait_reason of a job waiting for one of its model's limits (LIMITS) or pause."""
+    return f"{model}: {limit}"
+
+
 def wake(engine: Engine, reason: str, queue: str | None = None
          ) -> list[tuple[uuid.UUID, str, str]]:
     """Queued jobs waiting on a countdown for ``reason`` (its start: a hold, a paused

@@ -265,7 +265,14 @@ def test_a_throttle_holds_back_a_model_without_limits(
         # the tiny bucket (1% of a few dozen calls a minute) lets one or two through
         assert 1 <= len(ran) <= 2, ran
         assert attempt_rows(farm.engine, ids) == dict.fromkeys(ran, 1)  # the rest: no call
+        # lifted: the held-back jobs are sent back at once (their countdowns run ~60 s)
+        said = _farm_cli(limited, "throttle", SONNET, "off")
+        assert said == (f"{SONNET}: throttle lifted; {len(ids) - len(ran)} waiting job(s) "
+                        "sent back to the workers now\n")
+        views = farm.wait(ids, timeout=120)
+        assert {v.status for v in views} == {JobStatus.SUCCEEDED}
+        assert all(v.attempts == 1 for v in views)  # being held back used no attempt
     finally:
-        assert "lifted" in _farm_cli(limited, "throttle", SONNET, "off")
+        _farm_cli(limited, "throttle", SONNET, "off")
         for job in ids:
-            farm.cancel(job)  # they wait out their deferral otherwise
+            farm.cancel(job)  # if it failed early: they would wait out their deferral

@@ -95,5 +95,6 @@ def test_a_throttle_on_a_model_without_limits_acts_on_its_recent_rate(
     _, shown, _ = farm(env, "limits")
     assert re.search(r"claude-haiku-4-5\s+rpm\s+-\s+0\.\d+ .* 1%", shown), shown
     code, out, _ = farm(env, "throttle", model, "off")
-    assert code == 0 and out == "claude-haiku-4-5: throttle lifted\n"
+    assert code == 0 and out == (
+        "claude-haiku-4-5: throttle lifted; 0 waiting job(s) sent back to the workers now\n")
     assert limiter.acquire(model, **ask) == Grant(model, "", "acme", 100, 100)  # free again
