@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # reaper_interval_s
     lease_s: float = Field(default=40.0, ge=5, le=3600)
     reaper_interval_s: float = Field(default=5.0, gt=0, le=600)
+    # a worker that has gone this share of lease_s without renewing a job's lease (a cut
+    # network) abandons the job's call, before the lease can run out and the job run again
+    lease_abandon_share: float = Field(default=0.75, gt=0, lt=1)
     # Postgres is the record of what must run: one worker of the cluster at a time, every
     # orphan_sweep_s, publishes again queued jobs whose message is nowhere in Redis (never
     # started after orphan_age_s, or due longer than lease_s ago)

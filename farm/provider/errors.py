@@ -14,6 +14,7 @@ class ErrorKind(StrEnum):
     SERVER = "server_error"  # 500-599
     TIMEOUT = "timeout"
     CONNECTION = "connection"
+    ABANDONED = "abandoned"  # the worker stopped the call: it could not renew the job's lease
     BAD_REQUEST = "bad_request"  # 400
     AUTH = "authentication"  # 401
     PERMISSION = "permission"  # 403

@@ -14,6 +14,7 @@ import anthropic
 from pydantic import BaseModel, ConfigDict
 
 from farm.jobs import JobRequest, Usage
+from farm.provider.abort import Calls, tracked_transport
 from farm.provider.errors import ErrorKind, MissingApiKey, ProviderError, kind_for_status
 from farm.settings import Settings
 
@@ -30,7 +31,9 @@ class CallResult(BaseModel):
     ratelimit: dict[str, str] = {}  # the anthropic-ratelimit-* headers, for the limiter
 
 
-def make_client(settings: Settings) -> anthropic.Anthropic:
+def make_client(settings: Settings, calls: Calls | None = None) -> anthropic.Anthropic:
+    """The SDK client of a worker process; with ``calls``, each call can be abandoned from
+    another thread (``farm.provider.abort``)."""
     if settings.anthropic_api_key is None:
         raise MissingApiKey(
             "ANTHROPIC_API_KEY is not set: a worker needs it to call the Claude API "
@@ -39,9 +42,11 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
     import httpx2
 
     limit = max(100, settings.worker_concurrency)
+    limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit)
     http_client = httpx2.Client(
-        limits=httpx2.Limits(max_connections=limit, max_keepalive_connections=limit),
+        limits=limits,
         timeout=httpx2.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+        transport=None if calls is None else tracked_transport(calls, limits=limits),
     )
     return anthropic.Anthropic(
         api_key=settings.anthropic_api_key.get_secret_value(),

@@ -15,20 +15,30 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from farm.broker import layout
+from farm.reliability.fencing import Held
 
 log = logging.getLogger("farm.leases")
 
+# only leases still ours: the same generation (no later start), not finished meanwhile (a
+# cancelled job's call may finish: its result is still recorded)
 RENEW_SQL = text(
-    "UPDATE jobs SET lease_until = now() + make_interval(secs => :lease_s) "
-    "WHERE id = ANY(:ids) AND status = 'running'"
+    """
+    UPDATE jobs SET lease_until = now() + make_interval(secs => :lease_s)
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:gens AS int[])) AS held(id, generation)
+    WHERE jobs.id = held.id AND jobs.attempts = held.generation
+      AND jobs.status IN ('running', 'cancelled')
+    RETURNING jobs.id
+    """
 )
 # SKIP LOCKED: several reapers (one per worker) never fight over a row
 # next_run_at is set so that, should this worker die before publishing, the orphan sweep
@@ -56,30 +66,86 @@ REPUBLISH_QUEUED_SQL = text(
 )
 
 class Running:
-    """The jobs this process is running (thread-safe)."""
+    """The jobs this process is running (thread-safe): each one's generation, the thread
+    calling for it and when its lease was last known held; the calls the watchdog stopped.
+    ``abort(thread)`` stops a thread's call and ``clear(thread)`` re-arms the thread when its
+    job is over (``farm.provider.abort.Calls``)."""
 
-    def __init__(self) -> None:
-        self._ids: set[uuid.UUID] = set()
+    def __init__(self, *, abort: Callable[[int], object] = lambda thread: None,
+                 clear: Callable[[int], object] = lambda thread: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._held: dict[uuid.UUID, Held] = {}
+        self._lost: set[uuid.UUID] = set()
+        self._abandoned: set[uuid.UUID] = set()
+        self._abort, self._clear, self.clock = abort, clear, clock
         self._lock = threading.Lock()
 
-    def add(self, job_id: uuid.UUID) -> None:
+    def add(self, job_id: uuid.UUID, generation: int = 0) -> None:
+        """The calling thread runs ``job_id``, whose lease (``generation``) it just took."""
         with self._lock:
-            self._ids.add(job_id)
+            self._held[job_id] = Held(generation, threading.get_ident(), self.clock())
 
     def discard(self, job_id: uuid.UUID) -> None:
         with self._lock:
-            self._ids.discard(job_id)
+            held = self._held.pop(job_id, None)
+            self._lost.discard(job_id)
+            self._abandoned.discard(job_id)
+            if held is not None:
+                self._clear(held.thread)
 
     def snapshot(self) -> list[uuid.UUID]:
         with self._lock:
-            return list(self._ids)
+            return list(self._held)
+
+    def held(self) -> dict[uuid.UUID, Held]:
+        with self._lock:
+            return dict(self._held)
+
+    def lost(self) -> set[uuid.UUID]:
+        with self._lock:
+            return set(self._lost)
+
+    def renewed(self, asked: dict[uuid.UUID, Held], kept: set[uuid.UUID], at: float) -> None:
+        """A renewal of ``asked`` (started at ``at``) kept these leases; the others are lost
+        (the job was started again elsewhere, or finished)."""
+        with self._lock:
+            for job_id, held in asked.items():
+                now = self._held.get(job_id)
+                if now is None or now.generation != held.generation:
+                    continue  # over, or started again by this process meanwhile
+                if job_id in kept:
+                    self._held[job_id] = replace(now, held_at=max(now.held_at, at))
+                else:
+                    self._lost.add(job_id)
+
+    def abandon(self, job_id: uuid.UUID) -> bool:
+        """Stop the job's call (once); False if it is no longer run here or already was."""
+        with self._lock:
+            held = self._held.get(job_id)
+            if held is None or job_id in self._abandoned:
+                return False
+            self._abandoned.add(job_id)
+            self._abort(held.thread)
+            return True
+
+    def abandoned(self, job_id: uuid.UUID) -> bool:
+        with self._lock:
+            return job_id in self._abandoned
 
 
-def renew(engine: Engine, ids: list[uuid.UUID], lease_s: float) -> int:
-    if not ids:
+def renew(engine: Engine, running: Running, lease_s: float) -> int:
+    """Renew the leases of the jobs ``running`` holds; note the ones found lost."""
+    asked = running.held()
+    if not asked:
         return 0
+    at = running.clock()
+    ids = list(asked)
     with engine.begin() as conn:
-        return int(conn.execute(RENEW_SQL, {"ids": ids, "lease_s": lease_s}).rowcount)
+        kept = set(conn.execute(RENEW_SQL, {"ids": ids, "gens": [asked[i].generation
+                                                                 for i in ids],
+                                            "lease_s": lease_s}).scalars())
+    running.renewed(asked, kept, at)
+    return len(kept)
 
 
 def hand_back(engine: Engine, ids: list[uuid.UUID]) -> int:

@@ -22,6 +22,7 @@ RETRYABLE_DEFAULT = frozenset(
         ErrorKind.SERVER,
         ErrorKind.TIMEOUT,
         ErrorKind.CONNECTION,
+        ErrorKind.ABANDONED,
     }
 )
 

@@ -1,6 +1,7 @@
 """The store: Postgres as the record of every job, attempt and cent.
 
 ``schema`` (the SQLAlchemy models Alembic's migrations create, and engines), ``jobs`` (every
-read and write of jobs and attempts; idempotent writes) and ``migrate`` (Alembic, from
-settings). The reporting views are created by the migrations and read by ``farm.costs``.
+read and write of jobs; idempotent writes), ``attempts`` (a call's attempt row and the job's
+move, fenced by generation) and ``migrate`` (Alembic, from settings). The reporting views are
+created by the migrations and read by ``farm.costs``.
 """

@@ -1,7 +1,9 @@
-"""Job persistence: every read and write of `jobs` and `attempts` (SQLAlchemy Core).
+"""Job persistence: every read and write of `jobs` (SQLAlchemy Core; the hot path's two
+statements as plain SQL). A call's attempt row and the job's move are
+``farm.store.attempts``'s.
 
-Writes are idempotent: one attempt row per (job, attempt); the terminal status is written
-once (``WHERE status = 'running'``), so a second delivery cannot bill or finish a job twice.
+Writes are idempotent: a job starts only when queued or its lease ran out, and each start
+bumps its generation (``attempts``), which fences the results (``farm.reliability.fencing``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import psycopg
@@ -21,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
-from farm.jobs import JobRequest, JobStatus, Route, Usage
+from farm.jobs import JobRequest, JobStatus, Route
 from farm.store.schema import Attempt, Job
 
 log = logging.getLogger("farm.store")
@@ -116,7 +117,7 @@ def _fetch_one_now(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[An
         raw.close()  # back to the pool (or discarded, when invalidated)
 
 
-def _fetch_one(engine: Engine, sql: str, params: dict[str, Any],
+def fetch_one(engine: Engine, sql: str, params: dict[str, Any],
                patience_s: float) -> tuple[Any, ...] | None:
     """Run one idempotent statement, riding out a Postgres outage of up to patience_s: the
     caller keeps what it has (a provider result, say) and nothing is called twice."""
@@ -138,7 +139,7 @@ def _fetch_one(engine: Engine, sql: str, params: dict[str, Any],
 def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
               patience_s: float = 0.0) -> StartedJob | None:
     """Mark the job running under a lease and count the attempt; None if it must not run."""
-    row = _fetch_one(engine, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
+    row = fetch_one(engine, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
     if row is None:
         return None
     request, queue, model, attempt, created_at = row
@@ -163,97 +164,8 @@ def unstart(engine: Engine, job: StartedJob, wait_s: float, reason: str, *,
     """Put a started job back to queued without a call (it must wait: capacity, an open
     circuit, a paused queue): the attempt it was counted is given back, and it is due again
     in wait_s; ``reason`` is what `farm status` says meanwhile."""
-    _fetch_one(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
+    fetch_one(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
                                      "wait_s": wait_s, "reason": reason[:500]}, patience_s)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One provider call's outcome and the job status it leads to."""
-
-    status: JobStatus  # the job's next status: succeeded, failed, dead, or queued (retry)
-    model: str
-    outcome: str  # "ok" or an ErrorKind value
-    started_at: datetime
-    latency_s: float
-    usage: Usage = field(default_factory=Usage)
-    cost: Decimal | None = Decimal(0)
-    http_status: int | None = None
-    error: str | None = None
-    request_id: str | None = None
-    response_text: str | None = None
-    stop_reason: str | None = None
-    retry_in_s: float | None = None  # with status queued: when the retry is due
-
-
-# One statement, one round trip: insert the attempt once, then add it to the job's totals
-# and move the job on. A second delivery of the same attempt inserts nothing and so changes
-# nothing. A job cancelled meanwhile keeps its status; its late result is still recorded.
-RECORD_SQL = """
-    WITH ins AS (
-        INSERT INTO attempts (job_id, attempt, queue, model, outcome, http_status, error,
-            input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-            cost_usd, latency_ms, request_id, started_at, finished_at)
-        VALUES (%(job_id)s, %(attempt)s, %(queue)s, %(model)s, %(outcome)s, %(http_status)s,
-            %(error)s, %(input_tokens)s, %(output_tokens)s, %(cache_creation_input_tokens)s,
-            %(cache_read_input_tokens)s, %(cost_usd)s, %(latency_ms)s, %(request_id)s,
-            %(started_at)s, %(finished_at)s)
-        ON CONFLICT (job_id, attempt) DO NOTHING
-        RETURNING job_id, input_tokens, output_tokens, cache_creation_input_tokens,
-                  cache_read_input_tokens, cost_usd
-    )
-    UPDATE jobs SET
-        status = CASE WHEN jobs.status = 'running' THEN %(status)s ELSE jobs.status END,
-        input_tokens = jobs.input_tokens + ins.input_tokens,
-        output_tokens = jobs.output_tokens + ins.output_tokens,
-        cache_creation_input_tokens =
-            jobs.cache_creation_input_tokens + ins.cache_creation_input_tokens,
-        cache_read_input_tokens = jobs.cache_read_input_tokens + ins.cache_read_input_tokens,
-        cost_unknown = jobs.cost_unknown OR ins.cost_usd IS NULL,
-        cost_usd = CASE WHEN jobs.cost_unknown OR ins.cost_usd IS NULL THEN NULL
-                        ELSE coalesce(jobs.cost_usd, 0) + ins.cost_usd END,
-        response_text = coalesce(%(response_text)s, jobs.response_text),
-        stop_reason = coalesce(%(stop_reason)s, jobs.stop_reason),
-        served_model = coalesce(%(served_model)s, jobs.served_model),
-        error = CAST(%(job_error)s AS text),
-        finished_at = CASE WHEN %(terminal)s THEN coalesce(jobs.finished_at, now())
-                           ELSE jobs.finished_at END,
-        lease_until = NULL,
-        next_run_at = CASE WHEN %(retry_in_s)s::float8 IS NULL THEN NULL
-                           ELSE now() + make_interval(secs => %(retry_in_s)s) END,
-        wait_reason = CAST(%(wait_reason)s AS text)
-    FROM ins
-    WHERE jobs.id = ins.job_id
-    RETURNING jobs.status
-"""
-
-
-def record_outcome(engine: Engine, job: StartedJob, outcome: Outcome, *,
-                   patience_s: float = 0.0) -> str | None:
-    """Record the attempt and move the job on; returns the job's status afterwards, or
-    None when this attempt had been recorded already (nothing changed)."""
-    usage = outcome.usage
-    params = {
-        "job_id": job.id, "attempt": job.attempt, "queue": job.queue, "model": outcome.model,
-        "outcome": outcome.outcome, "http_status": outcome.http_status,
-        "error": outcome.error, "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-        "cache_read_input_tokens": usage.cache_read_input_tokens, "cost_usd": outcome.cost,
-        "latency_ms": round(outcome.latency_s * 1000), "request_id": outcome.request_id,
-        "started_at": outcome.started_at,
-        "finished_at": outcome.started_at + timedelta(seconds=outcome.latency_s),
-        "status": outcome.status.value, "response_text": outcome.response_text,
-        "stop_reason": outcome.stop_reason,
-        "served_model": outcome.model if outcome.http_status == 200 else None,
-        "job_error": outcome.error if outcome.status is not JobStatus.SUCCEEDED else None,
-        "terminal": outcome.status.terminal,
-        "retry_in_s": outcome.retry_in_s,
-        "wait_reason": None if outcome.retry_in_s is None
-        else f"retry after {outcome.outcome} (backoff)",
-    }
-    row = _fetch_one(engine, RECORD_SQL, params, patience_s)
-    return None if row is None else str(row[0])
 
 
 def defer(engine: Engine, job_id: uuid.UUID, seconds: float, reason: str) -> None:

@@ -14,6 +14,7 @@ from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.capacity.admission import Gate
 from farm.capacity.build import redis_gate
 from farm.costs.pricing import PriceBook, default_pricebook
+from farm.provider.abort import Calls
 from farm.provider.messages import make_client
 from farm.reliability.hold import HoldCheck
 from farm.reliability.leases import Republish, Running
@@ -51,15 +52,16 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
     # the hold flag, leases, the orphan sweep, the limiter and the breaker: one client, whose
     # pool grows to one connection per thread that uses it at the same time
     broker = redis.Redis.from_url(urls.broker_url)
+    calls = Calls()  # the lease watchdog stops a call through it
     runtime = Runtime(
         settings=settings,
         # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
         engine=make_engine(urls.database_url, pool_size=pool, max_overflow=pool * 2,
                            autocommit=True, pre_ping=False),
-        client=make_client(settings),
+        client=make_client(settings, calls),
         prices=default_pricebook(),
         policies=policies,
-        running=Running(),
+        running=Running(abort=calls.abandon, clear=calls.clear),
         stop=threading.Event(),
         hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
         gate=redis_gate(broker, settings),
@@ -69,6 +71,7 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
                       reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
                       broker=broker, orphan_sweep_s=settings.orphan_sweep_s,
                       orphan_age_s=settings.orphan_age_s,
+                      abandon_share=settings.lease_abandon_share,
                       consumed=(*settings.servable_queues, DEAD_LETTER_QUEUE))
     return runtime
 

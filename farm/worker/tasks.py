@@ -12,6 +12,7 @@ import logging
 import random
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, NoReturn
 
 from celery import Celery, Task
@@ -22,10 +23,11 @@ from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
 from farm.capacity.admission import Later
 from farm.jobs import JobStatus, describe_problems
 from farm.provider import messages as llm
-from farm.provider.errors import ProviderError
+from farm.provider.errors import ErrorKind, ProviderError
 from farm.reliability import dlq, policies
 from farm.reliability.policies import Action
 from farm.routing.route import parse_and_route
+from farm.store import attempts
 from farm.store import jobs as store
 from farm.worker import outcome
 from farm.worker import runtime as rt
@@ -94,7 +96,7 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
         store.kill_job(runtime.engine, job.id, reason)
         _dead(task, runtime, job.id, job.queue, "poison", reason)
         raise JobFailed(str(job.id), JobStatus.DEAD, "poison")
-    runtime.running.add(job.id)
+    runtime.running.add(job.id, job.attempt)
     try:
         return _run(task, runtime, job)
     finally:
@@ -120,17 +122,19 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     cost = runtime.prices.cost(result.model, result.usage)
     refused = result.stop_reason == "refusal"
     intended = JobStatus.FAILED if refused else JobStatus.SUCCEEDED
-    status = store.record_outcome(runtime.engine, job, store.Outcome(
+    recorded = attempts.record(runtime.engine, job, attempts.Outcome(
         status=intended,
         model=result.model, outcome="refusal" if refused else "ok", started_at=started,
         latency_s=result.latency_s, usage=result.usage, cost=cost, http_status=200,
         request_id=result.request_id, response_text=result.text,
         stop_reason=result.stop_reason, error="the model refused" if refused else None,
     ), patience_s=patience)
+    if recorded is not None and not recorded.current:
+        return _superseded(task, runtime, job, recorded)
     if refused:
         _dead(task, runtime, job.id, job.queue, "refusal", "the model refused")
     # None: this attempt was recorded already (a write retried after an outage)
-    status = status or intended.value
+    status = intended.value if recorded is None else recorded.status.value
     return _end(task, runtime, job.id, status, "refusal" if refused else None, {
         "job_id": str(job.id), "status": status,
         "cost_usd": None if cost is None else str(cost)})
@@ -144,6 +148,10 @@ def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
     try:
         return llm.call(runtime.client, model, job.request)
     except ProviderError as exc:
+        if runtime.running.abandoned(job.id):  # the lease watchdog stopped it
+            return ProviderError(
+                ErrorKind.ABANDONED, "call abandoned: the job's lease could not be renewed "
+                "(the provider may still bill it)", latency_s=exc.latency_s)
         return exc
 
 
@@ -164,6 +172,17 @@ def _end(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, status: str | None,
     if end is Ending.REVOKED:
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
     raise Ignore()
+
+
+def _superseded(task: Task, runtime: rt.Runtime, job: store.StartedJob,
+                recorded: attempts.Recorded) -> dict[str, Any]:
+    """A late result (the job was started again meanwhile: this worker had lost its lease):
+    recorded with its cost, moving nothing; the delivery reports the job as it stands."""
+    log.warning("job %s: late result of attempt %d superseded (the job is %s): recorded "
+                "with its cost, not as the job's result", job.id, job.attempt,
+                recorded.status.value)
+    return _end(task, runtime, job.id, recorded.status.value, None,
+                {"job_id": str(job.id), "status": recorded.status.value})
 
 
 def _not_runnable(task: Task, runtime: rt.Runtime, job_id: uuid.UUID) -> dict[str, Any]:
@@ -272,13 +291,17 @@ def _failed(
     next_status = {
         Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
     }.get(decision.action, JobStatus.FAILED)
-    status = store.record_outcome(runtime.engine, job, store.Outcome(
+    recorded = attempts.record(runtime.engine, job, attempts.Outcome(
         status=next_status, model=model, outcome=exc.kind.value, started_at=started,
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",
         retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
+        # an abandoned call may have been billed: its cost is not known
+        cost=None if exc.kind is ErrorKind.ABANDONED else Decimal(0),
     ), patience_s=runtime.settings.db_patience_s)
+    if recorded is not None and not recorded.current:
+        return _superseded(task, runtime, job, recorded)  # no retry, no dead letter
     if decision.action is not Action.RETRY:
         _dead(task, runtime, job.id, job.queue, exc.kind.value, exc.message)
     if decision.action is Action.HALT:
@@ -288,7 +311,7 @@ def _failed(
                      "`farm hold --release` is run", decision.reason, job.id)
     if decision.action is Action.RETRY:
         raise _again(task, job.id, decision.delay_s)
-    status = status or next_status.value
+    status = next_status.value if recorded is None else recorded.status.value
     return _end(task, runtime, job.id, status, exc.kind.value,
                 {"job_id": str(job.id), "status": status, "error": exc.kind.value})
 

@@ -57,9 +57,12 @@ def test_renewal_keeps_a_lease_alive(farm: Farm) -> None:
     """Of two jobs started with a 1 s lease, the renewed one survives the reaper that takes
     the other (so the reaper did run, and did look at leases)."""
     job, control = farm.submit(prompt="long call"), farm.submit(prompt="not renewed")
-    store.start_job(farm.engine, job, lease_s=1)
+    started = store.start_job(farm.engine, job, lease_s=1)
     store.start_job(farm.engine, control, lease_s=1)
-    assert leases.renew(farm.engine, [job], 60) == 1
+    running = leases.Running()
+    assert started is not None
+    running.add(job, started.attempt)
+    assert leases.renew(farm.engine, running, 60) == 1 and not running.lost()
     time.sleep(1.2)
     reaped: list[object] = []
     assert leases.reap(farm.engine, lambda j, q, p: reaped.append(j), grace_s=30) == 1

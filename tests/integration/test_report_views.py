@@ -138,7 +138,7 @@ def _insert_known_rows(conn: Connection) -> None:
 
 def test_known_rows_are_consistent() -> None:
     """The fixture data obeys the store's accounting: a job's tokens and cost are the
-    sums of its attempts' (a NULL cost makes the job's NULL), as record_outcome keeps them."""
+    sums of its attempts' (a NULL cost makes the job's NULL), as attempts.record keeps them."""
     for key, job in JOBS.items():
         mine = [a for a in ATTEMPTS if a[0] == key]
         assert job[4:8] == tuple(sum(a[i] for a in mine) for i in range(5, 9)), key

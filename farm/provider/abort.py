@@ -1,0 +1,139 @@
+"""Abandoning a provider call from another thread.
+
+A call in flight blocks its worker thread in a socket read, and a stalled network (a
+partition) can hold it there until the request timeout. The lease watchdog
+(``farm.reliability.watchdog``) must be able to stop it sooner. So the farm's HTTP
+connections go through ``TrackingBackend``: every read and write registers the connection
+with the calling thread, and ``Calls.abandon(thread)`` shuts that connection down. The
+blocked read returns at once, the SDK raises a connection error, and the task records the
+call as ``abandoned``. The connection is reset (SO_LINGER 0), so a request still in the send
+buffer is discarded rather than delivered after the network heals. A thread marked for
+abandonment fails its next read or write at once, so a call that had not reached the
+network yet never does.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpcore2
+from httpcore2 import NetworkBackend, NetworkStream
+
+
+class Calls:
+    """Which connection each thread is reading or writing, and the threads to stop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, _TrackedStream] = {}
+        self._doomed: set[int] = set()
+
+    def abandon(self, thread: int) -> bool:
+        """Stop the call of ``thread``: its connection now, or its next read or write.
+        Returns whether a connection was in use (and was shut down)."""
+        with self._lock:
+            self._doomed.add(thread)
+            stream = self._active.get(thread)
+        if stream is None:
+            return False
+        stream.kill()
+        return True
+
+    def clear(self, thread: int) -> None:
+        """The thread's job is over: its next call runs normally."""
+        with self._lock:
+            self._doomed.discard(thread)
+
+    @contextmanager
+    def using(self, stream: _TrackedStream) -> Iterator[None]:
+        ident = threading.get_ident()
+        with self._lock:
+            if ident in self._doomed:
+                raise httpcore2.ReadError("call abandoned: the job's lease could not be renewed")
+            self._active[ident] = stream
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._active.get(ident) is stream:
+                    del self._active[ident]
+
+
+class _TrackedStream(NetworkStream):
+    def __init__(self, inner: NetworkStream, calls: Calls) -> None:
+        self._inner, self._calls = inner, calls
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with self._calls.using(self):
+            return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        with self._calls.using(self):
+            self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> NetworkStream:
+        return _TrackedStream(self._inner.start_tls(ssl_context, server_hostname, timeout),
+                              self._calls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+    def kill(self) -> None:
+        """Reset the connection under the reader: a blocked recv returns at once."""
+        sock = self._inner.get_extra_info("socket")
+        if not isinstance(sock, socket.socket):
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # SHUT_RD wakes the blocked reader, sends nothing; its close then resets (linger
+            # 0). The plain socket's shutdown, also under TLS: it must not touch the SSL state
+            # that the reading thread is using
+            socket.socket.shutdown(sock, socket.SHUT_RD)
+        except OSError:
+            pass  # already closed
+
+
+class TrackingBackend(NetworkBackend):
+    """httpcore's network backend, with every stream tracked by ``calls``."""
+
+    def __init__(self, calls: Calls, inner: NetworkBackend | None = None) -> None:
+        self._calls = calls
+        self._inner = inner if inner is not None else httpcore2.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> NetworkStream:
+        stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _TrackedStream(stream, self._calls)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> NetworkStream:
+        stream = self._inner.connect_unix_socket(path, timeout, socket_options)
+        return _TrackedStream(stream, self._calls)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def tracked_transport(calls: Calls, **options: Any) -> Any:
+    """An httpx transport (``httpx2.HTTPTransport(**options)``) whose connections are
+    tracked by ``calls``. httpx takes no network backend, so its pool's is swapped; the
+    check below fails loudly should a new httpx version move it."""
+    import httpx2
+
+    transport = httpx2.HTTPTransport(**options)
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore2.ConnectionPool) or not hasattr(pool, "_network_backend"):
+        raise RuntimeError("httpx2.HTTPTransport has no httpcore2 pool to track: "
+                           "calls could not be abandoned")
+    pool._network_backend = TrackingBackend(calls, pool._network_backend)
+    return transport
