@@ -73,3 +73,37 @@ def test_calls_are_abandoned_at_the_share_of_the_lease_without_renewal() -> None
         "fresh", "due", "late"]
     assert to_abandon({}, 100.0, lease_s=40, abandon_share=0.75, lost=["gone"]) == []
     assert to_abandon(jobs, 60.0, lease_s=40, abandon_share=0.75) == []
+
+
+def test_running_tracks_leases_and_stops_each_call_once() -> None:
+    import threading
+    import uuid
+
+    from farm.reliability.leases import Running
+
+    now = [100.0]
+    stopped: list[int] = []
+    cleared: list[int] = []
+    running = Running(abort=stopped.append, clear=cleared.append, clock=lambda: now[0])
+    one, two, three = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for job in (one, two, three):
+        running.add(job, 1)
+    me = threading.get_ident()
+    asked = running.held()
+    assert {h.thread for h in asked.values()} == {me} and asked[one].held_at == 100.0
+    running.add(three, 2)  # started again by this process meanwhile: not this renewal's
+    now[0] = 125.0
+    running.renewed(asked, kept={one}, at=120.0)
+    assert running.held()[one].held_at == 120.0 and running.held()[two].held_at == 100.0
+    assert running.lost() == {two}  # the renewal did not keep it: taken over
+    assert to_abandon(running.held(), now[0], lease_s=40, abandon_share=0.75,
+                      lost=running.lost()) == [two]
+    now[0] = 131.0  # three (re-added at 100) is now 31 s without renewal
+    assert to_abandon(running.held(), now[0], lease_s=40, abandon_share=0.75,
+                      lost=running.lost()) == [two, three]
+    assert running.abandon(two) and not running.abandon(two)  # once
+    assert stopped == [me] and running.abandoned(two) and not running.abandoned(one)
+    running.discard(two)
+    assert cleared == [me] and not running.abandoned(two) and running.lost() == set()
+    assert not running.abandon(two)  # over: nothing to stop
+    assert stopped == [me]
