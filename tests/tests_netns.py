@@ -46,9 +46,11 @@ def unavailable() -> str | None:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "no `ip` command (iproute2)"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    name = f"{PREFIX}{os.getpid()}-probe"
+    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if probe.returncode != 0:
-        return f"`ip netns` unavailable: {probe.stderr.strip()}"
+        return f"`ip netns add` fails: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
     return None
 
 
