@@ -67,6 +67,9 @@ class Figures:
     last_job_after_cut_s: float  # the last job's finished_at, after the cut
     last_attempt_after_cut_s: float  # the last attempt's finished_at, after the cut
     doubled: int  # jobs with two or more `ok` attempt rows
+    # succeeded jobs whose row a late failed attempt marked (error, wait reason or next run
+    # set: a stalled call that timed out after the job had succeeded elsewhere)
+    marked: int
     provider_calls: int  # POST /v1/messages the simulator saw
     attempts_by_outcome: dict[str, int]
     unsettled: int  # calls stalled on w1 that had not ended when the figures were taken
@@ -89,7 +92,8 @@ class Figures:
             f"{self.rerun}",
             f"last job finished {self.last_job_after_cut_s:.1f} s after the cut "
             f"(last attempt {self.last_attempt_after_cut_s:.1f} s)",
-            f"jobs with two or more ok attempts: {self.doubled}",
+            f"jobs with two or more ok attempts: {self.doubled}; succeeded jobs marked by a "
+            f"late failed attempt: {self.marked}",
             f"provider calls: {self.provider_calls} for {self.submitted} jobs "
             f"({self.extra_calls} extra)",
             f"attempts by outcome: {self.attempts_by_outcome}",
@@ -259,6 +263,10 @@ def measure(scenario: Scenario, farm: Farm, ids: list[uuid.UUID], cut_at: dateti
         doubled = conn.execute(text(
             "select count(*) from (select job_id from attempts where job_id = any(:ids) "
             "and outcome = 'ok' group by job_id having count(*) >= 2) d"), params).scalar_one()
+        marked = conn.execute(text(
+            "select count(*) from jobs where id = any(:ids) and status = 'succeeded' and "
+            "(error is not null or wait_reason is not null or next_run_at is not null)"),
+            params).scalar_one()
         rerun = conn.execute(text(
             "select count(*) from jobs where id = any(:held) and attempts >= 2"),
             {"held": [uuid.UUID(job) for job in held]}).scalar_one()
@@ -272,6 +280,6 @@ def measure(scenario: Scenario, farm: Farm, ids: list[uuid.UUID], cut_at: dateti
         last_job_after_cut_s=(last_job - cut_at).total_seconds() if last_job else float("nan"),
         last_attempt_after_cut_s=(
             (last_attempt - cut_at).total_seconds() if last_attempt else float("nan")),
-        doubled=int(doubled), provider_calls=int(stats["messages_requests"]),
+        doubled=int(doubled), marked=int(marked), provider_calls=int(stats["messages_requests"]),
         attempts_by_outcome=dict(outcomes), unsettled=unsettled,
     )
