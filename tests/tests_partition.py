@@ -42,8 +42,8 @@ API_KEY = "sk-test-partition-0123456789abcdef"  # the simulator takes any key
 @dataclass(frozen=True)
 class Scenario:
     jobs: int = 400
-    latency_s: float = 3.0  # each call's simulated latency
-    cut_at_s: float = 4.0  # after the submit began
+    latency_s: float = 4.0  # each call's simulated latency
+    cut_at_s: float = 6.0  # after the submit began (mid-way through the second calls)
     cut_s: float = 30.0  # how long w1 stays cut off
     lease_s: float | None = 10.0  # FARM_LEASE_S; None: the farm's default
     reaper_interval_s: float | None = 2.0  # FARM_REAPER_INTERVAL_S; None: the default

@@ -2,10 +2,11 @@
 
 The farm runs over network namespaces as separate hosts (tests_partition, tests_netns):
 Valkey, PostgreSQL and the simulator on one, two worker hosts of 100 slots. 400 jobs of
-3 s; 4 s into the run, w1's link goes down for 30 s (the lease is 10 s): its calls under
-way stall (no reset), their leases run out, w2 re-runs them; after the heal w1's calls
-finish too. One run, module-wide; both tests read its figures (printed with -s). `make
-partition` runs the issue's full scale (2,000 jobs, 2 s, a 75 s cut, the default lease).
+4 s; 6 s into the run (mid-way through the second calls), w1's link goes down for 30 s
+(the lease is 10 s): its calls under way stall (no reset), their leases run out, w2 re-runs
+them; after the heal w1's calls finish too. One run, module-wide; both tests read its
+figures (printed with -s). `make partition` runs the issue's full scale (2,000 jobs, 2 s,
+a 75 s cut, the default lease).
 
 Needs root and `ip netns`: skipped without them, except under CI (CI=true), where it fails.
 """
@@ -20,7 +21,7 @@ import pytest
 from tests_netns import unavailable
 from tests_partition import Figures, Scenario, run
 
-SCENARIO = Scenario()  # the CI scale: 400 jobs of 3 s, w1 cut at 4 s for 30 s, lease 10 s
+SCENARIO = Scenario()  # the CI scale: 400 jobs of 4 s, w1 cut at 6 s for 30 s, lease 10 s
 
 
 @pytest.fixture(scope="module")
