@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -233,8 +233,9 @@ def run(scenario: Scenario, work: Path) -> Figures:
         cut_at = datetime.now(UTC)
         net.cut("w1")
         try:
-            # w1 can neither finish nor lose them yet (their leases run): its calls under
-            # way, and those whose start w1 had sent (its log is written on w1, read here)
+            # read once w1 is cut: it can no longer start or finish a job, and no other
+            # worker may take one of its jobs before the lease runs out (w1's log is a file
+            # of this machine, readable here)
             held = calls_under_way(farm.engine, cut_log, ids)
             time.sleep(max(0.0, scenario.cut_s - (datetime.now(UTC) - cut_at).total_seconds()))
         finally:
@@ -245,7 +246,7 @@ def run(scenario: Scenario, work: Path) -> Figures:
                 time.monotonic() < deadline:
             time.sleep(0.5)
         figures = measure(scenario, farm, ids, cut_at, held, len(open_calls), sim)
-    return Figures(**{**figures.__dict__, "elapsed_s": time.monotonic() - started})
+    return replace(figures, elapsed_s=time.monotonic() - started)
 
 
 def measure(scenario: Scenario, farm: Farm, ids: list[uuid.UUID], cut_at: datetime, held: set[str],
