@@ -12,7 +12,7 @@ SIM_URL ?= http://127.0.0.1:$(SIM_PORT)
 FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
-        test-integration test-e2e bench bench-limits lint typecheck check clean dlq-list \
+        test-integration test-e2e bench bench-limits partition lint typecheck check clean dlq-list \
         dlq-replay-all dlq-purge limits throttle pause resume
 
 install: $(VENV)/.installed
@@ -96,6 +96,9 @@ bench: install         ## farm vs plain Celery at 100 concurrency, 1 s simulated
 
 bench-limits: install  ## 3 workers x 100 under 600 RPM / 100k OTPM vs plain Celery rate_limit; storm
 	$(BIN)/python ops/bench_limits.py
+
+partition: install     ## issue 17: a worker host cut off for 75 s (network namespaces; needs root)
+	$(BIN)/python ops/partition.py
 
 lint: install
 	$(BIN)/ruff check farm tests ops celeryconfig.py migrations
