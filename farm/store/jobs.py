@@ -126,7 +126,8 @@ def fetch_one(engine: Engine, sql: str, params: dict[str, Any],
     while True:
         try:
             return _fetch_one_now(engine, sql, params)
-        except (psycopg.OperationalError, sa_exc.OperationalError) as exc:
+        # TimeoutError: no pool connection free in time, every one stuck on the outage too
+        except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(f"Postgres unreachable for {patience_s:.0f}s: "
                                           f"{type(exc).__name__}") from None

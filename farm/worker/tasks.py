@@ -149,9 +149,11 @@ def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
         return llm.call(runtime.client, model, job.request)
     except ProviderError as exc:
         if runtime.running.abandoned(job.id):  # the lease watchdog stopped it
+            went_out = runtime.running.sent(job.id)
             return ProviderError(
-                ErrorKind.ABANDONED, "call abandoned: the job's lease could not be renewed "
-                "(the provider may still bill it)", latency_s=exc.latency_s)
+                ErrorKind.ABANDONED, "call abandoned: the job's lease could not be renewed"
+                + (" (the provider may still bill it)" if went_out else " before it was sent"),
+                latency_s=exc.latency_s)
         return exc
 
 
@@ -297,8 +299,9 @@ def _failed(
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",
         retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
-        # an abandoned call may have been billed: its cost is not known
-        cost=None if exc.kind is ErrorKind.ABANDONED else Decimal(0),
+        # an abandoned call that went out may have been billed: its cost is not known
+        cost=None if exc.kind is ErrorKind.ABANDONED and runtime.running.sent(job.id)
+        else Decimal(0),
     ), patience_s=runtime.settings.db_patience_s)
     if recorded is not None and not recorded.current:
         return _superseded(task, runtime, job, recorded)  # no retry, no dead letter

@@ -14,6 +14,7 @@ Needs root and `ip netns`: skipped without them, except under CI (CI=true), wher
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,19 +23,31 @@ from tests_netns import unavailable
 from tests_partition import Figures, Scenario, run
 
 SCENARIO = Scenario()  # the CI scale: 400 jobs of 4 s, w1 cut at 6 s for 30 s, lease 10 s
+SERVICES_CUT = replace(SCENARIO, services_only=True)
 
 
-@pytest.fixture(scope="module")
-def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
+def _run(scenario: Scenario, tmp_path_factory: pytest.TempPathFactory) -> Figures:
     why = unavailable()
     if why is not None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"the partition test cannot run under CI: {why}")
         pytest.skip(f"the partition test needs network namespaces: {why}")
     work: Path = tmp_path_factory.mktemp("partition")
-    result = run(SCENARIO, work / "hosts")
+    result = run(scenario, work / "hosts")
     print("\n" + "\n".join(result.lines()))
     return result
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> Figures:
+    """w1 cut off from everything: its calls under way stall."""
+    return _run(SCENARIO, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def services_cut(tmp_path_factory: pytest.TempPathFactory) -> Figures:
+    """w1 cut off from Valkey and PostgreSQL only: its calls finish, their results are late."""
+    return _run(SERVICES_CUT, tmp_path_factory)
 
 
 def test_a_cut_worker_host_loses_no_job(figures: Figures) -> None:
@@ -49,8 +62,28 @@ def test_a_cut_worker_host_loses_no_job(figures: Figures) -> None:
     assert 0 <= figures.extra_calls <= figures.held_at_cut
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="fencing not built yet (issue 17)")
 def test_a_late_result_of_the_cut_host_is_not_a_second_success(figures: Figures) -> None:
-    # today w1's stalled attempt, finished after the heal, is recorded as a second `ok`
-    # (and billed to the job twice) after w2's attempt has succeeded
+    """The fence: w1's calls, unrenewed for 75 % of the lease, were abandoned; what w1
+    recorded after the heal was superseded (w2 had started those jobs again): no job has
+    two successes, and no succeeded job was changed by a late attempt."""
     assert figures.doubled == 0, f"{figures.doubled} job(s) with two or more ok attempts"
+    assert figures.marked == 0, f"{figures.marked} succeeded job(s) changed by late attempts"
+    # each call held at the cut ended as exactly one superseded attempt (recorded with its
+    # tokens and cost when it had a result; an abandoned call's cost is unknown)
+    assert figures.attempts_by_outcome.get("superseded", 0) == figures.held_at_cut
+    assert figures.attempts_by_outcome.get("ok", 0) == SCENARIO.jobs
+
+
+def test_late_results_are_recorded_as_superseded_with_their_cost(services_cut: Figures) -> None:
+    """w1 still reached the API: its calls under way at the cut got their results, which it
+    could record only after the heal, when w2 had run those jobs again. Each is kept as a
+    superseded attempt with its tokens and cost (the provider billed it); none is a second
+    success, and no job's status or response changed."""
+    f = services_cut
+    assert f.held_at_cut > 0, "no call was under way on w1 at the cut"
+    assert f.by_status == {"succeeded": SERVICES_CUT.jobs} and f.rerun == f.held_at_cut
+    assert f.doubled == 0 and f.marked == 0 and f.unsettled == 0
+    assert f.attempts_by_outcome.get("ok", 0) == SERVICES_CUT.jobs
+    assert f.superseded == {"late ok, cost known": f.held_at_cut}
+    assert f.cost_unknown == 0
+    assert f.extra_calls == f.held_at_cut  # each late result was a call the provider billed

@@ -78,7 +78,7 @@ def test_a_stalled_call_is_stopped_and_its_connection_reset(silent: Silent) -> N
         done, thread = call_in_thread(client, f"http://127.0.0.1:{silent.port}/v1/messages")
         assert silent.got_request.wait(5)  # the request is out; no answer will come
         assert not done.done()
-        assert calls.abandon(thread) is True
+        assert calls.abandon(thread) is True and calls.sent(thread)
         got = done.result(timeout=10)  # long before the 60 s timeout
     assert isinstance(got, httpx2.TransportError), got
     # the server sees the connection reset (SO_LINGER 0: anything unsent is dropped), not
@@ -96,7 +96,7 @@ def test_a_thread_marked_before_its_call_sends_nothing(silent: Silent) -> None:
         calls.abandon(threading.get_ident())  # not calling yet: nothing to shut down
         with pytest.raises(httpx2.TransportError, match="abandoned"):
             client.get(f"http://127.0.0.1:{silent.port}/v1/messages")
-        assert silent.received == []  # the request never left
+        assert silent.received == [] and not calls.sent(threading.get_ident())  # never left
         calls.clear(threading.get_ident())  # the next job on this thread calls normally
         done, thread = call_in_thread(client, f"http://127.0.0.1:{silent.port}/again")
         assert silent.got_request.wait(5)
