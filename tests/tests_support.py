@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from farm.capacity import limits
+from farm.capacity.config import LimiterConfig
 from farm.capacity.limits import ModelState
 from farm.services import free_port
 
@@ -97,3 +99,18 @@ def assert_same_state(got: ModelState, want: ModelState,
     assert {g: t for g, (t, _) in mapped.items()} == {g: t for g, (t, _) in want.inflight.items()}
     assert {g: e for g, (_, e) in mapped.items()} == _approx(
         {g: e for g, (_, e) in want.inflight.items()})
+
+
+def throttle_both(lim: Any, config: LimiterConfig, states: dict[str, ModelState], model: str,
+                  now: float, percent: float | None) -> str:
+    """One throttle on a limiter (Redis or memory) and on the pure twin (``states``), which
+    must agree; what it did: "nothing to throttle", "throttled by rate" or "throttle"."""
+    try:
+        want, states[model] = limits.throttle(config, model, states[model], now,
+                                              limits.check_percent(percent))
+    except limits.NothingToThrottle:
+        with pytest.raises(limits.NothingToThrottle):
+            lim.throttle(model, percent)
+        return "nothing to throttle"
+    assert lim.throttle(model, percent) == (None if want is None else _approx(want))
+    return "throttled by rate" if want else "throttle"

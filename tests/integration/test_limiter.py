@@ -21,7 +21,7 @@ from farm.capacity.config import LimiterConfig, ModelLimits
 from farm.capacity.limiter import Grant, Limiter, Wait
 from farm.capacity.limits import ModelState
 from farm.jobs import Priority
-from tests_support import assert_same_state, random_headers
+from tests_support import assert_same_state, random_headers, throttle_both
 
 TENANTS = ("acme", "beta", "cyan")
 
@@ -98,17 +98,7 @@ def test_script_and_python_twin_agree_step_by_step(client: redis.Redis, prefix: 
         elif op == "throttle":
             percent = rng.choice([None, 100, 50, 80, 25.5, 1])
             model = rng.choice([model, "free", "idle"])  # idle: no limits, no calls
-            try:
-                want_base, states[model] = limits.throttle(
-                    config, model, states[model], now, limits.check_percent(percent))
-            except limits.NothingToThrottle:
-                with pytest.raises(limits.NothingToThrottle):
-                    lim.throttle(model, percent)
-                seen["nothing to throttle"] += 1
-            else:
-                got_base = lim.throttle(model, percent)
-                assert got_base == (None if want_base is None else approx(want_base))
-                seen["throttled by rate" if want_base else "throttle"] += 1
+            seen[throttle_both(lim, config, states, model, now, percent)] += 1
         else:
             ask: dict[str, Any] = {
                 "input_tokens": rng.randint(0, 3000), "output_tokens": rng.choice(
