@@ -68,9 +68,13 @@ def test_a_late_result_of_the_cut_host_is_not_a_second_success(figures: Figures)
     two successes, and no succeeded job was changed by a late attempt."""
     assert figures.doubled == 0, f"{figures.doubled} job(s) with two or more ok attempts"
     assert figures.marked == 0, f"{figures.marked} succeeded job(s) changed by late attempts"
-    # each call held at the cut ended as exactly one superseded attempt (recorded with its
-    # tokens and cost when it had a result; an abandoned call's cost is unknown)
-    assert figures.attempts_by_outcome.get("superseded", 0) == figures.held_at_cut
+    # every call w1 made twice ended as a superseded attempt: abandoned, its cost unknown
+    # (it had gone out). A job w1 had started but not called yet may add one abandoned
+    # before it was sent (cost 0), or none (handed back to wait): hence "at most held".
+    late = figures.superseded
+    assert set(late) <= {"late abandoned, cost unknown", "late abandoned, cost known"}, late
+    assert late.get("late abandoned, cost unknown", 0) == figures.extra_calls > 0
+    assert sum(late.values()) <= figures.held_at_cut
     assert figures.attempts_by_outcome.get("ok", 0) == SCENARIO.jobs
 
 
@@ -84,6 +88,8 @@ def test_late_results_are_recorded_as_superseded_with_their_cost(services_cut: F
     assert f.by_status == {"succeeded": SERVICES_CUT.jobs} and f.rerun == f.held_at_cut
     assert f.doubled == 0 and f.marked == 0 and f.unsettled == 0
     assert f.attempts_by_outcome.get("ok", 0) == SERVICES_CUT.jobs
-    assert f.superseded == {"late ok, cost known": f.held_at_cut}
+    # each extra call is a late result, kept with its cost; a job w1 had started but not
+    # called yet when it was cut off was handed back without a call (hence "at most held")
+    assert f.superseded == {"late ok, cost known": f.extra_calls}
+    assert 0 < f.extra_calls <= f.held_at_cut
     assert f.cost_unknown == 0
-    assert f.extra_calls == f.held_at_cut  # each late result was a call the provider billed
