@@ -138,7 +138,7 @@ def main() -> int:
               "real API")
         print(f"Flower: http://127.0.0.1:{flower_port}  (user demo, password {password})")
         for queue, url in sorted(_metrics_urls(settings, workers).items()):
-            print(f"metrics of the {queue} worker: {url}")
+            print(f"metrics of the {queue} worker (while the demo runs): {url}")
 
         rng = random.Random(7)
         jobs = []

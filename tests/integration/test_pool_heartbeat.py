@@ -4,6 +4,7 @@ clean stop."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Iterator
@@ -71,5 +72,30 @@ def test_without_a_metrics_port_the_heartbeat_has_no_port_field(
         key = observing.heartbeat.key
         wait_until(lambda: None if client.exists(key) else "no heartbeat", 10)
         assert client.hgetall(key) == {"sonnet-complex": "3 0"}
+    finally:
+        observing.close()
+
+
+def test_no_free_port_is_one_error_line_and_the_heartbeat_goes_on(
+        client: redis.Redis, broker_url: str, database_url: str,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    base = taken.getsockname()[1]
+    monkeypatch.setattr(observe, "serve", functools.partial(observe.serve, span=1))
+    settings = Settings(broker_url=broker_url, database_url=database_url, metrics_port=base)
+    try:
+        observing = observe.start(settings, ("haiku-simple",), 2, dict)
+    finally:
+        taken.close()
+    try:
+        assert observing.server is None and observing.metrics is None
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert errors == [f"metrics off: no free port for the metrics in [{base}, {base}] "
+                          "on 127.0.0.1"]
+        key = observing.heartbeat.key
+        wait_until(lambda: None if client.exists(key) else "no heartbeat", 10)
+        assert client.hgetall(key) == {"haiku-simple": "2 0"}
     finally:
         observing.close()

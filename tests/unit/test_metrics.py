@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from decimal import Decimal
+from types import SimpleNamespace
 
 import httpx2
 import pytest
@@ -17,6 +18,7 @@ from farm.observe import heartbeat, names
 from farm.observe.metrics import TenantLabels, WorkerMetrics
 from farm.observe.server import SPAN, NoFreePort, serve
 from farm.worker import events
+from farm.worker.lifecycle import pool_of
 
 
 @pytest.fixture
@@ -215,3 +217,20 @@ def test_heartbeat_fields_round_trip() -> None:
     assert heartbeat.parse({k.encode(): v.encode() for k, v in written.items()}) == (pool, 9464)
     assert "metrics_port" not in heartbeat.fields(pool, None)
     assert heartbeat.key("host", 42) == "farm:pool:host:42"
+
+
+# --- which processes keep metrics ---------------------------------------------------------
+
+def _consumer(pool_module: str, concurrency: int) -> SimpleNamespace:
+    pool = type("TaskPool", (), {"__module__": f"celery.concurrency.{pool_module}"})()
+    queues = [SimpleNamespace(name="haiku-simple"), SimpleNamespace(name="farm-intake")]
+    return SimpleNamespace(pool=pool, controller=SimpleNamespace(concurrency=concurrency),
+                           task_consumer=SimpleNamespace(queues=queues))
+
+
+def test_the_pool_of_a_worker_by_its_pool_kind(caplog: pytest.LogCaptureFixture) -> None:
+    assert pool_of(_consumer("thread", 100)) == (("haiku-simple", "farm-intake"), 100)
+    assert pool_of(_consumer("gevent", 50)) == (("haiku-simple", "farm-intake"), 50)
+    assert pool_of(_consumer("solo", 8)) == (("haiku-simple", "farm-intake"), 1)
+    assert pool_of(_consumer("prefork", 8)) is None
+    assert "not kept under the prefork pool" in caplog.text
