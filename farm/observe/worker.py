@@ -57,6 +57,8 @@ def start(settings: Settings, queues: Sequence[str], slots: int,
             log.error("metrics off: %s", exc)
             metrics.disconnect()
             metrics = None
-    client = redis.Redis.from_url(resolve_urls(settings).broker_url)
+    # bounded waits: a Redis out of reach must not hang the worker's shutdown (the delete)
+    client = redis.Redis.from_url(resolve_urls(settings).broker_url, socket_timeout=5,
+                                  socket_connect_timeout=5)
     heartbeat = Heartbeat(client, pool, None if server is None else server.port).start()
     return Observing(heartbeat, metrics, server)
