@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx2
@@ -234,3 +235,12 @@ def test_the_pool_of_a_worker_by_its_pool_kind(caplog: pytest.LogCaptureFixture)
     assert pool_of(_consumer("solo", 8)) == (("haiku-simple", "farm-intake"), 1)
     assert pool_of(_consumer("prefork", 8)) is None
     assert "not kept under the prefork pool" in caplog.text
+
+
+def test_the_readme_lists_every_worker_metric() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**Metrics of every worker**", 1)[1].split("**Pool heartbeat**")[0]
+    for metric in names.WORKER:
+        assert f"`{metric.name}`" in section, metric.name
+    for bucket in (*names.DURATION_BUCKETS, *names.LATENCY_BUCKETS):
+        assert f"{bucket:g}" in section
