@@ -131,6 +131,11 @@ class Settings(BaseSettings):
 
     sim_port: int = 8787
 
+    # each worker process serves /metrics on the first free port of [metrics_port,
+    # metrics_port + 63] on metrics_host (farm.observe.server); 0: no metrics
+    metrics_port: int = Field(default=0, ge=0, le=65_535 - 63)
+    metrics_host: str = "127.0.0.1"
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -11,7 +11,9 @@ per job (user+sys from /proc); and the worker's peak RSS (VmHWM). Variants alter
 the ratio are printed.
 
 Environment: FARM_BENCH_JOBS (default 1500), FARM_BENCH_ROUNDS (2), FARM_BENCH_CONCURRENCY
-(100), FARM_BENCH_POOLS (threads; e.g. "threads,gevent" to compare pools).
+(100), FARM_BENCH_POOLS (threads; e.g. "threads,gevent" to compare pools),
+FARM_BENCH_METRICS (off; "on": the farm's worker serves /metrics, FARM_METRICS_PORT; "both":
+each round runs the farm without and with metrics, and the ratios with/without are printed).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ CONCURRENCY = int(os.environ.get("FARM_BENCH_CONCURRENCY", "100"))
 POOLS = os.environ.get("FARM_BENCH_POOLS", "threads").split(",")
 # task events (what Flower shows) on or off, for both variants alike
 EVENTS = os.environ.get("FARM_BENCH_EVENTS", "on") == "on"
+METRICS = os.environ.get("FARM_BENCH_METRICS", "off")
+if METRICS not in ("off", "on", "both"):
+    raise SystemExit(f"bench: FARM_BENCH_METRICS must be off, on or both, not {METRICS!r}")
 PROMPT = "What is the capital of France? Answer in one word. (bench {i})"
 MAX_TOKENS = 64
 
@@ -85,9 +90,22 @@ def _start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess
     return proc
 
 
-def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> Result:
+def _scraped_jobs(log: Path) -> float:
+    """farm_jobs_finished_total as the worker's /metrics shows it (the URL from its log)."""
+    import httpx2
+
+    url = log.read_text().split("metrics on ", 1)[1].split()[0]
+    body = httpx2.get(url).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("farm_jobs_finished_total{"))
+
+
+def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
+             metrics: bool = False) -> Result:
     argv = worker_argv("haiku-simple", concurrency=CONCURRENCY, pool=pool, events=False,
                        name=f"bench-{uuid.uuid4().hex[:6]}@%h")
+    if metrics:
+        env = {**env, "FARM_METRICS_PORT": str(services.free_port())}
     worker = _start_worker(argv, env, log)
     try:
         cpu0 = _proc_cpu(worker.pid)
@@ -104,8 +122,15 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path) -> R
             raise SystemExit(f"bench: {len(bad)} farm jobs did not succeed: {bad[0].error}")
         cpu = _proc_cpu(worker.pid) - cpu0
         print(f"    (farm: {N} jobs validated, routed, recorded and published in {submitted:.2f}s)")
+        if metrics:  # the metrics were on and counted every job (read after the CPU figure)
+            wait_s = time.monotonic() + 10
+            while (seen := _scraped_jobs(log)) < N and time.monotonic() < wait_s:
+                time.sleep(0.2)
+            if seen != N:
+                raise SystemExit(f"bench: the worker's metrics counted {seen:.0f} of {N} jobs")
         finished = [v.finished_at.timestamp() for v in views if v.finished_at is not None]
-        return Result(f"farm/{pool}", steady_rate(finished), N / elapsed, cpu / N,
+        name = f"farm+metrics/{pool}" if metrics else f"farm/{pool}"
+        return Result(name, steady_rate(finished), N / elapsed, cpu / N,
                       _peak_rss_mb(worker.pid))
     finally:
         procs.stop_all([worker])
@@ -168,13 +193,15 @@ def main() -> int:
             raise SystemExit("bench: the simulator did not start")
         print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
               f"{ROUNDS} round(s), pools {POOLS}, task events {'on' if EVENTS else 'off'}, "
-              f"on {os.cpu_count()} cores")
+              f"metrics {METRICS}, on {os.cpu_count()} cores")
+        variants = {"off": ("farm",), "on": ("farm+metrics",),
+                    "both": ("farm", "farm+metrics")}[METRICS]
         for round_no in range(ROUNDS):
             for pool in POOLS:
-                for variant in ("farm", "baseline"):
+                for variant in (*variants, "baseline"):
                     log = logs / f"bench-{variant}-{pool}.log"
-                    if variant == "farm":
-                        r = run_farm(settings, env, pool, log)
+                    if variant.startswith("farm"):
+                        r = run_farm(settings, env, pool, log, metrics=variant != "farm")
                     else:
                         r = run_baseline(broker_url, env, pool, log)
                     results.append(r)
@@ -187,16 +214,24 @@ def main() -> int:
     print(f"{'variant':<24}{'jobs/s':>9}{'end-to-end':>12}{'CPU ms/job':>12}"
           f"{'peak RSS MB':>13}")
     medians: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for variant in dict.fromkeys(r.variant for r in results):
         rs = [r for r in results if r.variant == variant]
         medians[variant] = statistics.median(r.jobs_per_s for r in rs)
+        cpu[variant] = statistics.median(r.cpu_s_per_job for r in rs)
         print(f"{variant:<24}{medians[variant]:>9.1f}"
               f"{statistics.median(r.end_to_end_jobs_per_s for r in rs):>12.1f}"
               f"{1000 * statistics.median(r.cpu_s_per_job for r in rs):>12.2f}"
               f"{max(r.peak_rss_mb for r in rs):>13.1f}")
+    farm = "farm+metrics" if METRICS == "on" else "farm"
     for pool in POOLS:
-        ratio = medians[f"farm/{pool}"] / medians[f"plain-celery/{pool}"]
-        print(f"throughput ratio farm/plain-celery ({pool}): {ratio:.3f}")
+        ratio = medians[f"{farm}/{pool}"] / medians[f"plain-celery/{pool}"]
+        print(f"throughput ratio {farm}/plain-celery ({pool}): {ratio:.3f}")
+        if METRICS == "both":
+            on, off = f"farm+metrics/{pool}", f"farm/{pool}"
+            print(f"metrics on/off ({pool}): throughput ratio {medians[on] / medians[off]:.3f}, "
+                  f"CPU per job {1000 * (cpu[on] - cpu[off]):+.3f} ms "
+                  f"({100 * (cpu[on] / cpu[off] - 1):+.1f} %)")
     return 0
 
 

@@ -1,7 +1,9 @@
 """`make demo`: the whole farm, end to end, on the embedded services and the SIMULATOR.
 
 Starts the embedded Valkey + PostgreSQL, migrates, starts the simulated Claude API, one
-worker per queue and Flower; submits 300 mixed jobs from Python; waits with a progress bar;
+worker per queue (each serving Prometheus metrics: all are given one base port and each
+takes the first free one from it; their pool heartbeats say which, and the demo prints
+them) and Flower; submits 300 mixed jobs from Python; waits with a progress bar;
 prints the cost report; stops everything it started.
 """
 
@@ -16,14 +18,18 @@ import time
 from datetime import UTC, datetime
 
 import procs  # ops/, this script's directory
+import redis
 
 from farm import services
 from farm.client import Farm
 from farm.costs.reports import render
+from farm.observe import heartbeat
+from farm.services import resolve_urls
 from farm.settings import Settings
 from farm.store.migrate import upgrade
 
 JOBS = int(os.environ.get("FARM_DEMO_JOBS", "300"))
+METRICS_PORT = 9464  # the workers' base metrics port unless FARM_METRICS_PORT says otherwise
 SIMPLE = [
     "Translate 'good morning' into French.",
     "What is the capital of Australia?",
@@ -66,6 +72,25 @@ def _bar(done: int, total: int, started: float) -> None:
     sys.stdout.flush()
 
 
+def _metrics_urls(settings: Settings, workers: dict[int, str]) -> dict[str, str]:
+    """worker name -> its /metrics URL, read from the workers' pool heartbeats (by pid)."""
+    client = redis.Redis.from_url(resolve_urls(settings).broker_url)
+    found: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while len(found) < len(workers) and time.monotonic() < deadline:
+            for key in client.scan_iter(f"{heartbeat.PREFIX}*"):
+                pid = int(key.decode().rsplit(":", 1)[1])
+                if pid in workers:
+                    _, port = heartbeat.parse(client.hgetall(key))
+                    if port is not None:
+                        found[workers[pid]] = f"http://127.0.0.1:{port}/metrics"
+            time.sleep(0.2)
+    finally:
+        client.close()
+    return found
+
+
 def main() -> int:
     base = Settings()
     data_dir = base.data_dir
@@ -86,6 +111,8 @@ def main() -> int:
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}",
         "FARM_FLOWER_USER": "demo",
         "FARM_FLOWER_PASSWORD": password,
+        # every worker's /metrics from this base port on (each takes the first free one)
+        "FARM_METRICS_PORT": os.environ.get("FARM_METRICS_PORT") or str(METRICS_PORT),
     }
     settings = Settings(_env_file=None, anthropic_api_key="sim-demo-key",
                         anthropic_base_url=env["ANTHROPIC_BASE_URL"])
@@ -101,13 +128,17 @@ def main() -> int:
     try:
         spawn("sim", [*farm_cmd, "sim", "--port", str(sim_port)])
         _wait_port(sim_port, "the simulator")
+        workers: dict[int, str] = {}
         for queue in settings.queue_names:
             spawn(f"worker-{queue}", [*farm_cmd, "worker", "-Q", queue, "-l", "WARNING"])
+            workers[children[-1].pid] = queue
         spawn("flower", [*farm_cmd, "flower", "--port", str(flower_port)])
         _wait_port(flower_port, "Flower")
         print(f"simulated Claude API on 127.0.0.1:{sim_port} — this demo does NOT call the "
               "real API")
         print(f"Flower: http://127.0.0.1:{flower_port}  (user demo, password {password})")
+        for queue, url in sorted(_metrics_urls(settings, workers).items()):
+            print(f"metrics of the {queue} worker (while the demo runs): {url}")
 
         rng = random.Random(7)
         jobs = []

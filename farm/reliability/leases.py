@@ -77,19 +77,23 @@ class Running:
                  sent: Callable[[int], bool] = lambda thread: True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._held: dict[uuid.UUID, Held] = {}
+        self._queues: dict[uuid.UUID, str] = {}
         self._lost: set[uuid.UUID] = set()
         self._abandoned: set[uuid.UUID] = set()
         self._abort, self._clear, self._sent, self.clock = abort, clear, sent, clock
         self._lock = threading.Lock()
 
-    def add(self, job_id: uuid.UUID, generation: int = 0) -> None:
-        """The calling thread runs ``job_id``, whose lease (``generation``) it just took."""
+    def add(self, job_id: uuid.UUID, generation: int = 0, queue: str = "") -> None:
+        """The calling thread runs ``job_id`` (of ``queue``), whose lease (``generation``)
+        it just took."""
         with self._lock:
             self._held[job_id] = Held(generation, threading.get_ident(), self.clock())
+            self._queues[job_id] = queue
 
     def discard(self, job_id: uuid.UUID) -> None:
         with self._lock:
             held = self._held.pop(job_id, None)
+            self._queues.pop(job_id, None)
             self._lost.discard(job_id)
             self._abandoned.discard(job_id)
             if held is not None:
@@ -98,6 +102,14 @@ class Running:
     def snapshot(self) -> list[uuid.UUID]:
         with self._lock:
             return list(self._held)
+
+    def per_queue(self) -> dict[str, int]:
+        """How many jobs of each queue this process runs now (the pool's busy slots)."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for queue in self._queues.values():
+                counts[queue] = counts.get(queue, 0) + 1
+            return counts
 
     def held(self) -> dict[uuid.UUID, Held]:
         with self._lock:

@@ -12,6 +12,8 @@ from typing import Any
 
 from celery import signals
 
+from farm.observe import worker as observe
+from farm.observe.worker import Observing
 from farm.reliability import leases
 from farm.settings import Settings
 from farm.worker import runtime as rt
@@ -56,6 +58,19 @@ def bound_the_grace(how: Any) -> None:
     threading.Thread(target=expire, name="farm-shutdown-grace", daemon=True).start()
 
 
+def pool_of(consumer: Any) -> tuple[tuple[str, ...], int] | None:
+    """The queues the worker consumes and its slots, from its consumer (worker_ready's
+    sender); None under prefork, whose jobs run in child processes (no metrics there)."""
+    if consumer is None:
+        return None
+    kind = type(consumer.pool).__module__.rsplit(".", 1)[-1]
+    if kind == "prefork":
+        log.warning("metrics and the pool heartbeat are not kept under the prefork pool")
+        return None
+    queues = tuple(q.name for q in consumer.task_consumer.queues)
+    return queues, 1 if kind == "solo" else int(consumer.controller.concurrency)
+
+
 def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
     """Connect the handlers (strongly referenced, once per process whatever the calls)."""
     # one line per HTTP request at INFO would drown the worker log
@@ -65,15 +80,22 @@ def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
     def on_init(**_: Any) -> None:
         check_boot(settings)
 
-    def on_ready(**_: Any) -> None:
+    observing: list[Observing] = []
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
         # build this process's runtime now, so its lease renewal and reaper run from the
         # start (not only after the first job)
-        runtime()
+        built = runtime()
+        pool = pool_of(sender)
+        if pool is not None:
+            observing.append(observe.start(settings, *pool, built.running.per_queue))
 
     def on_shutting_down(how: Any = None, **_: Any) -> None:
         bound_the_grace(how)
 
     def on_shutdown(**_: Any) -> None:
+        while observing:
+            observing.pop().close()
         rt.reset()
 
     def on_process_init(**_: Any) -> None:

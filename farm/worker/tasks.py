@@ -29,7 +29,7 @@ from farm.reliability.policies import Action
 from farm.routing.route import parse_and_route
 from farm.store import attempts
 from farm.store import jobs as store
-from farm.worker import outcome
+from farm.worker import events, outcome
 from farm.worker import runtime as rt
 from farm.worker.outcome import Ending, JobFailed
 from farm.worker.request import RedactedRequest
@@ -85,6 +85,8 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
         store.defer(runtime.engine, job_uuid, settings.hold_recheck_s,
                     f"{store.HELD}{held.get('reason')}")
         log.info("job %s held: %s", job_uuid, held.get("reason"))
+        events.job_deferred.send(None, reason=events.HELD, queue=(
+            task.request.delivery_info or {}).get("routing_key") or "")
         raise _again(task, job_uuid, settings.hold_recheck_s)
     patience = settings.db_patience_s
     job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
@@ -95,8 +97,9 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
         reason = f"started {job.attempt} times without finishing (poison message?)"
         store.kill_job(runtime.engine, job.id, reason)
         _dead(task, runtime, job.id, job.queue, "poison", reason)
+        _finished(job, job.model, JobStatus.DEAD.value)
         raise JobFailed(str(job.id), JobStatus.DEAD, "poison")
-    runtime.running.add(job.id, job.attempt)
+    runtime.running.add(job.id, job.attempt, job.queue)
     try:
         return _run(task, runtime, job)
     finally:
@@ -111,15 +114,16 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         store.unstart(runtime.engine, job, admitted.wait_s, admitted.reason,
                       patience_s=patience)
         log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
+        events.job_deferred.send(None, queue=job.queue,
+                                 reason=events.deferral_reason(admitted.reason))
         raise _again(task, job.id, admitted.wait_s)
     started = store.now()
-    result = _call(runtime, admitted.model, job)
+    result, cost = _call(runtime, admitted.model, job)
     if isinstance(result, ProviderError):
         runtime.gate.failed(admitted, result.kind, retry_after_s=result.retry_after_s,
                             ratelimit=result.ratelimit)
-        return _failed(task, runtime, job, result, started, admitted.model)
+        return _failed(task, runtime, job, result, started, admitted.model, cost)
     runtime.gate.done(admitted, result.usage, result.ratelimit)
-    cost = runtime.prices.cost(result.model, result.usage)
     refused = result.stop_reason == "refusal"
     intended = JobStatus.FAILED if refused else JobStatus.SUCCEEDED
     recorded = attempts.record(runtime.engine, job, attempts.Outcome(
@@ -135,16 +139,45 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         _dead(task, runtime, job.id, job.queue, "refusal", "the model refused")
     # None: this attempt was recorded already (a write retried after an outage)
     status = intended.value if recorded is None else recorded.status.value
+    _finished(job, admitted.model, status)
     return _end(task, runtime, job.id, status, "refusal" if refused else None, {
         "job_id": str(job.id), "status": status,
         "cost_usd": None if cost is None else str(cost)})
 
 
+_RAISED = ProviderError(ErrorKind.UNKNOWN, "the call raised")  # for call_finished only
+
+
 def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
-          ) -> llm.CallResult | ProviderError:
-    """The provider's result, or its error returned (not raised): whatever the task raises
-    next (a retry, JobFailed) then carries no chained provider message into Celery's events
-    and Flower, only its own."""
+          ) -> tuple[llm.CallResult | ProviderError, Decimal | None]:
+    """The call's result and its cost (None: unknown). The result is the provider's answer
+    or its error, returned (not raised): whatever the task raises next (a retry, JobFailed)
+    then carries no chained provider message into Celery's events and Flower, only its own.
+    A failed call costs nothing, but an abandoned call that went out may have been billed:
+    its cost is not known."""
+    events.call_started.send(None, model=model)
+    result: llm.CallResult | ProviderError = _RAISED
+    cost: Decimal | None = None
+    try:
+        result = _provider_call(runtime, model, job)
+        if isinstance(result, ProviderError):
+            cost = (None if result.kind is ErrorKind.ABANDONED and runtime.running.sent(job.id)
+                    else Decimal(0))
+        else:
+            cost = runtime.prices.cost(result.model, result.usage)
+        return result, cost
+    finally:
+        if isinstance(result, llm.CallResult):
+            ended, usage = ("refusal" if result.stop_reason == "refusal" else "ok"), result.usage
+        else:
+            ended, usage = result.kind.value, None
+        events.call_finished.send(None, model=model, queue=job.queue, tenant=job.request.tenant,
+                                  outcome=ended, latency_s=result.latency_s, usage=usage,
+                                  cost=cost)
+
+
+def _provider_call(runtime: rt.Runtime, model: str, job: store.StartedJob
+                   ) -> llm.CallResult | ProviderError:
     try:
         return llm.call(runtime.client, model, job.request)
     except ProviderError as exc:
@@ -183,6 +216,7 @@ def _superseded(task: Task, runtime: rt.Runtime, job: store.StartedJob,
     log.warning("job %s: late result of attempt %d superseded (the job is %s): recorded "
                 "with its cost, not as the job's result", job.id, job.attempt,
                 recorded.status.value)
+    events.late_result.send(None, queue=job.queue)
     return _end(task, runtime, job.id, recorded.status.value, None,
                 {"job_id": str(job.id), "status": recorded.status.value})
 
@@ -284,7 +318,7 @@ def _intake_later(task: Task, runtime: rt.Runtime, job_id: uuid.UUID,
 
 def _failed(
     task: Task, runtime: rt.Runtime, job: store.StartedJob, exc: ProviderError, started: Any,
-    model: str,
+    model: str, cost: Decimal | None,
 ) -> dict[str, Any]:
     policy = runtime.policy(job.queue)
     decision = policies.decide_retry(
@@ -298,10 +332,7 @@ def _failed(
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY
         else f"{decision.reason}: {exc.message}",
-        retry_in_s=decision.delay_s if decision.action is Action.RETRY else None,
-        # an abandoned call that went out may have been billed: its cost is not known
-        cost=None if exc.kind is ErrorKind.ABANDONED and runtime.running.sent(job.id)
-        else Decimal(0),
+        retry_in_s=decision.delay_s if decision.action is Action.RETRY else None, cost=cost,
     ), patience_s=runtime.settings.db_patience_s)
     if recorded is not None and not recorded.current:
         return _superseded(task, runtime, job, recorded)  # no retry, no dead letter
@@ -313,8 +344,10 @@ def _failed(
         log.critical("ALERT: %s (job %s); every job is held until the limit is raised and "
                      "`farm hold --release` is run", decision.reason, job.id)
     if decision.action is Action.RETRY:
+        events.job_retried.send(None, queue=job.queue, reason=exc.kind.value)
         raise _again(task, job.id, decision.delay_s)
     status = next_status.value if recorded is None else recorded.status.value
+    _finished(job, model, status)
     return _end(task, runtime, job.id, status, exc.kind.value,
                 {"job_id": str(job.id), "status": status, "error": exc.kind.value})
 
@@ -324,5 +357,18 @@ def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, queue: str, error_
     """Dead-letter a job: its DLQ row (once), then a message on its queue's dead-letter
     destination (the retry policy's `dead_letter_queue`)."""
     if dlq.record(runtime.engine, job_id, error_class, message):
+        events.job_dead.send(None, queue=queue, error_class=error_class)
         task.app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
                            kwargs={"job_id": str(job_id), "error_class": error_class})
+
+
+def _finished(job: store.StartedJob, model: str, status: str) -> None:
+    """This delivery ended the job (``status`` is final): tell the listeners."""
+    if status in _FINAL:
+        created = job.created_at
+        events.job_finished.send(
+            None, queue=job.queue, model=model, outcome=status,
+            duration_s=None if created is None else (store.now() - created).total_seconds())
+
+
+_FINAL = frozenset(s.value for s in JobStatus if s.terminal)
