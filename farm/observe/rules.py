@@ -12,6 +12,7 @@ give the same answer as one (``max``), and a queue's workers add up (``sum``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -136,13 +137,13 @@ _EXPR = {
     HELD.name: "max(farm_hold) > 0",
     COST.name: "sum(rate(farm_cost_usd_total[{cw}])) * 3600 > {threshold}",
 }
-_THRESHOLD = {
+_THRESHOLD: dict[str, Callable[[Thresholds], float]] = {
     QUEUE_DEPTH.name: lambda t: t.queue_depth, ERROR_RATE.name: lambda t: t.error_rate,
     P95.name: lambda t: t.p95_s, UTILISATION.name: lambda t: t.utilisation,
     CIRCUIT.name: lambda t: t.circuit_open_s, HELD.name: lambda t: 0,
     COST.name: lambda t: t.cost_usd_per_hour,
 }
-_FOR = {
+_FOR: dict[str, Callable[[Thresholds], float]] = {
     QUEUE_DEPTH.name: lambda t: t.for_s, ERROR_RATE.name: lambda t: t.for_s,
     P95.name: lambda t: t.for_s, UTILISATION.name: lambda t: t.for_s,
     CIRCUIT.name: lambda t: t.circuit_open_s, HELD.name: lambda t: 0,
@@ -188,7 +189,7 @@ _PROM_VALUE = {Unit.COUNT: "{{ $value | humanize }}",
                Unit.FLAG: "{{ $value }}"}
 
 
-def annotations(rule: Rule, t: Thresholds) -> dict[str, str]:
+def rule_annotations(rule: Rule, t: Thresholds) -> dict[str, str]:
     """The rule file's annotations: Prometheus fills the value and the labels."""
     fill = {label: f"{{{{ $labels.{label} }}}}" for label in rule.by}
     threshold = rule.threshold(t)
@@ -215,6 +216,6 @@ def render_rules(t: Thresholds = DEFAULTS) -> str:
         lines.append("        labels:")
         lines.append(f"          severity: {rule.severity.value}")
         lines.append("        annotations:")
-        for key, value in annotations(rule, t).items():
+        for key, value in rule_annotations(rule, t).items():
             lines.append(f"          {key}: {_q(value)}")
     return "\n".join(lines) + "\n"
