@@ -25,7 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from farm.broker.layout import UNACKED, queue_keys
-from farm.capacity.build import redis_breaker
+from farm.capacity.build import redis_breaker, redis_limiter
+from farm.capacity.config import ModelLimits
+from farm.capacity.limits import Grant
 from farm.cli.main import main
 from farm.client import Farm
 from farm.jobs import Priority
@@ -165,6 +167,20 @@ def test_utilisation_comes_from_the_pool_heartbeats(
     assert snap.queue("farm-intake") is not None
     intake = snap.queue("farm-intake")
     assert intake is not None and intake.utilisation is None  # no worker: no figure
+
+
+def test_limiter_use_per_model(settings: Settings, broker: Any, engine: Engine) -> None:
+    limited = settings.model_copy(update={"limits": {"claude-sonnet-5-5": ModelLimits(
+        rpm=100, max_concurrency=4)}})
+    limiter = redis_limiter(broker, limited)
+    for _ in range(2):
+        assert isinstance(limiter.acquire("claude-sonnet-5-5", input_tokens=10,
+                                          output_tokens=10, priority=Priority.HIGH,
+                                          tenant="obs"), Grant)
+    use = {(u.model, u.kind): u.ratio for u in take_for(limited, broker, engine).limiters}
+    assert use[("claude-sonnet-5-5", "concurrency")] == 0.5  # 2 calls of 4 slots
+    assert 0.01 < use[("claude-sonnet-5-5", "rpm")] < 0.05  # 2 requests of 98 (target)
+    assert not any(model == "claude-haiku-4-5" for model, _ in use)  # no limits: no use
 
 
 def test_circuits_hold_and_cost(settings: Settings, broker: Any, engine: Engine) -> None:

@@ -9,11 +9,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from rich.console import Console
 
+from farm.capacity.circuit import BreakerConfig, BreakerState, BreakerValue
 from farm.observe import names
 from farm.observe.evaluate import evaluate
 from farm.observe.exporter import ClusterCollector, families
 from farm.observe.figures import Circuit, Hold, LimiterUse, QueueFigures, Snapshot, Window
 from farm.observe.rules import DEFAULTS, Thresholds
+from farm.observe.snapshot import circuit
 from farm.observe.top import frame
 from farm.observe.webhook import ZERO_TIME, Notifier, payload, rfc3339
 
@@ -119,6 +121,26 @@ def test_with_memory_an_alert_is_pending_for_its_for_period() -> None:
 def test_with_memory_a_circuit_counts_from_its_known_opening() -> None:
     snap = replace(QUIET, circuits=(Circuit("m", "open", NOW - 650, NOW - 650),))
     assert [a.name for a in evaluate(snap, DEFAULTS, NOW, {}).firing] == ["FarmCircuitOpen"]
+
+
+def test_a_reopened_circuit_counts_its_earlier_cooldowns() -> None:
+    """The breaker keeps only its last opening; each re-opening before it followed a
+    cooldown (doubled each time, capped): the circuit has not been closed since at least
+    the last opening less those cooldowns."""
+    config = BreakerConfig(cooldown_s=15, max_cooldown_s=50)
+
+    class Fake:
+        def __init__(self, value: BreakerValue) -> None:
+            self.config, self._value = config, value
+
+        def value(self, model: str) -> tuple[BreakerValue, float]:
+            return self._value, NOW
+
+    reopened = BreakerValue(BreakerState.HALF_OPEN, 0, (), NOW - 10, 3, ())
+    got = circuit(Fake(reopened), "m")  # type: ignore[arg-type]
+    assert got == Circuit("m", "half_open", NOW - 10, NOW - 10 - (15 + 30 + 50))
+    closed = BreakerValue(BreakerState.CLOSED, 2, (), 0.0, 0, ())
+    assert circuit(Fake(closed), "m") == Circuit("m", "closed")  # type: ignore[arg-type]
 
 
 # --- the webhook ------------------------------------------------------------------------

@@ -36,9 +36,8 @@ def test_the_committed_rule_file_is_the_rendering_of_the_defaults() -> None:
 
 
 def test_the_defaults_are_the_issues_thresholds() -> None:
-    assert Thresholds(queue_depth=500, error_rate=0.02, p95_s=30.0,
-                                  utilisation=0.9, circuit_open_s=600.0,
-                                  cost_usd_per_hour=50.0, for_s=300.0) == DEFAULTS
+    assert Thresholds(queue_depth=500, error_rate=0.02, p95_s=30.0, utilisation=0.9,
+                      circuit_open_s=600.0, cost_usd_per_hour=50.0, for_s=300.0) == DEFAULTS
     assert thresholds(Settings()) == DEFAULTS  # no FARM_ALERT_* in the test environment
 
 
