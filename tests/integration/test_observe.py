@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx2
 import pytest
 import redis
@@ -238,6 +239,29 @@ def test_farm_alerts_json_fires_queue_depth_and_error_rate(
         "(threshold 4)",
         f"FIRING FarmErrorRateHigh queue={b} [warning]: queue {b}: 10% of the jobs finished "
         "in 5 minutes failed (threshold 2%)"]
+
+
+def test_farm_alerts_without_redis_or_postgres(env: dict[str, str], tmp_path: Path) -> None:
+    closed = free_port()
+    no_redis = CliRunner().invoke(main, ["alerts"], env={
+        **env, "FARM_BROKER_URL": f"redis://127.0.0.1:{closed}/0"})
+    assert no_redis.exit_code == 1
+    assert no_redis.stderr.startswith("Error: cannot reach the broker (Redis): ")
+    assert len(no_redis.stderr.splitlines()) == 1
+    no_db = CliRunner().invoke(main, ["alerts", "--json"], env={
+        **env, "FARM_DATABASE_URL": f"postgresql://farm:secret@127.0.0.1:{closed}/farm"})
+    assert no_db.exit_code == 0
+    [problem] = json.loads(no_db.stdout)["problems"]
+    assert problem.startswith("Postgres: OperationalError: ") and "secret" not in problem
+
+
+def test_the_sources_have_timeouts(settings: Settings) -> None:
+    from farm.cli.observe import TIMEOUT_S, sources
+
+    with click.Context(main, obj=settings) as ctx, sources(ctx) as (client, engine):
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == TIMEOUT_S == 5
+        assert engine.url.query["connect_timeout"] == "5"
 
 
 def test_farm_top_once_prints_a_frame(env: dict[str, str], broker: Any,
