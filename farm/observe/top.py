@@ -26,7 +26,7 @@ def frame(snap: Snapshot, alerts: Evaluation) -> Group:
     t = snap.total
     head = Text.assemble(
         ("farm top", "bold"), f"  {when}   ",
-        f"throughput {snap.throughput_per_s:.2f} jobs/s   ",
+        f"throughput {60 * snap.throughput_per_s:.1f} jobs/min   ",
         f"P50 {_s(t.p50_s)}  P95 {_s(t.p95_s)}  P99 {_s(t.p99_s)}   ",
         f"errors {_pct(t.error_rate)}   ",
         f"cost ${snap.cost_usd_per_hour:,.2f}/h   ",
