@@ -125,6 +125,18 @@ class Settings(BaseSettings):
     breaker_cooldown_s: float = Field(default=15.0, gt=0, le=3600)
     breaker_max_cooldown_s: float = Field(default=120.0, gt=0, le=86_400)
 
+    # --- alert thresholds (farm.observe.rules): the Prometheus rule file and `farm alerts`
+    # both read these, and nothing else
+    alert_queue_depth: int = Field(default=500, ge=1)  # messages in one queue
+    alert_error_rate: float = Field(default=0.02, gt=0, lt=1)  # failed+dead share, 5 min
+    alert_p95_s: float = Field(default=30.0, gt=0, le=86_400)  # job P95, 5 min
+    alert_utilisation: float = Field(default=0.9, gt=0, le=1)  # busy / slots of a queue
+    alert_circuit_open_s: float = Field(default=600.0, ge=0, le=86_400)
+    alert_cost_usd_per_hour: float = Field(default=50.0, gt=0)
+    # how long the queue depth, error rate, P95 and utilisation must stay over their
+    # thresholds before their alert fires (Prometheus's `for:`)
+    alert_for_s: float = Field(default=300.0, ge=0, le=86_400)
+
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     flower_port: int = 5555
