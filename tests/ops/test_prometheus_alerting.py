@@ -54,21 +54,20 @@ METRICS_LINE = re.compile(r"metrics on http://([\d.]+):(\d+)/metrics")
 
 
 def rendered_rules(threshold: int) -> str:
-    """The farm's alert rules as `farm.observe.rules.render_rules` renders them with the
-    queue-depth threshold at ``threshold`` (FARM_ALERT_QUEUE_DEPTH; the other thresholds
-    their defaults) — the rendering the exporter's and `farm alerts`' thresholds come from —
-    with FarmQueueDepthHigh's `for` cut to 1 s so the test need not wait minutes. (The
-    `for` of every rule is checked by `promtool test rules`.)"""
+    """The farm's alert rules as `farm.observe.rules.render_rules` renders them from the
+    settings — the one definition the exporter's and `farm alerts`' thresholds come from —
+    with FARM_ALERT_QUEUE_DEPTH at ``threshold`` and FARM_ALERT_FOR_S at 1 s, so the test
+    need not wait minutes (the default `for` is `promtool test rules`' business)."""
     from farm.observe import rules
 
-    thresholds = rules.Thresholds.from_settings(Settings(alert_queue_depth=threshold))
-    doc = yaml.safe_load(rules.render_rules(thresholds))
+    text = rules.render_rules(rules.thresholds(
+        Settings(alert_queue_depth=threshold, alert_for_s=1)))
+    doc = yaml.safe_load(text)
     found = [rule for group in doc["groups"] for rule in group["rules"]
              if rule.get("alert") == ALERT]
     assert len(found) == 1, f"{ALERT} is not among the rendered rules"
     assert str(threshold) in found[0]["expr"], found[0]["expr"]
-    found[0]["for"] = "1s"
-    return str(yaml.safe_dump(doc, sort_keys=False))
+    return text
 
 
 @dataclass(frozen=True)
