@@ -12,7 +12,7 @@ SIM_URL ?= http://127.0.0.1:$(SIM_PORT)
 FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
-        test-integration test-e2e bench bench-limits partition lint typecheck check clean dlq-list \
+        test-integration test-e2e test-ops bench bench-limits partition lint typecheck check clean dlq-list \
         dlq-replay-all dlq-purge limits throttle pause resume
 
 install: $(VENV)/.installed
@@ -87,6 +87,14 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+test-ops: install      ## issue 10: real Prometheus + Alertmanager on a farm under load (apt-installs them)
+	ops/prometheus_tools.sh
+	promtool check rules ops/prometheus/farm-alerts.yml
+	promtool check config ops/prometheus/prometheus.yml
+	amtool check-config ops/alertmanager/alertmanager.yml
+	promtool test rules ops/prometheus/*.test.yml
+	$(BIN)/python -m pytest tests/ops
 
 test-faults: install   ## only the fault tests (kills, restarts, outages; also in `make test`)
 	$(BIN)/python -m pytest tests/faults

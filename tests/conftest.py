@@ -106,6 +106,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
         elif f"{os.sep}e2e{os.sep}" in path:
             item.add_marker(pytest.mark.e2e)
+        elif f"{os.sep}ops{os.sep}" in path:
+            item.add_marker(pytest.mark.ops)
 
 
 # --- real workers (e2e and fault tests) ---------------------------------------------
