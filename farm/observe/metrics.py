@@ -16,7 +16,13 @@ from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -96,6 +102,10 @@ class WorkerMetrics:
 
     def __init__(self, pool: PoolView | None = None,
                  tenants: TenantLabels | None = None) -> None:
+        # no `_created` series: the catalogue (names.exported_names) has none, and they would
+        # double the series of every counter and histogram (prometheus-client's own switch,
+        # for the process)
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.tenants = tenants or TenantLabels()
         made = {m.name: _collector(m, self.registry) for m in names.WORKER
