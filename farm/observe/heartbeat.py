@@ -37,17 +37,21 @@ def fields(pool: Mapping[str, tuple[int, int]], metrics_port: int | None) -> dic
 
 
 def parse(raw: Mapping[Any, Any]) -> tuple[dict[str, tuple[int, int]], int | None]:
-    """A heartbeat's hash read back: (queue -> (slots, busy), metrics port or None)."""
+    """A heartbeat's hash read back: (queue -> (slots, busy), metrics port or None); a field
+    that does not parse is left out (another writer's, or a newer farm's)."""
     pool: dict[str, tuple[int, int]] = {}
     port: int | None = None
     for name, value in raw.items():
         name = name.decode() if isinstance(name, bytes) else str(name)
         value = value.decode() if isinstance(value, bytes) else str(value)
-        if name == METRICS_PORT:
-            port = int(value)
-        else:
-            slots, busy = value.split()
-            pool[name] = (int(slots), int(busy))
+        try:
+            if name == METRICS_PORT:
+                port = int(value)
+            else:
+                slots, busy = value.split()
+                pool[name] = (int(slots), int(busy))
+        except ValueError:
+            continue
     return pool, port
 
 

@@ -26,6 +26,7 @@ from farm.broker.layout import UNACKED, queue_keys
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import BreakerState
 from farm.capacity.limiter import Limiter
+from farm.observe import heartbeat
 from farm.observe.figures import (
     COST_WINDOW_S,
     WINDOW_S,
@@ -39,7 +40,6 @@ from farm.observe.figures import (
 from farm.reliability import hold as farm_hold
 from farm.settings import Settings
 
-POOL_PREFIX = "farm:pool:"
 UNACKED_MAX = 100_000  # more unacknowledged messages than this are not read one by one
 # the window figures read jobs created at most this long before the window (an index scan
 # on jobs.created_at): a job finished after waiting longer is left out of them
@@ -107,20 +107,13 @@ def unacked_counts(broker: Any, now: float, *, limit: int = UNACKED_MAX
 
 def pool_use(broker: Any) -> dict[str, tuple[int, int]]:
     """(slots, busy) per queue, summed over the live workers' heartbeats."""
-    keys = list(broker.scan_iter(match=f"{POOL_PREFIX}*", count=1000))
+    keys = list(broker.scan_iter(match=f"{heartbeat.PREFIX}*", count=1000))
     pipe = broker.pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
     totals: dict[str, tuple[int, int]] = {}
     for fields in pipe.execute() if keys else ():
-        for field, value in fields.items():
-            queue = _text(field)
-            if queue == "metrics_port":
-                continue
-            try:
-                slots, busy = (int(x) for x in _text(value).split())
-            except ValueError:
-                continue
+        for queue, (slots, busy) in heartbeat.parse(fields)[0].items():
             have = totals.get(queue, (0, 0))
             totals[queue] = (have[0] + slots, have[1] + busy)
     return totals

@@ -244,3 +244,11 @@ def test_the_readme_lists_every_worker_metric() -> None:
         assert f"`{metric.name}`" in section, metric.name
     for bucket in (*names.DURATION_BUCKETS, *names.LATENCY_BUCKETS):
         assert f"{bucket:g}" in section
+
+
+def test_a_heartbeat_reads_back_and_skips_what_does_not_parse() -> None:
+    from farm.observe import heartbeat
+
+    raw = {b"haiku-simple": b"40 3", b"metrics_port": b"9464", b"junk": b"x", "q2": "8 0"}
+    assert heartbeat.parse(raw) == ({"haiku-simple": (40, 3), "q2": (8, 0)}, 9464)
+    assert heartbeat.parse({b"metrics_port": b"?"}) == ({}, None)
