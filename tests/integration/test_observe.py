@@ -37,13 +37,21 @@ from farm.reliability import hold
 from farm.settings import QueueSpec, Settings
 from farm.store.schema import make_engine
 from tests_e2e import wait_until
-from tests_support import free_port, wait_port
+from tests_support import free_port, fresh_database, wait_port
 
 
 @pytest.fixture
 def queues() -> tuple[str, str]:
     tag = uuid.uuid4().hex[:6]
     return f"obs-a-{tag}", f"obs-b-{tag}"
+
+
+@pytest.fixture(scope="module")
+def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A database of this module's own: the alerts read every job of the last minutes, and
+    other tests' jobs (failed intake jobs, say) would fire them too."""
+    with fresh_database(service_urls[1], "farm_observe", "head") as url:
+        yield url
 
 
 @pytest.fixture
