@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import yaml
 
-from tests_e2e import wait_until
+from tests_e2e import stop, wait_until
 from tests_support import free_port
 
 # Debian names Alertmanager's binary prometheus-alertmanager
@@ -115,12 +115,7 @@ def _running(argv: list[str], url: str, log: Path) -> Iterator[Server]:
         _wait_ready(proc, url, log)
         yield Server(url, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
 
 
 def alertmanager_config(webhook_url: str) -> dict[str, Any]:

@@ -69,6 +69,14 @@ def long_reserved(broker: Any, older_than_s: float, *, window_s: float = VISIBIL
     return ids
 
 
+def list_lengths(broker: Any, keys: list[str]) -> list[int]:
+    """The lengths of these Redis lists (queue keys: ``queue_keys``), in one round trip."""
+    pipe = broker.pipeline(transaction=False)
+    for key in keys:
+        pipe.llen(key)
+    return [int(n) for n in pipe.execute()] if keys else []
+
+
 def ids_in_redis(broker: Any, queues: set[str], *, scan_max: int,
                  chunk: int = 1000) -> set[uuid.UUID] | None:
     """The job ids of every message in these queues' lists and in the unacknowledged hash,
@@ -77,10 +85,7 @@ def ids_in_redis(broker: Any, queues: set[str], *, scan_max: int,
     at least one of them, unless it is inside kombu's two-step pop at that moment (then it
     is taken for lost and published again, which is harmless)."""
     keys = [key for queue in sorted(queues) for key in queue_keys(queue)]
-    pipe = broker.pipeline(transaction=False)
-    for key in keys:
-        pipe.llen(key)
-    lengths = pipe.execute()
+    lengths = list_lengths(broker, keys)
     if sum(lengths) > scan_max:
         return None
     found: set[uuid.UUID] = set()

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from farm.broker import layout
 from farm.broker.layout import UNACKED, queue_keys
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import BreakerState
@@ -61,15 +62,11 @@ def models_of(settings: Settings, seen: Iterable[str] = ()) -> list[str]:
 
 # --- Redis ------------------------------------------------------------------------------
 
-def list_lengths(broker: Any, queues: Iterable[str]) -> dict[str, int]:
-    """Each queue's messages in its Redis lists, every priority step."""
+def queue_lengths(broker: Any, queues: Iterable[str]) -> dict[str, int]:
+    """Each queue's messages in its Redis lists, every priority step (one round trip)."""
     names = list(queues)
-    pipe = broker.pipeline(transaction=False)
-    for queue in names:
-        for key in queue_keys(queue):
-            pipe.llen(key)
-    lengths = pipe.execute()
-    steps = len(queue_keys("q"))
+    lengths = layout.list_lengths(broker, [key for q in names for key in queue_keys(q)])
+    steps = len(layout.PRIORITY_STEPS)
     return {q: sum(lengths[i * steps:(i + 1) * steps]) for i, q in enumerate(names)}
 
 
@@ -203,7 +200,7 @@ def take(*, broker: Any, engine: Engine | None, queues: Iterable[str], models: I
     now = time.time() if now is None else now
     names = list(queues)
     problems: list[str] = []
-    lengths = list_lengths(broker, names)
+    lengths = queue_lengths(broker, names)
     unacked, delayed, cut = unacked_counts(broker, now)
     if cut:
         problems.append(f"more than {UNACKED_MAX} unacknowledged messages: depth is a floor")

@@ -159,12 +159,7 @@ def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
     result: llm.CallResult | ProviderError = _RAISED
     cost: Decimal | None = None
     try:
-        result = _provider_call(runtime, model, job)
-        if isinstance(result, ProviderError):
-            cost = (None if result.kind is ErrorKind.ABANDONED and runtime.running.sent(job.id)
-                    else Decimal(0))
-        else:
-            cost = runtime.prices.cost(result.model, result.usage)
+        result, cost = _provider_call(runtime, model, job)
         return result, cost
     finally:
         if isinstance(result, llm.CallResult):
@@ -177,17 +172,19 @@ def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
 
 
 def _provider_call(runtime: rt.Runtime, model: str, job: store.StartedJob
-                   ) -> llm.CallResult | ProviderError:
+                   ) -> tuple[llm.CallResult | ProviderError, Decimal | None]:
     try:
-        return llm.call(runtime.client, model, job.request)
+        result = llm.call(runtime.client, model, job.request)
     except ProviderError as exc:
-        if runtime.running.abandoned(job.id):  # the lease watchdog stopped it
-            went_out = runtime.running.sent(job.id)
-            return ProviderError(
-                ErrorKind.ABANDONED, "call abandoned: the job's lease could not be renewed"
-                + (" (the provider may still bill it)" if went_out else " before it was sent"),
-                latency_s=exc.latency_s)
-        return exc
+        if not runtime.running.abandoned(job.id):
+            return exc, Decimal(0)  # a failed call costs nothing
+        # the lease watchdog stopped it: if it went out, the provider may still bill it
+        went_out = runtime.running.sent(job.id)
+        return ProviderError(
+            ErrorKind.ABANDONED, "call abandoned: the job's lease could not be renewed"
+            + (" (the provider may still bill it)" if went_out else " before it was sent"),
+            latency_s=exc.latency_s), None if went_out else Decimal(0)
+    return result, runtime.prices.cost(result.model, result.usage)
 
 
 def _end(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, status: str | None,

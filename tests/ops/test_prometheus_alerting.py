@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +248,20 @@ def _resolved(hook: Webhook, queue: str) -> list[dict[str, Any]]:
     return [a for a in hook.alerts(ALERT, "resolved") if a["labels"].get("queue") == queue]
 
 
+def _at_webhook(stack: Stack, seen: Callable[[Webhook, str], list[dict[str, Any]]], what: str
+                ) -> Callable[[], str | None]:
+    """A wait_until check: None once the webhook got ``seen`` (firing or resolved) for the
+    paused queue, else what it has not got, with the queue's depth now."""
+    def missing() -> str | None:
+        if seen(stack.webhook, PAUSED):
+            return None
+        depth = query(stack.prometheus, f'farm_queue_depth{{queue="{PAUSED}"}}')
+        return (f"no {ALERT} {what} for {PAUSED} at the webhook; depth now "
+                f"{[s['value'][1] for s in depth]}")
+
+    return missing
+
+
 def test_pausing_a_queue_fires_the_queue_depth_alert_and_resuming_resolves_it(
         stack: Stack) -> None:
     with load(stack.env, {PAUSED: 2, OTHER: 1}) as ids:
@@ -260,14 +274,8 @@ def test_pausing_a_queue_fires_the_queue_depth_alert_and_resuming_resolves_it(
             assert "paused" in farm_cli(stack.env, "pause", PAUSED)
             paused_at = time.monotonic()
 
-            def not_fired() -> str | None:
-                if _firing(stack.webhook, PAUSED):
-                    return None
-                depth = query(stack.prometheus, f'farm_queue_depth{{queue="{PAUSED}"}}')
-                return (f"no {ALERT} firing for {PAUSED} at the webhook; depth now "
-                        f"{[s['value'][1] for s in depth]}, threshold {THRESHOLD}")
-
-            wait_until(not_fired, timeout=120, interval=0.5)
+            wait_until(_at_webhook(stack, _firing, f"firing, threshold {THRESHOLD}"),
+                       timeout=120, interval=0.5)
         finally:
             fired_after = time.monotonic() - paused_at
             assert "resumed" in farm_cli(stack.env, "resume", PAUSED)
@@ -276,14 +284,7 @@ def test_pausing_a_queue_fires_the_queue_depth_alert_and_resuming_resolves_it(
         assert fired["labels"].get("severity"), fired
         assert any(str(THRESHOLD) in text for text in fired["annotations"].values()), fired
 
-        def not_resolved() -> str | None:
-            if _resolved(stack.webhook, PAUSED):
-                return None
-            depth = query(stack.prometheus, f'farm_queue_depth{{queue="{PAUSED}"}}')
-            return (f"no resolved {ALERT} for {PAUSED} at the webhook; depth now "
-                    f"{[s['value'][1] for s in depth]}")
-
-        wait_until(not_resolved, timeout=120, interval=0.5)
+        wait_until(_at_webhook(stack, _resolved, "resolved"), timeout=120, interval=0.5)
         resolved_after = time.monotonic() - resumed_at
     # the queue that kept running never crossed the threshold; every job ran, the paused
     # ones after the resume
