@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -96,6 +97,10 @@ class JobRequest(BaseModel):
     # while the model's circuit breaker is open, run on the queue's fallback model instead
     # of waiting (jobs.served_model records which model answered)
     allow_fallback: bool = False
+    # the most this job may cost over all its calls (USD); None: its tenant's, its queue's,
+    # else the farm's default (FARM_MAX_COST_USD, $2.00): farm.costs.estimate.cost_cap
+    max_cost_usd: Decimal | None = Field(default=None, gt=0, le=10_000, max_digits=12,
+                                         decimal_places=6)
 
     @field_validator("prompt")
     @classmethod

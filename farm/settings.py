@@ -7,6 +7,7 @@ Environment variables use the prefix ``FARM_``; the SDK's own ``ANTHROPIC_API_KE
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -26,6 +27,8 @@ class QueueSpec(BaseModel):
     complexity: str  # "simple" | "complex"
     # serves this queue's fallback-enabled jobs while the model's circuit breaker is open
     fallback_model: str | None = None
+    # the cost cap of this queue's jobs that set none (and whose tenant has none)
+    max_cost_usd: Decimal | None = Field(default=None, gt=0)
 
 
 DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
@@ -136,6 +139,19 @@ class Settings(BaseSettings):
     # how long the queue depth, error rate, P95 and utilisation must stay over their
     # thresholds before their alert fires (Prometheus's `for:`)
     alert_for_s: float = Field(default=300.0, ge=0, le=86_400)
+
+    # --- cost controls (farm.costs) ---------------------------------------------------
+    # the most one job may cost over all its calls, unless the job, its tenant
+    # (tenant_max_cost_usd) or its queue (QueueSpec.max_cost_usd) says otherwise
+    max_cost_usd: Decimal = Field(default=Decimal("2.00"), gt=0)
+    tenant_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
+    # the cost circuit breaker: spend over the last cost_breaker_window_s, in USD a minute,
+    # overall and per model; at or above it no call is admitted until it falls under
+    # cost_breaker_close_share of it. None / {}: no breaker
+    cost_breaker_usd_per_min: Decimal | None = Field(default=None, gt=0)
+    cost_breaker_model_usd_per_min: dict[str, Decimal] = Field(default_factory=dict)
+    cost_breaker_window_s: float = Field(default=60.0, ge=5, le=3600)
+    cost_breaker_close_share: float = Field(default=0.8, gt=0, le=1)
 
     flower_user: str | None = None
     flower_password: SecretStr | None = None
