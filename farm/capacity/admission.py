@@ -5,6 +5,13 @@ model's circuit breaker (a ``Breaker``) decide when the call goes, and on which 
   that model's breaker is open and the job allows it, on its queue's fallback model.
 - Later: the job must wait longer than a worker slot should be held; the task puts it back
   in the queue with a countdown, without using an attempt.
+- Stop: the job must not call at all: one more call could cross its cost cap, or a hard
+  budget that fails its jobs is spent; the task fails it into the dead-letter queue.
+
+Money (farm.costs): before the limits, the job's cost cap is checked against what it has
+spent plus this call's worst case; the budgets covering the call and the cost breakers
+watching it (the ``Ledger``) are checked and reserved inside the limiter's acquire, and
+settled with the call's cost when it is known.
 
 Short waits for capacity are slept in the slot (with jitter, so waiters do not wake
 together); a breaker that is open is never slept on (during a storm the slots are better
@@ -21,12 +28,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from farm.capacity.circuit import Admission, BreakerDecision, BreakerState, counts_as_failure
 from farm.capacity.limits import Grant, Wait
+from farm.costs.budgets import BUDGET_EXCEEDED, Mode, Seed
+from farm.costs.estimate import DEFAULT_MAX_COST_USD, CapCheck, cost_cap, worst_case
+from farm.costs.ledger import Charge, OverBudget, budget_reason
+from farm.costs.pricing import PriceBook
 from farm.jobs import Priority, Usage
 from farm.provider.errors import ErrorKind
 from farm.reliability.hold import Polled
@@ -40,7 +52,8 @@ class Limiter(Protocol):
     ``farm.capacity.memory.MemoryLimiter`` (one process)."""
 
     def acquire(self, model: str, *, input_tokens: int, output_tokens: int, priority: Priority,
-                tenant: str, waited_s: float = 0.0) -> Grant | Wait: ...
+                tenant: str, waited_s: float = 0.0, charge: Charge | None = None,
+                ) -> Grant | Wait | Seed | OverBudget: ...
 
     def release(self, grant: Grant, *, input_tokens: int | None = None,
                 output_tokens: int | None = None) -> None: ...
@@ -50,6 +63,17 @@ class Limiter(Protocol):
     def observe(self, model: str, headers: Mapping[str, str]) -> None: ...
 
     def paused_queues(self) -> set[str]: ...
+
+
+class Ledger(Protocol):
+    """Budgets and cost breakers: ``farm.costs.ledger.Ledger`` (Redis)."""
+
+    def charge(self, tenant: str, queue: str, model: str,
+               cost: Decimal | None) -> Charge | None: ...
+
+    def seed(self, charge: Charge, index: int) -> None: ...
+
+    def settle(self, charge: Charge, actual: Decimal | None) -> None: ...
 
 
 class Breaker(Protocol):
@@ -74,6 +98,10 @@ class AdmissionConfig(BaseModel):
     sleep_max_s: float = Field(default=10.0, ge=0)
     # the longest countdown of a deferral
     defer_max_s: float = Field(default=60.0, gt=0)
+    # the cost caps: the farm's default, per tenant, per queue (farm.costs.estimate.cost_cap)
+    max_cost_usd: Decimal = Field(default=DEFAULT_MAX_COST_USD, gt=0)
+    tenant_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
+    queue_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +116,17 @@ class Go:
 class Later:
     wait_s: float
     reason: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+    error_class: str  # COST_CAP or budgets.BUDGET_EXCEEDED
+
+
+COST_CAP = "cost_cap"  # the error class of a job stopped before crossing its cost cap
+# waits that are never slept in a slot: the slots serve jobs that can go meanwhile
+_DEFER_AT_ONCE = ("circuit", "cost breaker")
 
 
 def candidates(job: StartedJob, config: AdmissionConfig) -> list[str]:
@@ -110,16 +149,18 @@ class Gate:
     """One per worker process; thread-safe (the limiter and breaker are Redis scripts)."""
 
     def __init__(self, limiter: Limiter, breaker: Breaker, config: AdmissionConfig, *,
+                 ledger: Ledger | None = None, prices: PriceBook | None = None,
                  sleep: Callable[[float], Any] = time.sleep,
                  rand: Callable[[], float] = random.random) -> None:
         self.limiter, self.breaker, self.config = limiter, breaker, config
+        self.ledger, self.prices = ledger, prices
         self._sleep, self._rand = sleep, rand
         self._lock = threading.Lock()
         self._observed: dict[str, float] = {}
         # queues paused by an operator, read from Redis at most once a second
         self._paused = Polled(limiter.paused_queues, set[str](), 1.0)
 
-    def admit(self, job: StartedJob) -> Go | Later:
+    def admit(self, job: StartedJob) -> Go | Later | Stop:
         config = self.config
         # the common answer (not paused) from the cache; "paused" is confirmed in Redis
         if job.queue in self._paused.get() and job.queue in self._paused.fresh():
@@ -135,37 +176,100 @@ class Gate:
                         wait = Later(max(1.0, decision.retry_in_s),
                                      f"circuit of {model} is open")
                     continue
-                got = self.limiter.acquire(
-                    model, input_tokens=job.request.approx_input_tokens(),
-                    output_tokens=job.request.max_tokens, priority=job.request.priority,
-                    tenant=job.request.tenant, waited_s=waited_s(job))
+                charge = self._charge(job, model)
+                if isinstance(charge, Stop):
+                    return charge
+                got = self._acquire(job, model, charge)
                 if isinstance(got, Grant):
                     if got.delay_s > 0:
                         self._sleep(got.delay_s)
                     return Go(model, got, decision.admission is Admission.PROBE, i > 0)
-                wait = Later(got.wait_s, limited(model, got.reason))
+                if isinstance(got, (Stop, Later)):
+                    if isinstance(got, Stop):
+                        return got
+                    wait = got
+                    break
+                if got.opened:
+                    log.critical("ALERT: %s: no call goes out until the spend rate falls "
+                                 "back", got.reason)
+                wait = Later(got.wait_s, got.reason if got.reason.startswith("cost breaker")
+                             else limited(model, got.reason))
                 break  # capacity, not health: the fallback is for open circuits only
             assert wait is not None
-            if wait.reason.startswith("circuit") or slept + wait.wait_s > config.sleep_max_s:
+            if wait.reason.startswith(_DEFER_AT_ONCE) or slept + wait.wait_s > config.sleep_max_s:
                 jitter = 1.0 + 0.2 * self._rand()
                 return Later(min(wait.wait_s * jitter, config.defer_max_s), wait.reason)
             nap = wait.wait_s * (1.0 + 0.5 * self._rand())
             self._sleep(nap)
             slept += nap
 
-    def done(self, go: Go, usage: Usage, ratelimit: dict[str, str]) -> None:
-        """A call that the provider answered with 200. Never raises: the result must be
-        recorded whatever Redis does. Cache reads do not count toward the input limit."""
+    def _charge(self, job: StartedJob, model: str) -> Charge | Stop | None:
+        """The cost cap, then what the call counts against in the budgets and breakers."""
+        if self.prices is None:
+            return None
+        price = self.prices.price(model)
+        worst = None if price is None else worst_case(price, job.request)
+        if worst is not None:
+            c = self.config
+            check = CapCheck(cost_cap(job.request, job.queue, default=c.max_cost_usd,
+                                      tenants=c.tenant_max_cost_usd,
+                                      queues=c.queue_max_cost_usd), job.spent, worst)
+            if not check.fits:
+                return Stop(f"stopped before crossing its cost cap: {check.explain()}",
+                            COST_CAP)
+        if self.ledger is None:
+            return None
+        charge = self.ledger.charge(job.request.tenant, job.queue, model,
+                                    None if worst is None else worst.usd)
+        hard = [] if charge is None else [c.budget.id for c in charge.covered
+                                          if c.budget.mode is Mode.HARD]
+        if worst is None and hard:
+            return Stop(f"{model} has no price row: hard budget(s) {', '.join(hard)} cannot "
+                        "be kept for its calls", BUDGET_EXCEEDED)
+        return charge
+
+    def _acquire(self, job: StartedJob, model: str, charge: Charge | None
+                 ) -> Grant | Wait | Later | Stop:
+        """The limiter's acquire; a budget period with no count in Redis is seeded from
+        Postgres first (once per period, or after Redis lost its data)."""
+        for _ in range(4):
+            got = self.limiter.acquire(
+                model, input_tokens=job.request.approx_input_tokens(),
+                output_tokens=job.request.max_tokens, priority=job.request.priority,
+                tenant=job.request.tenant, waited_s=waited_s(job), charge=charge)
+            if isinstance(got, OverBudget):
+                if got.fail:
+                    return Stop(got.explain(), BUDGET_EXCEEDED)
+                return Later(got.wait_s, f"{budget_reason(got.budget_id)}: {got.explain()}")
+            if not isinstance(got, Seed):
+                return got
+            assert charge is not None and self.ledger is not None
+            try:
+                self.ledger.seed(charge, got.index)
+            except Exception as exc:  # Postgres down: the spend cannot be known, so wait
+                budget = charge.covered[got.index].budget.id
+                log.warning("budget %s: its spend could not be read from Postgres (%s)",
+                            budget, type(exc).__name__)
+                return Later(self.config.paused_recheck_s, f"{budget_reason(budget)}: its "
+                             "spend could not be read from Postgres")
+        return Later(1.0, "budgets: their spend is being rebuilt")
+
+    def done(self, go: Go, usage: Usage, ratelimit: dict[str, str],
+             cost: Decimal | None = None) -> None:
+        """A call that the provider answered with 200, and its cost (None: unknown). Never
+        raises: the result must be recorded whatever Redis does. Cache reads do not count
+        toward the input limit."""
         self._settle(go, usage.input_tokens + usage.cache_creation_input_tokens,
-                     usage.output_tokens)
+                     usage.output_tokens, cost)
         self._safely(self.breaker.record, go.model, success=True, probe=go.probe)
         self._observe(go.model, ratelimit)
 
     def failed(self, go: Go, kind: ErrorKind, *, retry_after_s: float | None,
-               ratelimit: dict[str, str]) -> None:
-        """A call that failed: refund its tokens; a 429 pauses the model for every worker;
-        overload, 5xx and timeouts count against the breaker. Never raises."""
-        self._settle(go, 0, 0)
+               ratelimit: dict[str, str], cost: Decimal | None = Decimal(0)) -> None:
+        """A call that failed: refund its tokens (and its budget reservation, but for what
+        it cost: None, unknown, spends its whole worst case); a 429 pauses the model for
+        every worker; overload, 5xx and timeouts count against the breaker. Never raises."""
+        self._settle(go, 0, 0, cost)
         if kind is ErrorKind.RATE_LIMITED:
             self._safely(self.limiter.pause, go.model, retry_after_s or 1.0)
             log.warning("429 from %s: every worker pauses it for %.1fs", go.model,
@@ -184,10 +288,14 @@ class Gate:
         except Exception as exc:  # Redis trouble must not cost a recorded result
             log.warning("%s failed: %s", getattr(fn, "__name__", "call"), type(exc).__name__)
 
-    def _settle(self, go: Go, input_tokens: int, output_tokens: int) -> None:
-        # a grant not released frees its slot itself after grant_ttl_s
+    def _settle(self, go: Go, input_tokens: int, output_tokens: int,
+                cost: Decimal | None) -> None:
+        # a grant not released frees its slot itself after grant_ttl_s; a reservation not
+        # settled comes back after the ledger's reservation_ttl_s
         self._safely(self.limiter.release, go.grant, input_tokens=input_tokens,
                      output_tokens=output_tokens)
+        if go.grant.charge is not None and self.ledger is not None:
+            self._safely(self.ledger.settle, go.grant.charge, cost)
 
     def _observe(self, model: str, ratelimit: dict[str, str]) -> None:
         """Follow the provider's rate-limit headers, at most once a second per model."""

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.engine import Engine
+
 from farm.capacity.admission import AdmissionConfig, Gate
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import BreakerConfig
 from farm.capacity.config import LimiterConfig
 from farm.capacity.limiter import Limiter
+from farm.costs.book import BudgetBook
+from farm.costs.budgets import Budget
+from farm.costs.ledger import Ledger, LedgerConfig
+from farm.costs.pricing import default_pricebook
+from farm.reliability.hold import Polled
 from farm.settings import Settings
 
 
@@ -32,7 +39,26 @@ def admission_config(settings: Settings) -> AdmissionConfig:
     return AdmissionConfig(
         fallbacks={q.name: q.fallback_model for q in settings.queues if q.fallback_model},
         paused_recheck_s=settings.hold_recheck_s, sleep_max_s=settings.limit_sleep_s,
-        defer_max_s=settings.defer_max_s)
+        defer_max_s=settings.defer_max_s, max_cost_usd=settings.max_cost_usd,
+        tenant_max_cost_usd=settings.tenant_max_cost_usd,
+        queue_max_cost_usd={q.name: q.max_cost_usd for q in settings.queues
+                            if q.max_cost_usd is not None})
+
+
+def ledger_config(settings: Settings) -> LedgerConfig:
+    return LedgerConfig(breaker_usd_per_min=settings.cost_breaker_usd_per_min,
+                        breaker_model_usd_per_min=settings.cost_breaker_model_usd_per_min,
+                        breaker_window_s=settings.cost_breaker_window_s,
+                        breaker_close_share=settings.cost_breaker_close_share,
+                        reservation_ttl_s=settings.request_timeout + 60)
+
+
+def redis_ledger(redis_client: Any, settings: Settings, engine: Engine | None) -> Ledger:
+    """The budgets (read from their Redis mirror at most once a second; loaded from Postgres
+    when Redis lost it) and the cost breakers."""
+    book = None if engine is None else BudgetBook(redis_client, engine)
+    definitions = Polled(book.mirrored if book else list, list[Budget](), 1.0)
+    return Ledger(redis_client, engine, ledger_config(settings), definitions.get)
 
 
 def redis_limiter(redis_client: Any, settings: Settings) -> Limiter:
@@ -43,7 +69,9 @@ def redis_breaker(redis_client: Any, settings: Settings) -> Breaker:
     return Breaker(redis_client, breaker_config(settings))
 
 
-def redis_gate(redis_client: Any, settings: Settings) -> Gate:
-    """The admission gate of a worker process, on the cluster's shared Redis state."""
+def redis_gate(redis_client: Any, settings: Settings, engine: Engine | None = None) -> Gate:
+    """The admission gate of a worker process, on the cluster's shared Redis state; with the
+    database's ``engine``, the budgets too."""
     return Gate(redis_limiter(redis_client, settings), redis_breaker(redis_client, settings),
-                admission_config(settings))
+                admission_config(settings), ledger=redis_ledger(redis_client, settings, engine),
+                prices=default_pricebook())

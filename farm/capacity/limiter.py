@@ -45,6 +45,8 @@ from farm.capacity.limits import (
     promote,
 )
 from farm.capacity.scripts import ACQUIRE, OBSERVE, PAUSE, RELEASE, THROTTLE
+from farm.costs.budgets import Seed
+from farm.costs.ledger import Charge, OverBudget, over_budget
 from farm.jobs import Priority
 
 __all__ = ["Grant", "Limiter", "LimiterConfig", "Wait"]
@@ -94,8 +96,11 @@ class Limiter:
 
     # --- the hot path -------------------------------------------------------------------
     def acquire(self, model: str, *, input_tokens: int, output_tokens: int, priority: Priority,
-                tenant: str, waited_s: float = 0.0) -> Grant | Wait:
-        """A Grant (release it when the call is done) or how long to wait and why."""
+                tenant: str, waited_s: float = 0.0, charge: Charge | None = None,
+                ) -> Grant | Wait | Seed | OverBudget:
+        """A Grant (release it when the call is done) or how long to wait and why. With a
+        ``charge``, the budgets and cost breakers it names are checked and reserved in the
+        same step: Seed (rebuild a period's spend first, then ask again) or OverBudget."""
         check_request(input_tokens, output_tokens, tenant)
         prio = promote(self.config, Priority(priority), waited_s)
         gid = uuid.uuid4().hex
@@ -107,13 +112,25 @@ class Limiter:
         args = [self._now_arg(), gid, tenant, str(int(input_tokens)), str(int(output_tokens)),
                 str(PRIORITY_ORDER.index(prio)), *self._configured(model),
                 _arg(limits.max_concurrency), *self._common]
+        if charge is not None:
+            keys += charge.keys
+            args += charge.args
         result = self._acquire(keys=keys, args=args)
-        if int(result[0]) == 0:
-            return Wait(float(_text(result[2])), _text(result[1]))
-        if int(result[0]) == 2:  # no limits at all: nothing charged, nothing to release
-            return Grant(model, "", tenant, int(input_tokens), int(output_tokens))
+        code = int(result[0])
+        if code == 0:
+            return Wait(float(_text(result[2])), _text(result[1]),
+                        opened=len(result) > 3 and _text(result[3]) == "opened")
+        if code == 3:
+            return Seed(int(result[1]) - 1)
+        if code == 4:
+            assert charge is not None
+            return over_budget(charge, result)
+        if code == 2:  # no limits at all: nothing charged, nothing to release
+            return Grant(model, "", tenant, int(input_tokens), int(output_tokens),
+                         charge=charge)
         return Grant(model, gid, tenant, int(input_tokens), int(output_tokens),
-                     delay_s=float(_text(result[1])) if len(result) > 1 else 0.0)
+                     delay_s=float(_text(result[1])) if len(result) > 1 else 0.0,
+                     charge=charge)
 
     def release(self, grant: Grant, *, input_tokens: int | None = None,
                 output_tokens: int | None = None) -> None:

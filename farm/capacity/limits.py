@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.capacity.config import LimiterConfig
+from farm.costs.ledger import Charge
 from farm.jobs import Priority
 
 KINDS = ("rpm", "itpm", "otpm")
@@ -55,12 +56,14 @@ class Grant:
     input_tokens: int
     output_tokens: int
     delay_s: float = 0.0  # sleep this long before the call: its tokens exist only then
+    charge: Charge | None = None  # what the call reserved in the budgets (farm.costs.ledger)
 
 
 @dataclass(frozen=True)
 class Wait:
     wait_s: float
     reason: str
+    opened: bool = False  # the cost breaker opened with this refusal (farm.costs.ledger)
 
 
 @dataclass(frozen=True)

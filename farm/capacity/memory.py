@@ -29,6 +29,8 @@ from farm.capacity.circuit import (
 )
 from farm.capacity.config import LimiterConfig
 from farm.capacity.limits import Grant, ModelState, Wait
+from farm.costs.budgets import Seed
+from farm.costs.ledger import Charge, OverBudget
 from farm.jobs import Priority
 
 Clock = Callable[[], float]
@@ -72,7 +74,11 @@ class MemoryLimiter:
             return answer
 
     def acquire(self, model: str, *, input_tokens: int, output_tokens: int, priority: Priority,
-                tenant: str, waited_s: float = 0.0) -> Grant | Wait:
+                tenant: str, waited_s: float = 0.0, charge: Charge | None = None,
+                ) -> Grant | Wait | Seed | OverBudget:
+        if charge is not None:
+            raise ValueError("budgets and the cost breaker are kept in Redis: "
+                             "MemoryLimiter takes no charge")
         limits.check_request(input_tokens, output_tokens, tenant)
         gid = self._new_id()
         got: Grant | Wait = self._update(model, lambda state, now: limits.acquire(

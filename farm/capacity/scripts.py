@@ -2,6 +2,8 @@
 atomically inside Redis on Redis time (``farm.capacity.limiter`` calls them; the keys are
 listed there)."""
 
+from farm.costs.ledger_lua import LEDGER_LIB
+
 # Shared by the scripts. Numbers go to Redis as '%.17g' strings: exact round trips, so the
 # script and the Python twin compute on the very same doubles.
 PRELUDE = r"""
@@ -64,20 +66,29 @@ local function count(rkey, now, window)
 end
 """
 
-# KEYS: bucket observed paused throttle tenants inflight t-usage t-inflight base rate
+# KEYS: bucket observed paused throttle tenants inflight t-usage t-inflight base rate,
+#       then the ledger's (farm.costs.ledger_lua)
 # ARGV: now gid tenant in out prio rpm itpm otpm conc target res1..3 share1..3 window ttl
-#       slot_wait low_extra max_delay
-ACQUIRE = PRELUDE + r"""
+#       slot_wait low_extra max_delay, then the ledger's
+# The budgets and the cost breaker are checked before the limits (a call they stop takes no
+# rate-limit tokens) and reserved with them, in this one atomic step.
+ACQUIRE = PRELUDE + LEDGER_LIB + r"""
 local now = clock(ARGV[1])
 local gid, tenant = ARGV[2], ARGV[3]
 local paused = num(redis.call('GET', KEYS[3]))
 if paused and paused > now then return {0, 'paused (429)', fmt(paused - now)} end
+local refused = ledger_check(now, 10, 22)
+if refused then return refused end
 local target = tonumber(ARGV[11])
 local caps, any, thr = caps_of(KEYS[2], KEYS[4], KEYS[9], ARGV[7], ARGV[8], ARGV[9], target)
 local mc, conc = num(ARGV[10]), nil
 local window, ttl = tonumber(ARGV[18]), tonumber(ARGV[19])
 if mc then conc = math.max(1, math.floor(mc * thr / 100 + EPS)) end
-if not any and conc == nil then count(KEYS[10], now, window); return {2} end
+if not any and conc == nil then
+  count(KEYS[10], now, window)
+  ledger_commit(now, 10, 22)
+  return {2}
+end
 local idx = tonumber(ARGV[6])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', fmt(now - window))
 redis.call('ZADD', KEYS[5], fmt(now), tenant)
@@ -127,6 +138,7 @@ redis.call('ZADD', KEYS[8], fmt(now + ttl), gid)
 redis.call('EXPIRE', KEYS[6], math.ceil(ttl) + 1)
 redis.call('EXPIRE', KEYS[8], math.ceil(ttl) + 1)
 count(KEYS[10], now, window)
+ledger_commit(now, 10, 22)
 return {1, fmt(delay)}
 """
 

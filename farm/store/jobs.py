@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, cast
 
 import psycopg
@@ -38,6 +39,7 @@ class StartedJob:
     model: str
     attempt: int
     created_at: datetime | None = None
+    spent: Decimal = Decimal(0)  # what its calls so far cost (unknown costs as 0)
 
 
 def new_job_row(job_id: uuid.UUID, request: JobRequest, route: Route) -> dict[str, Any]:
@@ -91,7 +93,7 @@ START_SQL = """
         wait_reason = NULL
     WHERE id = %(job_id)s
       AND (status = 'queued' OR (status = 'running' AND lease_until < now()))
-    RETURNING request, queue, model, attempts, created_at
+    RETURNING request, queue, model, attempts, created_at, coalesce(cost_usd, 0)
 """
 
 
@@ -143,10 +145,10 @@ def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
     row = fetch_one(engine, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
     if row is None:
         return None
-    request, queue, model, attempt, created_at = row
+    request, queue, model, attempt, created_at, spent = row
     return StartedJob(
         id=job_id, request=JobRequest.model_validate(request), queue=queue, model=model,
-        attempt=attempt, created_at=created_at,
+        attempt=attempt, created_at=created_at, spent=Decimal(spent),
     )
 
 

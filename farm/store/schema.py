@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -152,6 +153,32 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_dead_letters_dead_at", "dead_at"),)
+
+
+class BudgetRow(Base):
+    """A budget as an operator set it (farm.costs.budgets.Budget; `farm budget set`)."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), nullable=False)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    period: Mapped[str] = mapped_column(String(8), nullable=False)
+    limit_usd: Mapped[Decimal] = mapped_column(MONEY, nullable=False)
+    mode: Mapped[str] = mapped_column(String(8), nullable=False)
+    alert_share: Mapped[float | None] = mapped_column(Float)
+    on_exceed: Mapped[str] = mapped_column(String(8), nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint("scope IN ('global','tenant','queue','model')", name="ck_budgets_scope"),
+        CheckConstraint("period IN ('hour','day','month')", name="ck_budgets_period"),
+        CheckConstraint("mode IN ('hard','soft')", name="ck_budgets_mode"),
+        CheckConstraint("on_exceed IN ('wait','fail')", name="ck_budgets_on_exceed"),
+        CheckConstraint("limit_usd > 0", name="ck_budgets_limit"),
+    )
 
 
 def make_engine(

@@ -51,20 +51,23 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
     pool = settings.db_pool_size
     # the hold flag, leases, the orphan sweep, the limiter and the breaker: one client, whose
     # pool grows to one connection per thread that uses it at the same time
-    broker = redis.Redis.from_url(urls.broker_url)
+    # (redis-py's default pool holds 100 connections: fewer than the threads of a big worker)
+    broker = redis.Redis.from_url(urls.broker_url,
+                                  max_connections=settings.worker_concurrency + 32)
     calls = Calls()  # the lease watchdog stops a call through it
+    # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
+    engine = make_engine(urls.database_url, pool_size=pool, max_overflow=pool * 2,
+                         autocommit=True, pre_ping=False)
     runtime = Runtime(
         settings=settings,
-        # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
-        engine=make_engine(urls.database_url, pool_size=pool, max_overflow=pool * 2,
-                           autocommit=True, pre_ping=False),
+        engine=engine,
         client=make_client(settings, calls),
         prices=default_pricebook(),
         policies=policies,
         running=Running(abort=calls.abandon, clear=calls.clear, sent=calls.sent),
         stop=threading.Event(),
         hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
-        gate=redis_gate(broker, settings),
+        gate=redis_gate(broker, settings, engine),
     )
     if republish is not None:
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,

@@ -20,7 +20,7 @@ from celery.exceptions import Ignore, Retry
 from sqlalchemy import exc as sa_exc
 
 from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
-from farm.capacity.admission import Later
+from farm.capacity.admission import Later, Stop
 from farm.jobs import JobStatus, describe_problems
 from farm.provider import messages as llm
 from farm.provider.errors import ErrorKind, ProviderError
@@ -117,13 +117,15 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
         events.job_deferred.send(None, queue=job.queue,
                                  reason=events.deferral_reason(admitted.reason))
         raise _again(task, job.id, admitted.wait_s)
+    if isinstance(admitted, Stop):
+        return _stopped(task, runtime, job, admitted)
     started = store.now()
     result, cost = _call(runtime, admitted.model, job)
     if isinstance(result, ProviderError):
         runtime.gate.failed(admitted, result.kind, retry_after_s=result.retry_after_s,
-                            ratelimit=result.ratelimit)
+                            ratelimit=result.ratelimit, cost=cost)
         return _failed(task, runtime, job, result, started, admitted.model, cost)
-    runtime.gate.done(admitted, result.usage, result.ratelimit)
+    runtime.gate.done(admitted, result.usage, result.ratelimit, cost)
     refused = result.stop_reason == "refusal"
     intended = JobStatus.FAILED if refused else JobStatus.SUCCEEDED
     recorded = attempts.record(runtime.engine, job, attempts.Outcome(
@@ -143,6 +145,17 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     return _end(task, runtime, job.id, status, "refusal" if refused else None, {
         "job_id": str(job.id), "status": status,
         "cost_usd": None if cost is None else str(cost)})
+
+
+def _stopped(task: Task, runtime: rt.Runtime, job: store.StartedJob,
+             stop: Stop) -> dict[str, Any]:
+    """A job that must make no call (its cost cap, a spent budget that fails its jobs):
+    dead, with the reason, into the dead-letter queue; `farm dlq replay` runs it again."""
+    store.kill_job(runtime.engine, job.id, stop.reason)
+    log.warning("job %s stopped: %s", job.id, stop.reason)
+    _dead(task, runtime, job.id, job.queue, stop.error_class, stop.reason)
+    _finished(job, job.model, JobStatus.DEAD.value)
+    raise JobFailed(str(job.id), JobStatus.DEAD, stop.error_class)
 
 
 _RAISED = ProviderError(ErrorKind.UNKNOWN, "the call raised")  # for call_finished only
