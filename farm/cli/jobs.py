@@ -40,6 +40,9 @@ def _metadata(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 @click.option("--tenant", default="default")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", callback=_metadata,
               help="A metadata entry (repeat for more).")
+@click.option("--max-cost-usd", default=None, metavar="USD",
+              help="The most this job may cost (default: its tenant's, its queue's, the "
+                   "farm's); a job whose one call can cost more is refused.")
 @click.option("--allow-fallback", is_flag=True,
               help="While the model's circuit is open, run on the queue's fallback model.")
 @click.option("--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
