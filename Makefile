@@ -13,7 +13,7 @@ FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
         test-integration test-e2e test-ops bench bench-limits partition lint typecheck check clean dlq-list \
-        dlq-replay-all dlq-purge limits throttle pause resume
+        dlq-replay-all dlq-purge limits throttle pause resume estimate
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -69,6 +69,10 @@ pause: install         ## make pause QUEUE=sonnet-complex
 resume: install        ## make resume QUEUE=sonnet-complex
 	@test -n "$(QUEUE)" || { echo "usage: make resume QUEUE=…"; exit 2; }
 	$(FARM) resume "$(QUEUE)"
+
+estimate: install       ## make estimate FILE=jobs.jsonl: route, worst-case and expected cost per job; enqueues nothing
+	@test -n "$(FILE)" || { echo "usage: make estimate FILE=jobs.jsonl"; exit 2; }
+	$(FARM) submit --dry-run --file "$(FILE)"
 
 stop:                  ## stop every background process started here
 	$(PROCS) stop

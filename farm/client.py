@@ -25,8 +25,11 @@ from pydantic import BaseModel, ConfigDict
 from farm.app import create_app, send_job
 from farm.broker import layout
 from farm.broker.layout import DEAD_LETTER_QUEUE
-from farm.costs import reports
+from farm.costs import forecast, reports
+from farm.costs.admit import check_cost_cap
+from farm.costs.forecast import Estimates
 from farm.costs.money import ExactUsd
+from farm.costs.pricing import PriceBook, default_pricebook
 from farm.jobs import JobRequest, JobStatus, Priority, Route, new_job_id
 from farm.jobs import problems as job_problems
 from farm.reliability import dlq
@@ -115,13 +118,20 @@ class JobView(BaseModel):
         return self.status.terminal
 
 
-def validate(jobs: Sequence[JobLike], settings: Settings) -> list[tuple[JobRequest, Route]]:
-    """Validate and route every job (pure); raise InvalidJobError listing all problems."""
+def validate(jobs: Sequence[JobLike], settings: Settings, prices: PriceBook | None = None,
+             *, check_caps: bool = True) -> list[tuple[JobRequest, Route]]:
+    """Validate and route every job and (unless ``check_caps`` is False) check its worst
+    case against its cost cap (pure; ``prices``: the packaged price book unless given);
+    raise InvalidJobError listing all problems."""
+    book = default_pricebook() if prices is None else prices
     problems: list[tuple[int, str, str]] = []
     out: list[tuple[JobRequest, Route]] = []
     for index, job in enumerate(jobs):
         try:
-            out.append(parse_and_route(job, settings.queues))
+            request, chosen = parse_and_route(job, settings.queues)
+            if check_caps:
+                check_cost_cap(request, chosen, settings, book)
+            out.append((request, chosen))
         except ValueError as exc:  # pydantic's ValidationError too
             problems.extend((index, field, message) for field, message in job_problems(exc))
     if problems:
@@ -169,6 +179,17 @@ class Farm:
                     store.insert_jobs(conn, [store.new_job_row(i, r, rt) for i, (r, rt) in chunk])
                 self._publish(chunk, producer, submitted=first)
         return ids
+
+    def estimate(self, jobs: Iterable[JobLike]) -> Estimates:
+        """What the jobs would cost, per job and in total: route, worst case, expected cost
+        (from the output length of recent succeeded jobs of the same queue and model: one
+        read-only query) and cap. Nothing is enqueued or written. InvalidJobError as
+        submit_many raises it, but for a job over its cost cap: that one is returned with
+        ``fits`` False (``Estimates.problems`` lists it as submit would refuse it)."""
+        routed = validate(list(jobs), self.settings, check_caps=False)
+        history = forecast.output_history(self.engine, [(chosen.queue, chosen.model)
+                                                        for _, chosen in routed])
+        return forecast.estimate_jobs(routed, self.settings, default_pricebook(), history)
 
     def _publish(self, chunk: list[tuple[uuid.UUID, tuple[JobRequest, Route]]], producer: Any,
                  *, submitted: int) -> None:

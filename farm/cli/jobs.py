@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,14 +40,20 @@ def _metadata(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 @click.option("--tenant", default="default")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", callback=_metadata,
               help="A metadata entry (repeat for more).")
+@click.option("--max-cost-usd", default=None, metavar="USD",
+              help="The most this job may cost (default: its tenant's, its queue's, the "
+                   "farm's); a job whose one call can cost more is refused.")
 @click.option("--allow-fallback", is_flag=True,
               help="While the model's circuit is open, run on the queue's fallback model.")
 @click.option("--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
               help="JSONL: one job per line, with the Python API's field names.")
+@click.option("--dry-run", is_flag=True,
+              help="Enqueue nothing: print each job's route, worst-case, expected cost and "
+                   "cap, and the totals (a job over its cap is an error, as in a submit).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def submit(ctx: click.Context, /, prompt: str | None, prompt_file: str | None,
-           path: str | None, as_json: bool, **fields: Any) -> None:
+           path: str | None, dry_run: bool, as_json: bool, **fields: Any) -> None:
     """Submit one job (--prompt TEXT or --prompt-file PATH) or many (--file jobs.jsonl)."""
     from farm.client import InvalidJobError
 
@@ -69,6 +76,10 @@ def submit(ctx: click.Context, /, prompt: str | None, prompt_file: str | None,
 
         def where(index: int) -> str:
             return ""
+    if dry_run:
+        names = [f"line {n}" for n, _ in lines] if path is not None else []
+        _dry_run(ctx, jobs, names, where, as_json)
+        return
     with farm_client(ctx) as farm:
         try:
             ids = farm.submit_many(jobs)
@@ -78,6 +89,23 @@ def submit(ctx: click.Context, /, prompt: str | None, prompt_file: str | None,
         click.echo(json.dumps({"job_ids": [str(i) for i in ids]}))
     else:
         click.echo("\n".join(str(i) for i in ids))
+
+
+def _dry_run(ctx: click.Context, jobs: list[Any], names: list[str],
+             where: Callable[[int], str], as_json: bool) -> None:
+    """`farm submit --dry-run`: the estimates, printed; a job over its cap fails the command
+    after them, as a submit would refuse it."""
+    from farm.client import InvalidJobError
+    from farm.costs.forecast import render as table
+
+    with farm_client(ctx) as farm:
+        try:
+            estimates = farm.estimate(jobs)
+        except InvalidJobError as exc:
+            raise click.ClickException(render.invalid_jobs(exc.problems, where)) from None
+    click.echo(estimates.model_dump_json(indent=2) if as_json else table(estimates, names))
+    if estimates.problems:
+        raise click.ClickException(render.invalid_jobs(estimates.problems, where))
 
 
 def _read_prompt(path: str) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy import exc as sa_exc
 
 from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
 from farm.capacity.admission import Later, Stop
+from farm.costs.admit import check_cost_cap
 from farm.jobs import JobStatus, describe_problems
 from farm.provider import messages as llm
 from farm.provider.errors import ErrorKind, ProviderError
@@ -279,6 +280,7 @@ def _intake(
         if unexpected:
             raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
         job_request, chosen = parse_and_route(request, runtime.settings.queues)
+        check_cost_cap(job_request, chosen, runtime.settings, runtime.prices)
     except ValueError as exc:  # a pydantic ValidationError is a ValueError too
         return _refuse(task, runtime, job_id, request, queue,
                        f"invalid job: {describe_problems(exc)}")

@@ -272,3 +272,67 @@ def test_migrate_says_from_which_revision_to_which(e2e_env: dict[str, str],
     with fresh_database(service_urls[1], "farm_cli_migrate") as url:
         created = farm_cli({**e2e_env, "FARM_DATABASE_URL": url}, "migrate")
         assert created.stdout.strip() == f"created the database schema: none -> {head} (head)"
+
+
+def _job_rows(farm: Farm) -> int:
+    with farm.engine.connect() as conn:
+        return int(conn.execute(text("select count(*) from jobs")).scalar_one())
+
+
+def test_submit_dry_run_estimates_and_enqueues_nothing(e2e_env: dict[str, str], farm: Farm,
+                                                      tmp_path: Path) -> None:
+    before = _job_rows(farm)
+    one = farm_cli(e2e_env, "submit", "--dry-run", "--json", "--prompt", "abcd" * 100,
+                   "--complexity", "simple", "--max-tokens", "500")
+    assert one.returncode == 0, one.stderr
+    [job] = json.loads(one.stdout)["jobs"]
+    assert (job["route"]["queue"], job["route"]["model"]) == ("haiku-simple",
+                                                              "claude-haiku-4-5")
+    # 116 input tokens at $1/M + 500 output tokens at $5/M; exact, in fixed point
+    assert job["worst_usd"] == "0.002616" and job["cap_usd"] == "2.00" and job["fits"]
+    assert job["expected"]["usd"] is not None and job["expected"]["basis"]
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Design a distributed rate limiter, step by step.", encoding="utf-8")
+    from_file = farm_cli(e2e_env, "submit", "--dry-run", "--prompt-file", str(prompt))
+    assert from_file.returncode == 0, from_file.stderr
+    assert "sonnet-complex" in from_file.stdout and "claude-sonnet-5-5" in from_file.stdout
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"prompt": "Translate 'cat' into Spanish."}) + "\n\n"
+                    + json.dumps({"prompt": "Prove it, step by step.", "max_tokens": 2000,
+                                  "complexity": "complex"}) + "\n")
+    table = farm_cli(e2e_env, "submit", "--dry-run", "--file", str(path))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:6] == ["job", "queue", "model", "complexity", "worst", "USD"]
+    assert lines[2].split()[:4] == ["line", "1", "haiku-simple", "claude-haiku-4-5"]
+    assert lines[3].split()[:4] == ["line", "3", "sonnet-complex", "claude-sonnet-5-5"]
+    assert lines[5].startswith("total (2 job(s))") and "$" in lines[5]
+    assert lines[-1] == "nothing was enqueued (dry run)"
+    assert _job_rows(farm) == before
+
+
+def test_a_job_over_its_cost_cap_is_refused_naming_max_cost_usd(
+        e2e_env: dict[str, str], farm: Farm, tmp_path: Path) -> None:
+    before = _job_rows(farm)
+    over = ("--prompt", "hi", "--complexity", "simple", "--max-tokens", "20000",
+            "--max-cost-usd", "0.05")
+    refused = farm_cli(e2e_env, "submit", *over)
+    assert refused.returncode == 1
+    figures = ("max_cost_usd: worst case $0.1000 (17 input tokens at $1.00/M + 20,000 output "
+               "tokens at $5.00/M on claude-haiku-4-5 = $0.1000) exceeds the job's cost cap "
+               "$0.0500 (max_cost_usd)")
+    assert refused.stderr.splitlines() == [
+        f"Error: invalid job(s), nothing was enqueued: {figures}"]
+    # the dry run shows the figures, then fails the same way
+    dry = farm_cli(e2e_env, "submit", "--dry-run", *over)
+    assert dry.returncode == 1 and "OVER CAP" in dry.stdout
+    assert dry.stderr.splitlines() == refused.stderr.splitlines()
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"prompt": "fine"}) + "\n"
+                    + json.dumps({"prompt": "hi", "max_tokens": 20000, "complexity": "simple",
+                                  "max_cost_usd": 0.05}) + "\n")
+    for args in (("--file", str(path)), ("--dry-run", "--json", "--file", str(path))):
+        done = farm_cli(e2e_env, "submit", *args)
+        assert done.returncode == 1
+        assert f"{path}:2: {figures}" in done.stderr
+    assert _job_rows(farm) == before

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from celeryconfig import farm_retry_policies
 from farm.app import create_app
+from farm.costs.pricing import default_pricebook
 from farm.jobs import holds_nul
 from farm.reliability.leases import Running
 from farm.services import free_port
@@ -49,10 +50,11 @@ def worker_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
 
 def _deliverer(worker_app: App, engine: Engine, tmp_path: Path) -> Deliver:
     app, current = worker_app
-    # what intake uses of a worker's runtime: settings, the engine, the retry policies
+    # what intake uses of a worker's runtime: settings, the engine, the prices (the cost
+    # cap), the retry policies
     runtime = rt.Runtime(settings=Settings(data_dir=tmp_path), engine=engine, client=None,
-                         prices=None, policies=farm_retry_policies, running=Running(),
-                         stop=threading.Event(), hold=None, gate=None)
+                         prices=default_pricebook(), policies=farm_retry_policies,
+                         running=Running(), stop=threading.Event(), hold=None, gate=None)
     current[0] = runtime
     task: Task = app.tasks["farm.run_job"]
 
@@ -144,6 +146,10 @@ def test_an_inline_job_postgres_cannot_store_fails_without_its_text(
     ({"prompt": "x", "metadata": {"k\0": "v"}}, "metadata: metadata holds a NUL"),
     ({"prompt": PROMPT + "x" * 800_000}, "prompt: String should have at most 800000 characters"),
     ({"prompt": [PROMPT]}, "prompt: Input should be a valid string"),
+    # over its cost cap: the figures, as a submit refuses it
+    ({"prompt": PROMPT, "complexity": "simple", "max_tokens": 20_000, "max_cost_usd": "0.05"},
+     "max_cost_usd: worst case $0.1000 (21 input tokens at $1.00/M + 20,000 output tokens "
+     "at $5.00/M on claude-haiku-4-5 = $0.1000) exceeds the job's cost cap $0.0500"),
 ])
 def test_an_invalid_inline_job_is_recorded_failed_naming_the_field_not_the_prompt(
     worker_app: App, engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture,
