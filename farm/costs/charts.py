@@ -20,8 +20,9 @@ Label = Callable[[Decimal], str]
 # distinguishable colours, also for the colour-blind (Okabe-Ito, then a few more)
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
            "#000000", "#999999", "#882255", "#44AA99", "#117733")
-WIDTH, HEIGHT = 960, 380
-LEFT, RIGHT, TOP, BOTTOM = 90, 20, 48, 96  # plot margins (bottom: labels, legend)
+WIDTH, HEIGHT = 960, 340
+LEFT, RIGHT, TOP, BOTTOM = 90, 20, 64, 80  # plot margins (top: title, legend; bottom: labels)
+LEGEND_Y = 48
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,14 @@ def _category_labels(categories: Sequence[str], slot: float, plot_h: float,
     y = TOP + plot_h + 16
     for i, name in enumerate(categories):
         x = LEFT + slot * (i + 0.5)
-        shown = name if len(name) <= 24 else name[:23] + "…"
+        room = 18 if tilt else 24
+        shown = name if len(name) <= room else name[:room - 1] + "…"
         turn = f' transform="rotate(-30 {x:.1f} {y:.1f})"' if tilt else ""
         anchor = "end" if tilt else "middle"
         out.append(f'<text class="category" x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"'
                    f'{turn}>{escape(shown)}</text>')
     out.append(f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" '
-               f'y="{HEIGHT - 30}" text-anchor="middle">{escape(axis_label)}</text>')
+               f'y="{HEIGHT - 10}" text-anchor="middle">{escape(axis_label)}</text>')
     return out
 
 
@@ -138,7 +140,7 @@ def stacked_bars(title: str, categories: Sequence[str], series: Sequence[Series]
                              f"{s.name}, {category}: {label(value)}"))
             base += value
     body += _category_labels(categories, slot, plot_h, x_label)
-    body += _legend([s.name for s in series], HEIGHT - 8)
+    body += _legend([s.name for s in series], LEGEND_Y)
     return _svg(title, body)
 
 
@@ -159,7 +161,7 @@ def grouped_bars(title: str, categories: Sequence[str], series: Sequence[Series]
             body.append(_bar(LEFT + slot * (i + 0.1) + width * k, TOP + plot_h - h, width,
                              h, colour(k), f"{s.name}, {category}: {label(s.values[i])}"))
     body += _category_labels(categories, slot, plot_h, x_label)
-    body += _legend([s.name for s in series], HEIGHT - 8)
+    body += _legend([s.name for s in series], LEGEND_Y)
     return _svg(title, body)
 
 

@@ -25,13 +25,12 @@ from farm.costs.savings import (
     savings,
 )
 from farm.settings import DEFAULT_QUEUES, QueueSpec
+from tests_browser import FETCHING_TAG
 
 PRICES = default_pricebook()
 SONNET = PRICES["claude-sonnet-5-5"]  # 2 / 10 / 2.5 / 0.2 USD per MTok
 EVIL = '<b>evil</b> & "co" <script>alert(1)</script>'
 URL_NAME = '<img src="https://evil.example/x.png"><a href="http://evil.example">t</a>'
-# a tag of the page that would fetch or link anything
-FETCHING_TAG = re.compile(r"<[a-zA-Z][^>]*\s(src|href|srcset|data|poster)\s*=", re.I)
 
 
 # --- savings ------------------------------------------------------------------------
