@@ -13,7 +13,7 @@ FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
         test-integration test-e2e test-ops bench bench-limits partition lint typecheck check clean dlq-list \
-        dlq-replay-all dlq-purge limits throttle pause resume estimate
+        dlq-replay-all dlq-purge limits throttle pause resume estimate report report-html
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -74,6 +74,12 @@ estimate: install       ## make estimate FILE=jobs.jsonl: route, worst-case and 
 	@test -n "$(FILE)" || { echo "usage: make estimate FILE=jobs.jsonl"; exit 2; }
 	$(FARM) submit --dry-run --file "$(FILE)"
 
+report: install        ## cost report: make report [BY=day,model] [SINCE=7d] (default: per queue and model)
+	$(FARM) report $(if $(BY),--by "$(BY)") $(if $(SINCE),--since "$(SINCE)")
+
+report-html: install   ## the cost report as one self-contained page: make report-html [FILE=report.html] [SINCE=7d]
+	$(FARM) report --html "$(or $(FILE),report.html)" $(if $(SINCE),--since "$(SINCE)")
+
 stop:                  ## stop every background process started here
 	$(PROCS) stop
 
@@ -92,8 +98,9 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
 
-test-ops: install      ## issue 10: real Prometheus + Alertmanager on a farm under load (apt-installs them)
+test-ops: install      ## real Prometheus + Alertmanager on a farm under load; the HTML report in headless Chromium (apt-installs them)
 	ops/prometheus_tools.sh
+	ops/chromium_tools.sh
 	promtool check rules ops/prometheus/farm-alerts.yml
 	promtool check config ops/prometheus/prometheus.yml
 	amtool check-config ops/alertmanager/alertmanager.yml

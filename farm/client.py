@@ -16,8 +16,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, overload
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from farm.app import create_app, send_job
 from farm.broker import layout
 from farm.broker.layout import DEAD_LETTER_QUEUE
-from farm.costs import forecast, reports
+from farm.costs import forecast, html, reports, savings
 from farm.costs.admit import check_cost_cap
 from farm.costs.forecast import Estimates
 from farm.costs.money import ExactUsd
@@ -306,9 +307,37 @@ class Farm:
                 send_job(self.app, job_id, job_queue, Priority(priority), producer)
         return len(woken)
 
-    def report(self, *, since: datetime | None = None) -> list[reports.ReportRow]:
-        """Cost report per queue and model over jobs created since `since` (default: all)."""
-        return reports.summary(self.engine, since=since)
+    @overload
+    def report(self, *, since: datetime | None = None, until: datetime | None = None,
+               by: None = None) -> list[reports.ReportRow]: ...
+
+    @overload
+    def report(self, *, since: datetime | None = None, until: datetime | None = None,
+               by: str | Sequence[str]) -> list[reports.GroupedRow]: ...
+
+    def report(self, *, since: datetime | None = None, until: datetime | None = None,
+               by: str | Sequence[str] | None = None,
+               ) -> list[reports.ReportRow] | list[reports.GroupedRow]:
+        """Cost report over jobs created in [since, until) (default: all). Without ``by``:
+        per queue and model (ReportRow). With ``by`` (``"day,model"``, ``["tenant"]``; keys
+        of reports.KEYS; ``()``: one row of totals): GroupedRow with P50/P95/P99 and the
+        savings of routing against the complex queue's model (farm.costs.savings)."""
+        if by is None:
+            if until is not None:
+                raise ValueError("until needs by= (the queue and model summary has no end)")
+            return reports.summary(self.engine, since=since)
+        return reports.grouped(self.engine, by, since=since, until=until,
+                               complex_price=savings.complex_price(self.settings.queues,
+                                                                   default_pricebook()))
+
+    def report_html(self, path: str | Path, *, since: datetime | None = None,
+                    until: datetime | None = None) -> Path:
+        """Write the cost report as one self-contained HTML page (farm.costs.html)."""
+        data = html.load(self.engine, since=since, until=until, now=datetime.now(UTC),
+                         complex_model=savings.complex_model(self.settings.queues),
+                         complex_price=savings.complex_price(self.settings.queues,
+                                                             default_pricebook()))
+        return html.write(Path(path), data)
 
     # --- dead letters -----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Jobs from the command line: `farm submit`, `farm status`, `farm wait`, `farm cancel`,
-`farm jobs` and `farm report` (registered on the `farm` command by farm.cli.main)."""
+"""Jobs from the command line: `farm submit`, `farm status`, `farm wait`, `farm cancel`
+and `farm jobs` (registered on the `farm` command by farm.cli.main; `farm report` is in
+farm.cli.reports)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -219,25 +220,6 @@ def cancel(ctx: click.Context, job_id: uuid.UUID) -> None:
             raise click.ClickException(str(exc).strip("'")) from None
 
 
-@click.command()
-@click.option("--since-hours", type=float, default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def report(ctx: click.Context, since_hours: float | None, as_json: bool) -> None:
-    """Cost report per queue and model: jobs, tokens, cost, latency, errors."""
-    from farm.costs.reports import render as table
-
-    since = None
-    if since_hours is not None:
-        since = datetime.now(UTC) - timedelta(hours=since_hours)
-    with farm_client(ctx) as farm:
-        rows = farm.report(since=since)
-    if as_json:
-        click.echo(json.dumps([json.loads(r.model_dump_json()) for r in rows], indent=2))
-    else:
-        click.echo(table(rows))
-
-
 def _since(ctx: click.Context, param: click.Parameter, text: str | None) -> datetime | None:
     try:
         return None if text is None else parsing.since(text, datetime.now(UTC))
@@ -271,4 +253,4 @@ def jobs_list(ctx: click.Context, tenant: str | None, statuses: tuple[str, ...],
     click.echo(f"{len(views)} job(s){more}")
 
 
-COMMANDS = (submit, status, wait, cancel, report, jobs_list)
+COMMANDS = (submit, status, wait, cancel, jobs_list)

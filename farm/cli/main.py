@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from farm.cli import controls, dlq, jobs, observe
+from farm.cli import controls, dlq, jobs, observe, reports
 from farm.cli.context import settings_of
 from farm.cli.errors import FarmGroup
 from farm.settings import Settings
@@ -166,7 +166,8 @@ def flower_env(settings: Settings, environ: Mapping[str, str], broker_url: str
     return env
 
 
-for _command in (*jobs.COMMANDS, dlq.dlq, *controls.COMMANDS, *observe.COMMANDS):
+for _command in (*jobs.COMMANDS, *reports.COMMANDS, dlq.dlq, *controls.COMMANDS,
+                 *observe.COMMANDS):
     main.add_command(_command)
 
 if __name__ == "__main__":
