@@ -28,6 +28,7 @@ from farm.broker import layout
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import forecast, html, reports, savings
 from farm.costs.admit import check_cost_cap
+from farm.costs.controls import Budgets
 from farm.costs.forecast import Estimates
 from farm.costs.money import ExactUsd
 from farm.costs.pricing import PriceBook, default_pricebook
@@ -149,6 +150,8 @@ class Farm:
         self.broker_url = urls.broker_url
         self.app = create_app(self.settings, broker_url=urls.broker_url)
         self.engine = make_engine(urls.database_url, pool_size=4, max_overflow=4)
+        self._redis: redis.Redis | None = None
+        self._budgets: Budgets | None = None
 
     def __enter__(self) -> Farm:
         return self
@@ -156,7 +159,17 @@ class Farm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def budgets(self) -> Budgets:
+        """Budgets: set, list, remove (farm.costs.controls)."""
+        if self._budgets is None:
+            self._redis = redis.Redis.from_url(self.broker_url)
+            self._budgets = Budgets(self._redis, self.engine, self.wake)
+        return self._budgets
+
     def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
         self.engine.dispose()
         self.app.close()
 

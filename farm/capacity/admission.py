@@ -240,7 +240,7 @@ class Gate:
             if isinstance(got, OverBudget):
                 if got.fail:
                     return Stop(got.explain(), BUDGET_EXCEEDED)
-                return Later(got.wait_s, f"{budget_reason(got.budget_id)}: {got.explain()}")
+                return Later(got.wait_s, got.explain())
             if not isinstance(got, Seed):
                 return got
             assert charge is not None and self.ledger is not None
@@ -250,7 +250,7 @@ class Gate:
                 budget = charge.covered[got.index].budget.id
                 log.warning("budget %s: its spend could not be read from Postgres (%s)",
                             budget, type(exc).__name__)
-                return Later(self.config.paused_recheck_s, f"{budget_reason(budget)}: its "
+                return Later(self.config.paused_recheck_s, f"{budget_reason(budget)} its "
                              "spend could not be read from Postgres")
         return Later(1.0, "budgets: their spend is being rebuilt")
 

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine
 from farm.costs import budgets as b
 from farm.costs.estimate import from_nano, to_nano
 from farm.costs.ledger_lua import SEED, SETTLE
+from farm.costs.money import usd
 from farm.store import budgets as rows
 
 log = logging.getLogger("farm.ledger")
@@ -90,9 +91,9 @@ class OverBudget:
     cost: Decimal
 
     def explain(self) -> str:
-        from farm.costs.money import usd
-        return (f"budget {self.budget_id} is spent: {usd(self.spent, significant=4)} of "
-                f"{usd(self.limit)}, and this call may cost up to {usd(self.cost, significant=4)}")
+        return (f"{budget_reason(self.budget_id)}: spent {usd(self.spent, significant=4)} of "
+                f"{usd(self.limit)}, and this call may cost up to "
+                f"{usd(self.cost, significant=4)}")
 
 
 def over_budget(charge: Charge, raw: Sequence[Any]) -> OverBudget:
@@ -105,9 +106,9 @@ def over_budget(charge: Charge, raw: Sequence[Any]) -> OverBudget:
 
 
 def budget_reason(budget_id: str) -> str:
-    """The wait_reason of a job waiting for a budget (its start: ``farm budget set`` wakes
-    the jobs waiting for the budget it raised)."""
-    return f"budget {budget_id}"
+    """The start of the wait_reason of a job waiting for a budget: ``farm budget set`` and
+    ``rm`` wake the jobs waiting for the budget they changed."""
+    return f"budget {budget_id}:"
 
 
 class Ledger:
