@@ -13,7 +13,8 @@ FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
         test-integration test-e2e test-ops bench bench-limits partition lint typecheck check clean dlq-list \
-        dlq-replay-all dlq-purge limits throttle pause resume estimate report report-html
+        dlq-replay-all dlq-purge limits throttle pause resume estimate report report-html \
+        budgets budget-set budget-rm
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -79,6 +80,17 @@ report: install        ## cost report: make report [BY=day,model] [SINCE=7d] (de
 
 report-html: install   ## the cost report as one self-contained page: make report-html [FILE=report.html] [SINCE=7d]
 	$(FARM) report --html "$(or $(FILE),report.html)" $(if $(SINCE),--since "$(SINCE)")
+
+budgets: install       ## every budget: limit, spent, reserved and remaining in its period
+	$(FARM) budget list
+
+budget-set: install    ## make budget-set ARGS="--tenant search --usd 50 --period day [--soft 0.8]"
+	@test -n "$(ARGS)" || { echo 'usage: make budget-set ARGS="--tenant T --usd 50 --period day"'; exit 2; }
+	$(FARM) budget set $(ARGS)
+
+budget-rm: install     ## make budget-rm ID=tenant:search:day
+	@test -n "$(ID)" || { echo "usage: make budget-rm ID=…"; exit 2; }
+	$(FARM) budget rm "$(ID)"
 
 stop:                  ## stop every background process started here
 	$(PROCS) stop

@@ -23,13 +23,14 @@ in seconds, so nothing fails for money that is not spent.
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.costs.money import usd
 
@@ -57,7 +58,8 @@ class OnExceed(StrEnum):
     FAIL = "fail"
 
 
-BUDGET_EXCEEDED = "budget_exceeded"  # the error class of a job failed by a budget
+BUDGET_EXCEEDED = "budget_exceeded"
+_NAME = re.compile(r"[A-Za-z0-9_.:-]*")  # the error class of a job failed by a budget
 
 
 class Budget(BaseModel):
@@ -66,12 +68,19 @@ class Budget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scope: Scope
-    name: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9_.:-]*$")
+    name: str = Field(default="", max_length=128)
     period: Period
     limit_usd: Decimal = Field(gt=0, le=1_000_000, max_digits=16, decimal_places=9)
     mode: Mode = Mode.HARD
     alert_share: float | None = Field(default=None, gt=0, le=1)
     on_exceed: OnExceed = OnExceed.WAIT
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r}: letters, digits and _ . : - only")
+        return value
 
     @model_validator(mode="after")
     def _named(self) -> Budget:

@@ -91,7 +91,7 @@ class OverBudget:
     cost: Decimal
 
     def explain(self) -> str:
-        return (f"{budget_reason(self.budget_id)}: spent {usd(self.spent, significant=4)} of "
+        return (f"{budget_reason(self.budget_id)} spent {usd(self.spent, significant=4)} of "
                 f"{usd(self.limit)}, and this call may cost up to "
                 f"{usd(self.cost, significant=4)}")
 

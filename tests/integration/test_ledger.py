@@ -148,8 +148,8 @@ def test_a_spent_budget_waits_or_fails_as_it_says_and_a_raise_lets_calls_through
     assert isinstance(over, OverBudget) and over.fail and over.budget_id == "tenant:a:day"
     assert (over.spent, over.limit, over.cost) == (Decimal("0.6"), Decimal(1), Decimal("0.6"))
     assert 0 < over.wait_s <= 11.5 * 3600  # until midnight UTC
-    assert over.explain().startswith("budget tenant:a:day: spent $0.6000 of $1.00, and this "
-                                     "call may cost up to $0.6000")
+    assert over.explain() == ("budget tenant:a:day: spent $0.6000 of $1.00, and this call "
+                              "may cost up to $0.6000")
     rig.book.set(budget.model_copy(update={"on_exceed": b.OnExceed.WAIT}))
     assert not rig.admit(rig.charge("0.60")).fail
     # another tenant is not covered; a raise counts for the very next call
