@@ -3,8 +3,11 @@
 Starts the embedded Valkey + PostgreSQL, migrates, starts the simulated Claude API, one
 worker per queue (each serving Prometheus metrics: all are given one base port and each
 takes the first free one from it; their pool heartbeats say which, and the demo prints
-them) and Flower; submits 300 mixed jobs from Python; waits with a progress bar;
-prints the cost report; stops everything it started.
+them) and Flower; sets a hard daily budget for one tenant ("billing": what it spent today
+plus $0.05, so part of its jobs wait for it); submits 300 mixed jobs from Python; waits with
+a progress bar for the others, shows the budget holding billing's jobs back, raises it (the
+waiting jobs run at once); prints the budgets and the cost report by tenant, writes the HTML
+report; stops everything it started.
 """
 
 from __future__ import annotations
@@ -16,19 +19,23 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import procs  # ops/, this script's directory
 import redis
 
 from farm import services
 from farm.client import Farm
-from farm.costs.reports import render
+from farm.costs import reports
+from farm.costs.controls import make
+from farm.costs.money import usd
 from farm.observe import heartbeat
 from farm.services import resolve_urls
 from farm.settings import Settings
 from farm.store.migrate import upgrade
 
 JOBS = int(os.environ.get("FARM_DEMO_JOBS", "300"))
+CAPPED = "billing"  # the tenant the demo's budget holds back
 METRICS_PORT = 9464  # the workers' base metrics port unless FARM_METRICS_PORT says otherwise
 SIMPLE = [
     "Translate 'good morning' into French.",
@@ -89,6 +96,25 @@ def _metrics_urls(settings: Settings, workers: dict[int, str]) -> dict[str, str]
     finally:
         client.close()
     return found
+
+
+def _held_back(farm: Farm, ids: list[object], budget_id: str, timeout: float = 60.0) -> list:
+    """The capped tenant's jobs once each has run or waits for its budget (not on its way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = farm.statuses(ids)  # type: ignore[arg-type]
+        waiting = [v for v in views if v.status.value == "queued" and (v.wait_reason or "")
+                   .startswith(f"budget {budget_id}:")]
+        if all(v.done for v in views if v not in waiting) or time.monotonic() > deadline:
+            return waiting
+        time.sleep(0.5)
+
+
+def _print_budgets(farm: Farm) -> None:
+    for v in farm.budgets.list():
+        print(f"  {v.budget.id}: {v.period} spent {usd(v.spent_usd)}, reserved "
+              f"{usd(v.reserved_usd)}, remaining {usd(v.remaining_usd)} of "
+              f"{usd(v.budget.limit_usd)}")
 
 
 def main() -> int:
@@ -153,19 +179,42 @@ def main() -> int:
             })
         with Farm(settings) as farm:
             since = datetime.now(UTC)
+            # today's spend of the tenant so far (earlier demos), read as the budget reads it
+            today = farm.budgets.view(make("tenant", CAPPED, usd=1)).spent_usd
+            budget, _ = farm.budgets.set(tenant=CAPPED, usd=today + Decimal("0.05"))
+            print(f"budget {budget.id}: {budget.describe()} (today's spend so far "
+                  f"{usd(today)} + $0.05)")
             started = time.monotonic()
             ids = farm.submit_many(jobs)
             print(f"submitted {len(ids)} jobs in {time.monotonic() - started:.2f}s; waiting …")
-            views = farm.wait(ids, timeout=170, poll_s=0.5,
-                              on_progress=lambda d, t: _bar(d, t, started))
-            elapsed = time.monotonic() - started
+            capped = {i for i, job in zip(ids, jobs, strict=True) if job["tenant"] == CAPPED}
+            others = [i for i in ids if i not in capped]
+            farm.wait(others, timeout=170, poll_s=0.5,
+                      on_progress=lambda d, t: _bar(d, t, started))
             print()
+            held = _held_back(farm, sorted(capped), budget.id)
+            print(f"{len(others)} jobs of the other tenants finished; {CAPPED}: "
+                  f"{len(capped) - len(held)} ran, {len(held)} wait for its budget")
+            if held:
+                print(f"  e.g. job {held[0].id}: {held[0].wait_reason}")
+            _print_budgets(farm)
+            _, woken = farm.budgets.set(tenant=CAPPED, usd=today + Decimal(100))
+            print(f"raised {budget.id} to {usd(today + Decimal(100))}: {woken} waiting job(s) "
+                  "sent back to the workers now")
+            views = farm.wait(ids, timeout=120, poll_s=0.5)
+            elapsed = time.monotonic() - started
             by_status: dict[str, int] = {}
             for view in views:
                 by_status[view.status.value] = by_status.get(view.status.value, 0) + 1
             print(f"all {len(views)} jobs finished in {elapsed:.1f}s: {by_status}")
+            _print_budgets(farm)
             print()
-            print(render(farm.report(since=since)))
+            print(reports.render(farm.report(since=since)))
+            print()
+            rows = farm.report(since=since, by="tenant")
+            print(reports.render_grouped(rows, ("tenant",), farm.report(since=since, by=())[0]))
+            page = farm.report_html(log_dir / "report.html", since=since)
+            print(f"\nthe HTML report (charts, self-contained): {page}")
         print("\n(ran on the simulated Claude API; costs are what the real API would bill for "
               "the same token counts)")
         return 0 if by_status.get("succeeded") == len(views) else 1
