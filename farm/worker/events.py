@@ -34,17 +34,23 @@ ALL = (call_started, call_finished, job_finished, job_deferred, job_retried, job
        late_result)
 
 CAPACITY, CIRCUIT, PAUSED, HELD = "capacity", "circuit", "paused", "held"
-DEFERRAL_REASONS = (CAPACITY, CIRCUIT, PAUSED, HELD)
+BUDGET, COST_BREAKER = "budget", "cost_breaker"
+DEFERRAL_REASONS = (CAPACITY, CIRCUIT, PAUSED, HELD, BUDGET, COST_BREAKER)
 
 
 def deferral_reason(wait_reason: str) -> str:
     """The class of a deferral from the job's wait_reason (farm.store.jobs): an open circuit
     ("circuit of M is open"), a paused queue ("queue Q is paused"), or capacity (a limit of
-    the model, "M: rpm"). The hold is sent as ``HELD`` by its own path."""
+    the model, "M: rpm"), a budget ("budget B: …") or the cost breaker ("cost breaker S
+    open"). The hold is sent as ``HELD`` by its own path."""
     if wait_reason.startswith("circuit of "):
         return CIRCUIT
     if wait_reason.startswith("queue ") and wait_reason.endswith(" is paused"):
         return PAUSED
     if wait_reason.startswith("held: "):
         return HELD
+    if wait_reason.startswith("budget "):
+        return BUDGET
+    if wait_reason.startswith("cost breaker "):
+        return COST_BREAKER
     return CAPACITY

@@ -101,6 +101,10 @@ def test_deferrals_retries_dead_letters_and_late_results(metrics: WorkerMetrics)
     events.job_deferred.send(None, queue="q", reason=events.deferral_reason(
         "queue q is paused"))
     events.job_deferred.send(None, queue="q", reason=events.HELD)
+    events.job_deferred.send(None, queue="q", reason=events.deferral_reason(
+        "budget tenant:a:day: spent $1.00 of $1.00, and this call may cost up to $0.01"))
+    events.job_deferred.send(None, queue="q", reason=events.deferral_reason(
+        "cost breaker all open"))
     events.job_retried.send(None, queue="q", reason="rate_limited")
     events.job_dead.send(None, queue="q", error_class="poison")
     events.late_result.send(None, queue="q")
@@ -174,6 +178,8 @@ def test_deferral_reasons_from_wait_reasons() -> None:
     assert events.deferral_reason("circuit of claude-sonnet-5-5 is open") == events.CIRCUIT
     assert events.deferral_reason("queue sonnet-complex is paused") == events.PAUSED
     assert events.deferral_reason("held: spend limit") == events.HELD
+    assert events.deferral_reason("budget global:day: in-flight reservations") == events.BUDGET
+    assert events.deferral_reason("cost breaker claude-haiku-4-5 open") == events.COST_BREAKER
 
 
 # --- the /metrics server ----------------------------------------------------------------
