@@ -5,6 +5,7 @@ The Python API (``Farm.set_budget`` …) and `farm budget` use this."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -28,8 +29,11 @@ class BudgetBook:
         return f"{self.prefix}:def:{budget_id}"
 
     def _mirror(self, pipe: Any, budget: Budget) -> None:
+        # alert: the spend at which the budget alerts (its share, or its limit), nano-USD
+        share = Decimal(str(budget.alert_share or 1.0))
         pipe.hset(self._def(budget.id), mapping={
             "budget": budget.model_dump_json(), "limit": str(to_nano(budget.limit_usd)),
+            "alert": str(to_nano(budget.limit_usd * share)),
             "mode": budget.mode.value, "on_exceed": budget.on_exceed.value})
         pipe.sadd(f"{self.prefix}:ids", budget.id)
 

@@ -187,20 +187,26 @@ class Ledger:
                      c.window.key, spent)
 
     # --- after a call ------------------------------------------------------------------
-    def settle(self, charge: Charge, actual: Decimal | None) -> None:
+    def settle(self, charge: Charge, actual: Decimal | None) -> list[b.Budget]:
         """The call's reservation comes back and its cost is spent; ``actual`` None (a call
-        that may have been billed, cost unknown) spends the whole worst case."""
+        that may have been billed, cost unknown) spends the whole worst case. Returns the
+        budgets whose alert line this spend crossed (each is logged as an alert)."""
         spend = charge.cost if actual is None else to_nano(actual)
         keys: list[str] = []
         for c in charge.covered:
             totals = self.totals_key(c)
-            keys += [totals, f"{totals}:res"]
+            keys += [totals, f"{totals}:res", self.def_key(c.budget.id)]
         keys += [self.breaker_keys(scope)[0] for scope, _ in charge.breakers]
         args = ["" if self._clock is None else repr(float(self._clock())),
                 str(len(charge.covered)), charge.member, str(charge.cost), str(spend),
                 str(len(charge.breakers)),
                 *(repr(float(self.config.breaker_window_s)) for _ in charge.breakers)]
-        self._settle(keys=keys, args=args)
+        crossed = [charge.covered[int(i) - 1].budget for i in self._settle(keys=keys, args=args)]
+        for budget in crossed:
+            share = budget.alert_share or 1.0
+            log.critical("ALERT: budget %s has spent %.0f%% of its %s limit (%s)", budget.id,
+                         100 * share, usd(budget.limit_usd), budget.describe())
+        return crossed
 
     # --- reading -----------------------------------------------------------------------
     def standing(self, budget: b.Budget) -> tuple[b.Window, Decimal | None, Decimal]:

@@ -95,8 +95,10 @@ local function ledger_commit(now, kb, ab)
 end
 """
 
-# KEYS: per budget totals, reservations; then per breaker window
+# KEYS: per budget totals, reservations, def; then per breaker window
 # ARGV: now nb member reserved actual nbr, then per breaker: window s
+# Returns the 1-based indexes of the budgets whose spend crossed their alert line (the def's
+# 'alert', nano-USD) with this call.
 SETTLE = r"""
 local function num(v)
   if v == false or v == nil or v == '' then return nil end
@@ -109,18 +111,23 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local nb, member, reserved, actual = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local crossed = {}
 for i = 1, nb do
-  local tkey, rkey = KEYS[2 * i - 1], KEYS[2 * i]
+  local tkey, rkey, dkey = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   if redis.call('ZREM', rkey, member) == 1 then
     redis.call('HINCRBY', tkey, 'reserved', '-' .. reserved)
   end
   if redis.call('HEXISTS', tkey, 'seeded') == 1 then
-    redis.call('HINCRBY', tkey, 'spent', actual)
+    local after = redis.call('HINCRBY', tkey, 'spent', actual)
+    local line = num(redis.call('HGET', dkey, 'alert'))
+    if line and after >= line and after - tonumber(actual) < line then
+      crossed[#crossed + 1] = i
+    end
   end
 end
 local nbr = tonumber(ARGV[6])
 for j = 1, nbr do
-  local key, w = KEYS[2 * nb + j], tonumber(ARGV[6 + j])
+  local key, w = KEYS[3 * nb + j], tonumber(ARGV[6 + j])
   local raw = redis.call('HMGET', key, 's', 'cur', 'prev')
   local s, cur, prev = num(raw[1]), num(raw[2]) or 0, num(raw[3]) or 0
   if s == nil or now >= s + 2 * w then s, cur, prev = math.floor(now / w) * w, 0, 0
@@ -128,7 +135,7 @@ for j = 1, nbr do
   redis.call('HSET', key, 's', fmt(s), 'cur', fmt(cur + tonumber(actual)), 'prev', fmt(prev))
   redis.call('EXPIRE', key, math.ceil(3 * w))
 end
-return 1
+return crossed
 """
 
 # KEYS: totals   ARGV: spent (nano) expire_at

@@ -162,11 +162,14 @@ def test_soft_budgets_never_block_but_count(client: redis.Redis, engine: Engine)
     soft = b.Budget(scope=b.Scope.GLOBAL, period=b.Period.HOUR, limit_usd=Decimal("0.1"),
                     mode=b.Mode.SOFT, alert_share=0.8)
     rig = Rig(client, engine, [soft])
+    crossed = []
     for _ in range(3):
         charge = rig.charge("0.10")
         assert isinstance(rig.admit(charge), Grant)
-        rig.ledger.settle(charge, Decimal("0.05"))
+        crossed.append(rig.ledger.settle(charge, Decimal("0.05")))
     assert rig.standing(soft) == (Decimal("0.15"), Decimal(0))
+    # its alert line ($0.08) is crossed by the second call, and only then
+    assert crossed == [[], [soft], []]
 
 
 def test_reservations_of_a_dead_worker_come_back(client: redis.Redis, engine: Engine) -> None:
