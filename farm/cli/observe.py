@@ -106,7 +106,8 @@ def _webhook_loop(take: Any, url: str, every_s: float, t: Any, stop: threading.E
 def exporter(ctx: click.Context, port: int, host: str, webhook: str | None,
              every_s: float) -> None:
     """Serve the cluster metrics (queue depth, oldest wait, jobs by status, circuits,
-    limiter use, hold) on http://HOST:PORT/metrics, a fresh snapshot each scrape."""
+    limiter use, hold, budgets, cost breakers) on http://HOST:PORT/metrics, a fresh
+    snapshot each scrape."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     from farm.observe.exporter import ClusterCollector

@@ -3,7 +3,9 @@
 The conditions are the rule file's, on the snapshot's figures: a queue's depth, its error
 rate and job P95 over the last 5 minutes (exact percentiles from Postgres where Prometheus
 interpolates within histogram buckets), its pool utilisation, a circuit not closed, the
-hold flag, the last hour's spend.
+hold flag, the last hour's spend, each budget's spend against its alert share and (a hard
+one's) its limit, an open cost breaker. A budget's and a breaker's threshold is its own
+(the alert's ``threshold``), not a setting.
 
 ``for:`` — Prometheus fires an alert once its condition has held for the rule's ``for:``
 period. Here:
@@ -23,8 +25,11 @@ from dataclasses import dataclass, field
 
 from farm.observe.figures import Snapshot
 from farm.observe.rules import (
+    BUDGET_ALERT,
+    BUDGET_EXHAUSTED,
     CIRCUIT,
     COST,
+    COST_BREAKER,
     ERROR_RATE,
     HELD,
     P95,
@@ -85,10 +90,34 @@ class Evaluation:
 
 # (labels, value, known start or None) of each series over its threshold
 Breach = tuple[tuple[tuple[str, str], ...], float, float | None]
+# and the series' own threshold (None: the rule's)
+Crossing = tuple[tuple[tuple[str, str], ...], float, float | None, float | None]
+
+
+def crossings(rule: Rule, snap: Snapshot, t: Thresholds) -> Iterator[Crossing]:
+    """Every series over its threshold, with the threshold of the rules whose series each
+    have their own (budgets, cost breakers)."""
+    if rule is BUDGET_ALERT:
+        for b in snap.budgets:
+            if b.alerting and b.alert_share is not None:
+                yield (("budget", b.budget),), b.used, None, b.alert_share
+    elif rule is BUDGET_EXHAUSTED:
+        for b in snap.budgets:
+            if b.exhausted:
+                yield (("budget", b.budget),), b.used, None, None
+    elif rule is COST_BREAKER:
+        for c in snap.cost_breakers:
+            if c.open:
+                yield ((("scope", c.scope),), float(c.rate_usd_per_min), c.opened_at,
+                       float(c.threshold_usd_per_min))
+    else:
+        for labels, value, known in breaches(rule, snap, t):
+            yield labels, value, known, None
 
 
 def breaches(rule: Rule, snap: Snapshot, t: Thresholds) -> Iterator[Breach]:
-    """The rule's condition on the snapshot: every series over its threshold."""
+    """The rule's condition on the snapshot: every series over its threshold (the rules
+    whose threshold is a setting)."""
     limit = rule.threshold(t)
     if rule is QUEUE_DEPTH:
         for q in snap.queues:
@@ -128,7 +157,7 @@ def evaluate(snap: Snapshot, t: Thresholds, now: float,
     started: dict[Key, float] = {}
     for rule in RULES:
         period = rule.for_s(t)
-        for labels, value, known in breaches(rule, snap, t):
+        for labels, value, known, own in crossings(rule, snap, t):
             key = (rule.name, labels)
             earlier = None if since is None else since.get(key)
             begin = min(x for x in (earlier, known, now) if x is not None)
@@ -138,5 +167,6 @@ def evaluate(snap: Snapshot, t: Thresholds, now: float,
             firing = one_look or now - begin >= period
             if rule is CIRCUIT:
                 value = now - begin  # how long it has not been closed
-            alerts.append(Alert(rule, labels, value, rule.threshold(t), begin, firing))
+            threshold = rule.threshold(t) if own is None else own
+            alerts.append(Alert(rule, labels, value, threshold, begin, firing))
     return Evaluation(tuple(alerts), started)

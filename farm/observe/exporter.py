@@ -44,7 +44,30 @@ def families(snap: Snapshot) -> list[GaugeMetricFamily]:
     families = [depth, oldest, circuit, use, hold]
     if not any(p.startswith("Postgres") for p in snap.problems):
         families.insert(2, jobs)  # no job counts rather than zeros while Postgres is away
-    return families
+    return families + spend_families(snap)
+
+
+def spend_families(snap: Snapshot) -> list[GaugeMetricFamily]:
+    """The budgets (none while Postgres is away: no series rather than zeros) and the
+    configured cost breakers."""
+    limit = _gauge("farm_budget_limit_usd", ("budget", "scope", "period", "mode"))
+    spent = _gauge("farm_budget_spent_usd", ("budget",))
+    reserved = _gauge("farm_budget_reserved_usd", ("budget",))
+    share = _gauge("farm_budget_alert_share", ("budget",))
+    for b in snap.budgets:
+        limit.add_metric([b.budget, b.scope, b.period, b.mode], float(b.limit_usd))
+        spent.add_metric([b.budget], float(b.spent_usd))
+        reserved.add_metric([b.budget], float(b.reserved_usd))
+        if b.alert_share is not None:
+            share.add_metric([b.budget], b.alert_share)
+    rate = _gauge("farm_cost_rate_usd_per_minute", ("scope",))
+    is_open = _gauge("farm_cost_breaker_open", ("scope",))
+    threshold = _gauge("farm_cost_breaker_threshold_usd_per_minute", ("scope",))
+    for c in snap.cost_breakers:
+        rate.add_metric([c.scope], float(c.rate_usd_per_min))
+        is_open.add_metric([c.scope], 1.0 if c.open else 0.0)
+        threshold.add_metric([c.scope], float(c.threshold_usd_per_min))
+    return [limit, spent, reserved, share, rate, is_open, threshold]
 
 
 class ClusterCollector(Collector):

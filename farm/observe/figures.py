@@ -4,6 +4,7 @@ without Prometheus by ``farm.observe.snapshot.take``. Pure: values and arithmeti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 WINDOW_S = 300.0  # error rate, throughput and percentiles: the last 5 minutes
 COST_WINDOW_S = 3600.0  # cost rate: the last hour
@@ -75,6 +76,46 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class BudgetFigures:
+    """A budget in its current period (USD). ``alert_share``: where it alerts (a soft
+    budget's always, a hard one's when set); a hard budget alerts at its limit anyway."""
+
+    budget: str  # its id: global:day, tenant:search:day, ...
+    scope: str  # global | tenant | queue | model
+    period: str  # hour | day | month
+    mode: str  # hard | soft
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal = Decimal(0)
+    alert_share: float | None = None
+
+    @property
+    def used(self) -> float:
+        """Spent over the limit (reservations of calls in flight left out)."""
+        return float(self.spent_usd / self.limit_usd)
+
+    @property
+    def alerting(self) -> bool:
+        return self.alert_share is not None and self.used >= self.alert_share
+
+    @property
+    def exhausted(self) -> bool:
+        return self.mode == "hard" and self.spent_usd >= self.limit_usd
+
+
+@dataclass(frozen=True)
+class CostBreaker:
+    """The cost circuit breaker of a scope ('all' or a model): its spend rate over its window
+    and its threshold (USD a minute), whether it is open and since when (Redis time)."""
+
+    scope: str
+    rate_usd_per_min: Decimal
+    threshold_usd_per_min: Decimal
+    open: bool = False
+    opened_at: float | None = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     taken_at: float  # unix time
     queues: tuple[QueueFigures, ...] = ()
@@ -85,6 +126,8 @@ class Snapshot:
     hold: Hold | None = None
     cost_usd_per_hour: float = 0.0  # the last hour's spend
     cost_by_model: tuple[tuple[str, float], ...] = ()
+    budgets: tuple[BudgetFigures, ...] = ()
+    cost_breakers: tuple[CostBreaker, ...] = ()
     window_s: float = WINDOW_S
     # what could not be read (a source down or too slow): its figures are missing
     problems: tuple[str, ...] = ()

@@ -4,7 +4,8 @@ a test checks that the rules and the dashboard name no other.
 
 Labels are bounded: queues and models come from the configuration, outcomes from
 enumerations, tenants are cut to the top ``TENANT_TOP`` per process (the rest is
-``"other"``). A job id is never a label.
+``"other"``). A job id is never a label. Budget ids (``budget``) are the operator's, a few
+by nature (`farm budget set`); the cost breakers' ``scope`` is 'all' or a model.
 """
 
 from __future__ import annotations
@@ -84,6 +85,29 @@ CLUSTER = (
            where="cluster"),
     Metric("farm_hold", Kind.GAUGE, "1 while the farm is on hold (spend limit).",
            where="cluster"),
+    Metric("farm_budget_limit_usd", Kind.GAUGE,
+           "A budget's limit over its period (UTC hour, day or month), USD; mode hard "
+           "blocks at it, soft only alerts.", ("budget", "scope", "period", "mode"),
+           where="cluster"),
+    Metric("farm_budget_spent_usd", Kind.GAUGE,
+           "Spent in the budget's current period by calls that ended, USD.", ("budget",),
+           where="cluster"),
+    Metric("farm_budget_reserved_usd", Kind.GAUGE,
+           "Reserved in the budget's current period by calls in flight (their worst case), "
+           "USD.", ("budget",), where="cluster"),
+    Metric("farm_budget_alert_share", Kind.GAUGE,
+           "The share of its limit a budget alerts at (FarmBudgetAlert): every soft budget "
+           "has one, a hard one only when set; a hard budget without one alerts at its "
+           "limit only (FarmBudgetExhausted).", ("budget",), where="cluster"),
+    Metric("farm_cost_rate_usd_per_minute", Kind.GAUGE,
+           "Spend rate over the cost breaker's window, USD a minute, of each configured "
+           "breaker: 'all' or a model.", ("scope",), where="cluster"),
+    Metric("farm_cost_breaker_open", Kind.GAUGE,
+           "1 while the cost breaker of the scope is open (jobs deferred).", ("scope",),
+           where="cluster"),
+    Metric("farm_cost_breaker_threshold_usd_per_minute", Kind.GAUGE,
+           "The spend rate the cost breaker of the scope opens at, USD a minute.",
+           ("scope",), where="cluster"),
 )
 
 ALL = {m.name: m for m in (*WORKER, *CLUSTER)}

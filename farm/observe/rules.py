@@ -59,6 +59,7 @@ class Unit(StrEnum):
     RATIO = "ratio"  # shown as a percentage
     SECONDS = "seconds"
     USD_PER_HOUR = "usd_per_hour"
+    USD_PER_MINUTE = "usd_per_minute"
     FLAG = "flag"
 
 
@@ -66,7 +67,12 @@ class Unit(StrEnum):
 class Rule:
     """One alert. ``summary`` is a template: ``{value}``, ``{threshold}`` and the labels in
     ``by`` (``{queue}``, ``{model}``) are filled by Prometheus's templating in the rule
-    file and by Python in `farm alerts`."""
+    file and by Python in `farm alerts`.
+
+    ``per_series``: the threshold is each series' own (a budget's alert share, a breaker's
+    threshold), not a setting: this PromQL, with ``%q`` standing for the value of the first
+    label of ``by``, reads it for the rule file's annotations; `farm alerts` takes it from
+    the snapshot."""
 
     name: str
     by: tuple[str, ...]  # the labels an alert of this rule carries (one alert per value)
@@ -74,6 +80,7 @@ class Rule:
     unit: Unit
     summary: str
     description: str
+    per_series: str = ""
 
     def threshold(self, t: Thresholds) -> float:
         return float(_THRESHOLD[self.name](t))
@@ -119,7 +126,29 @@ COST = Rule(
     "The cost of the provider calls of the last hour: `farm report` says which queue, "
     "model and tenant.")
 
-RULES: tuple[Rule, ...] = (QUEUE_DEPTH, ERROR_RATE, P95, UTILISATION, CIRCUIT, HELD, COST)
+BUDGET_ALERT = Rule(
+    "FarmBudgetAlert", ("budget",), Severity.WARNING, Unit.RATIO,
+    "budget {budget}: {value} of its limit spent (alerts at {threshold})",
+    "The budget's spend in its current period reached its alert share (a soft budget's, or "
+    "a hard one's alert_at). A soft budget never blocks. `farm budget list`; "
+    "`farm report` says what spent.",
+    per_series="max(farm_budget_alert_share{budget=%q})")
+BUDGET_EXHAUSTED = Rule(
+    "FarmBudgetExhausted", ("budget",), Severity.CRITICAL, Unit.RATIO,
+    "budget {budget}: {value} of its hard limit spent (threshold {threshold})",
+    "The calls the budget covers wait (or fail as budget_exceeded, as the budget says) "
+    "until its period ends or it is raised: `farm budget list`, `farm budget set`.")
+COST_BREAKER = Rule(
+    "FarmCostBreakerOpen", ("scope",), Severity.CRITICAL, Unit.USD_PER_MINUTE,
+    "cost breaker {scope} open: spending {value} a minute (opens at {threshold})",
+    "The spend rate over the breaker's window reached its threshold "
+    "(FARM_COST_BREAKER_USD_PER_MIN, FARM_COST_BREAKER_MODEL_USD_PER_MIN): jobs are "
+    "deferred until it falls under FARM_COST_BREAKER_CLOSE_SHARE of it. `farm report` "
+    "says what spent.",
+    per_series="max(farm_cost_breaker_threshold_usd_per_minute{scope=%q})")
+
+RULES: tuple[Rule, ...] = (QUEUE_DEPTH, ERROR_RATE, P95, UTILISATION, CIRCUIT, HELD, COST,
+                           BUDGET_ALERT, BUDGET_EXHAUSTED, COST_BREAKER)
 BY_NAME = {r.name: r for r in RULES}
 
 _FINISHED = "farm_jobs_finished_total"
@@ -136,18 +165,31 @@ _EXPR = {
     CIRCUIT.name: "max by (model) (farm_circuit_open) > 0",
     HELD.name: "max(farm_hold) > 0",
     COST.name: "sum(rate(farm_cost_usd_total[{cw}])) * 3600 > {threshold}",
+    # spent / limit: the alert's value is the share of the limit spent
+    BUDGET_ALERT.name: ("max by (budget) (farm_budget_spent_usd) / max by (budget) "
+                        "(farm_budget_limit_usd) >= max by (budget) (farm_budget_alert_share)"),
+    BUDGET_EXHAUSTED.name: ("max by (budget) (farm_budget_spent_usd) / max by (budget) "
+                            '(farm_budget_limit_usd{{mode="hard"}}) >= {threshold}'),
+    # the value is the spend rate, while the breaker is open
+    COST_BREAKER.name: ("max by (scope) (farm_cost_rate_usd_per_minute) and "
+                        "max by (scope) (farm_cost_breaker_open) > 0"),
 }
 _THRESHOLD: dict[str, Callable[[Thresholds], float]] = {
     QUEUE_DEPTH.name: lambda t: t.queue_depth, ERROR_RATE.name: lambda t: t.error_rate,
     P95.name: lambda t: t.p95_s, UTILISATION.name: lambda t: t.utilisation,
     CIRCUIT.name: lambda t: t.circuit_open_s, HELD.name: lambda t: 0,
     COST.name: lambda t: t.cost_usd_per_hour,
+    BUDGET_ALERT.name: lambda t: 0, BUDGET_EXHAUSTED.name: lambda t: 1,  # 0: per series
+    COST_BREAKER.name: lambda t: 0,
 }
 _FOR: dict[str, Callable[[Thresholds], float]] = {
     QUEUE_DEPTH.name: lambda t: t.for_s, ERROR_RATE.name: lambda t: t.for_s,
     P95.name: lambda t: t.for_s, UTILISATION.name: lambda t: t.for_s,
     CIRCUIT.name: lambda t: t.circuit_open_s, HELD.name: lambda t: 0,
     COST.name: lambda t: 0,
+    # a budget's spend does not fall within its period, a breaker holds for a while anyway
+    BUDGET_ALERT.name: lambda t: 0, BUDGET_EXHAUSTED.name: lambda t: 0,
+    COST_BREAKER.name: lambda t: 0,
 }
 
 
@@ -175,7 +217,7 @@ def show(value: float, unit: Unit) -> str:
         return f"{100 * value:.3g}%"
     if unit is Unit.SECONDS:
         return f"{value:.3g}s"
-    if unit is Unit.USD_PER_HOUR:
+    if unit in (Unit.USD_PER_HOUR, Unit.USD_PER_MINUTE):
         return f"${value:,.2f}"
     if unit is Unit.FLAG:
         return duration(value)
@@ -186,14 +228,19 @@ _PROM_VALUE = {Unit.COUNT: "{{ $value | humanize }}",
                Unit.RATIO: "{{ $value | humanizePercentage }}",
                Unit.SECONDS: "{{ $value | humanize }}s",
                Unit.USD_PER_HOUR: "${{ $value | printf \"%.2f\" }}",
+               Unit.USD_PER_MINUTE: "${{ $value | printf \"%.2f\" }}",
                Unit.FLAG: "{{ $value }}"}
 
 
 def rule_annotations(rule: Rule, t: Thresholds) -> dict[str, str]:
     """The rule file's annotations: Prometheus fills the value and the labels."""
     fill = {label: f"{{{{ $labels.{label} }}}}" for label in rule.by}
-    threshold = rule.threshold(t)
-    shown = show(threshold, rule.unit)
+    shown = show(rule.threshold(t), rule.unit)
+    if rule.per_series:  # the series' own threshold, read by a query of the template
+        read = json.dumps(rule.per_series)  # a Go string literal too
+        shown = (f"{{{{ with printf {read} $labels.{rule.by[0]} | query }}}}"
+                 + _PROM_VALUE[rule.unit].replace("$value", ". | first | value")
+                 + "{{ end }}")
     summary = rule.summary.format(value=_PROM_VALUE[rule.unit], threshold=shown, **fill)
     return {"summary": summary, "description": rule.description,
             "value": _PROM_VALUE[rule.unit], "threshold": shown}

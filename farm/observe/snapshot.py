@@ -27,10 +27,11 @@ from farm.broker.layout import UNACKED, queue_keys
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import BreakerState
 from farm.capacity.limiter import Limiter
-from farm.observe import heartbeat
+from farm.observe import heartbeat, spend
 from farm.observe.figures import (
     COST_WINDOW_S,
     WINDOW_S,
+    BudgetFigures,
     Circuit,
     Hold,
     LimiterUse,
@@ -192,11 +193,19 @@ def from_postgres(engine: Engine, *, window_s: float = WINDOW_S,
 
 # --- together ---------------------------------------------------------------------------
 
+def _problem(source: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{source}: {type(exc).__name__}: {first}"
+
+
 def take(*, broker: Any, engine: Engine | None, queues: Iterable[str], models: Iterable[str],
-         breaker: Breaker, limiter: Limiter, now: float | None = None) -> Snapshot:
+         breaker: Breaker, limiter: Limiter, now: float | None = None,
+         costs: Settings | None = None) -> Snapshot:
     """One snapshot. A source that fails leaves its figures out and names itself in
-    ``problems`` (Postgres down: no job figures; the Redis ones are still there). Redis
-    errors propagate: without the broker there is nothing to show."""
+    ``problems`` (Postgres down: no job figures, no budgets; the Redis ones are still
+    there). Redis errors propagate: without the broker there is nothing to show. With
+    ``costs`` (the settings naming the cost breakers), the budgets and cost breakers too
+    (farm.observe.spend)."""
     now = time.time() if now is None else now
     names = list(queues)
     problems: list[str] = []
@@ -216,8 +225,15 @@ def take(*, broker: Any, engine: Engine | None, queues: Iterable[str], models: I
         try:
             db = from_postgres(engine)
         except Exception as exc:  # the broker's figures are still worth showing
-            problems.append(f"Postgres: {type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            problems.append(_problem("Postgres", exc))
+    budgets: tuple[BudgetFigures, ...] = ()
+    if costs is not None and engine is not None and not any(
+            p.startswith("Postgres") for p in problems):  # Postgres keeps the budgets
+        try:
+            budgets = spend.budgets(broker, engine)
+        except Exception as exc:  # the other figures are still worth showing
+            problems.append(_problem("budgets", exc))
+    breakers = () if costs is None else spend.cost_breakers(broker, costs)
     figures = []
     for q in names:
         jobs, oldest = db["queued"].get(q, (0, None))
@@ -230,7 +246,8 @@ def take(*, broker: Any, engine: Engine | None, queues: Iterable[str], models: I
         taken_at=now, queues=tuple(figures), jobs_by_status=db["statuses"], total=db["total"],
         circuits=circuits, limiters=limiters, hold=held,
         cost_usd_per_hour=db["cost_per_hour"],
-        cost_by_model=tuple(sorted(db["cost"].items())), problems=tuple(problems))
+        cost_by_model=tuple(sorted(db["cost"].items())), budgets=budgets,
+        cost_breakers=breakers, problems=tuple(problems))
 
 
 def take_for(settings: Settings, broker: Any, engine: Engine | None) -> Snapshot:
@@ -240,4 +257,4 @@ def take_for(settings: Settings, broker: Any, engine: Engine | None) -> Snapshot
     limiter = redis_limiter(broker, settings)
     return take(broker=broker, engine=engine, queues=settings.servable_queues,
                 models=models_of(settings, limiter.models()),
-                breaker=redis_breaker(broker, settings), limiter=limiter)
+                breaker=redis_breaker(broker, settings), limiter=limiter, costs=settings)

@@ -32,7 +32,8 @@ def _labels(alert: Alert) -> dict[str, str]:
 def _entry(alert: Alert, t: Thresholds, status: str, ends: float | None) -> dict[str, Any]:
     labels = _labels(alert)
     notes = rule_annotations(alert.rule, t)
-    notes.update(summary=alert.summary, value=show(alert.value, alert.rule.unit))
+    notes.update(summary=alert.summary, value=show(alert.value, alert.rule.unit),
+                 threshold=show(alert.threshold, alert.rule.unit))
     fingerprint = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
     return {"status": status, "labels": labels, "annotations": notes,
             "startsAt": rfc3339(alert.since),

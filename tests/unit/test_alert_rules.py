@@ -61,7 +61,8 @@ def test_bad_thresholds_are_refused(field: str, value: float) -> None:
 def test_the_rules_are_the_issues_alerts() -> None:
     assert [r.name for r in RULES] == [
         "FarmQueueDepthHigh", "FarmErrorRateHigh", "FarmJobP95Slow", "FarmPoolSaturated",
-        "FarmCircuitOpen", "FarmHeld", "FarmCostRateHigh"]
+        "FarmCircuitOpen", "FarmHeld", "FarmCostRateHigh", "FarmBudgetAlert",
+        "FarmBudgetExhausted", "FarmCostBreakerOpen"]
     assert {r.severity.value for r in RULES} <= {"warning", "critical"}
 
 
@@ -89,6 +90,31 @@ def test_the_expressions_carry_the_thresholds() -> None:
     assert exprs["FarmHeld"] == "max(farm_hold) > 0"
     assert exprs["FarmCostRateHigh"] == "sum(rate(farm_cost_usd_total[1h])) * 3600 > 12.5"
     assert BY_NAME["FarmCircuitOpen"].for_s(t) == 90  # its threshold is its for:
+    assert exprs["FarmBudgetAlert"] == (
+        "max by (budget) (farm_budget_spent_usd) / max by (budget) (farm_budget_limit_usd) "
+        ">= max by (budget) (farm_budget_alert_share)")
+    assert exprs["FarmBudgetExhausted"] == (
+        "max by (budget) (farm_budget_spent_usd) / max by (budget) "
+        '(farm_budget_limit_usd{mode="hard"}) >= 1')
+    assert exprs["FarmCostBreakerOpen"] == (
+        "max by (scope) (farm_cost_rate_usd_per_minute) and "
+        "max by (scope) (farm_cost_breaker_open) > 0")
+
+
+def test_a_threshold_of_each_series_is_read_by_the_annotations() -> None:
+    """A budget's alert share and a breaker's threshold are the series' own: the rule
+    file's annotations query them for the alert's label (promtool's tests check the
+    result); a rule with a settings threshold shows the number."""
+    from farm.observe.rules import rule_annotations
+
+    notes = rule_annotations(BY_NAME["FarmBudgetAlert"], DEFAULTS)
+    assert notes["threshold"] == (
+        '{{ with printf "max(farm_budget_alert_share{budget=%q})" $labels.budget | query }}'
+        "{{ . | first | value | humanizePercentage }}{{ end }}")
+    assert notes["threshold"] in notes["summary"]
+    breaker = rule_annotations(BY_NAME["FarmCostBreakerOpen"], DEFAULTS)
+    assert "farm_cost_breaker_threshold_usd_per_minute{scope=%q}" in breaker["threshold"]
+    assert rule_annotations(BY_NAME["FarmBudgetExhausted"], DEFAULTS)["threshold"] == "100%"
 
 
 def test_a_rendering_with_other_thresholds() -> None:
@@ -134,5 +160,6 @@ def test_numbers_and_shown_values() -> None:
     assert show(0.0476, Unit.RATIO) == "4.76%"
     assert show(45.0, Unit.SECONDS) == "45s"
     assert show(96.0, Unit.USD_PER_HOUR) == "$96.00"
+    assert show(0.9, Unit.USD_PER_MINUTE) == "$0.90"
     assert show(1234.0, Unit.COUNT) == "1,234"
     assert show(660.0, Unit.FLAG) == "11m"

@@ -91,6 +91,13 @@ def test_panel_ids_are_unique_and_the_grid_has_no_overlap(dashboard: dict[str, A
     ("Cost per hour, by model", ["sum by (model) (rate(farm_cost_usd_total", "* 3600"]),
     ("Cost per hour, by tenant", ["sum by (tenant) (rate(farm_cost_usd_total", "* 3600"]),
     ("Circuit state", ["farm_circuit_open"]),
+    ("Budgets used (spent / limit)", [
+        "max by (budget) (farm_budget_spent_usd) / max by (budget) (farm_budget_limit_usd)",
+        "farm_budget_reserved_usd"]),
+    ("Budget spend, limit and alert line", ["farm_budget_alert_share"]),
+    ("Spend rate vs cost breaker threshold", ["farm_cost_rate_usd_per_minute",
+                                              "farm_cost_breaker_threshold_usd_per_minute"]),
+    ("Cost breaker open", ["max by (scope) (farm_cost_breaker_open)"]),
 ])
 def test_the_panels_the_issue_asks_for(dashboard: dict[str, Any], title: str,
                                        fragments: list[str]) -> None:
