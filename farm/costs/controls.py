@@ -27,6 +27,8 @@ from farm.costs.ledger import Ledger, LedgerConfig, budget_reason
 from farm.costs.money import ExactUsd
 from farm.store import budgets as rows
 
+REFUSING_S = 120.0  # twice the longest deferral: a waiting job asks again within it
+
 
 class BudgetView(BaseModel):
     """A budget and its current period: what is spent (calls that ended), reserved (calls in
@@ -43,6 +45,9 @@ class BudgetView(BaseModel):
     used: float  # (spent + reserved) / limit
     alerting: bool  # at or past its alert share (a soft budget's), or spent (a hard one)
     counted_in_redis: bool  # False: no call in this period yet; spent read from Postgres
+    # a hard budget turned a call away as spent within the last REFUSING_S: jobs wait for it
+    # (or fail), though spent alone may be under the limit (the call's worst case was not)
+    refusing: bool = False
 
 
 def make(scope: str | None = None, name: str = "", *, usd: Decimal | str | int,
@@ -96,7 +101,7 @@ class Budgets:
         return [self.view(x) for x in self.book.all()]
 
     def view(self, budget: b.Budget) -> BudgetView:
-        window, spent, reserved = self._ledger.standing(budget)
+        window, spent, reserved, refused_ago = self._ledger.standing_at(budget)
         counted = spent is not None
         if spent is None:
             spent = rows.spent(self.engine, budget, window.start, window.end)
@@ -107,4 +112,5 @@ class Budgets:
                           spent_usd=spent, reserved_usd=reserved,
                           remaining_usd=budget.limit_usd - spent - reserved, used=used,
                           alerting=share is not None and float(spent / budget.limit_usd) >= share,
-                          counted_in_redis=counted)
+                          counted_in_redis=counted,
+                          refusing=refused_ago is not None and refused_ago <= REFUSING_S)

@@ -9,7 +9,8 @@ Keys, all under the prefix P (default ``farm:budget``), B a budget id, W its per
   P:ids                 set   budget ids (the mirror of Postgres' budgets table)
   P:synced              str   the mirror was loaded from Postgres (lost with Redis: reloaded)
   P:def:B               hash  budget (json), limit (nano-USD), mode, on_exceed
-  P:B:W                 hash  seeded, spent, reserved (nano-USD)   EXPIREAT period end + 1 day
+  P:B:W                 hash  seeded, spent, reserved (nano-USD), refused (when it last
+                              turned a call away, Redis time)   EXPIREAT period end + 1 day
   P:B:W:res             zset  "grant|cost" -> reservation expiry   EXPIREAT period end + 1 day
   P:breaker:S:w         hash  s, cur, prev: the spend window of scope S ('all' or a model)
   P:breaker:S:open      str   since when the breaker of S is open
@@ -212,12 +213,23 @@ class Ledger:
     def standing(self, budget: b.Budget) -> tuple[b.Window, Decimal | None, Decimal]:
         """A budget's current period, its spend (None: not counted in Redis yet) and what
         calls in flight have reserved."""
+        w, spent, reserved, _ = self.standing_at(budget)
+        return w, spent, reserved
+
+    def standing_at(self, budget: b.Budget
+                    ) -> tuple[b.Window, Decimal | None, Decimal, float | None]:
+        """``standing`` and how long ago (seconds, Redis time) the budget last turned a call
+        away as spent (None: not in this period)."""
         w = b.window(budget.period, self._now())
-        c = Covered(budget, w)
-        seeded, spent, reserved = self.redis.hmget(self.totals_key(c), "seeded", "spent",
-                                                   "reserved")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(self.totals_key(Covered(budget, w)), "seeded", "spent", "reserved",
+                   "refused")
+        pipe.time()
+        (seeded, spent, reserved, refused), (sec, usec) = pipe.execute()
+        now = float(self._clock()) if self._clock else int(sec) + int(usec) / 1e6
         return (w, None if seeded is None else from_nano(int(spent or 0)),
-                from_nano(int(reserved or 0)))
+                from_nano(int(reserved or 0)),
+                None if refused is None else max(0.0, now - float(refused)))
 
     def breaker_state(self, scope: str) -> tuple[Decimal, bool]:
         """The spend rate (USD a minute) over the window, and whether the breaker is open."""

@@ -69,6 +69,7 @@ local function ledger_check(now, kb, ab)
           local fail = 0
           if def[3] == 'fail' then fail = 1 end
           local left = tonumber(ARGV[ab + 5 + 2 * i]) - now
+          redis.call('HSET', tkey, 'refused', fmt(now))  -- for the cockpit: it turns calls away
           return {4, id, fmt(math.max(1, left)), fail, fmt(spent), fmt(limit)}
         end
         if spent + reserved + cost > limit then

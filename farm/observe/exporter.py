@@ -54,10 +54,12 @@ def spend_families(snap: Snapshot) -> list[GaugeMetricFamily]:
     spent = _gauge("farm_budget_spent_usd", ("budget",))
     reserved = _gauge("farm_budget_reserved_usd", ("budget",))
     share = _gauge("farm_budget_alert_share", ("budget",))
+    refusing = _gauge("farm_budget_refusing", ("budget",))
     for b in snap.budgets:
         limit.add_metric([b.budget, b.scope, b.period, b.mode], float(b.limit_usd))
         spent.add_metric([b.budget], float(b.spent_usd))
         reserved.add_metric([b.budget], float(b.reserved_usd))
+        refusing.add_metric([b.budget], 1.0 if b.refusing else 0.0)
         if b.alert_share is not None:
             share.add_metric([b.budget], b.alert_share)
     rate = _gauge("farm_cost_rate_usd_per_minute", ("scope",))
@@ -67,7 +69,7 @@ def spend_families(snap: Snapshot) -> list[GaugeMetricFamily]:
         rate.add_metric([c.scope], float(c.rate_usd_per_min))
         is_open.add_metric([c.scope], 1.0 if c.open else 0.0)
         threshold.add_metric([c.scope], float(c.threshold_usd_per_min))
-    return [limit, spent, reserved, share, rate, is_open, threshold]
+    return [limit, spent, reserved, share, refusing, rate, is_open, threshold]
 
 
 class ClusterCollector(Collector):

@@ -88,6 +88,7 @@ class BudgetFigures:
     spent_usd: Decimal
     reserved_usd: Decimal = Decimal(0)
     alert_share: float | None = None
+    refusing: bool = False  # turned a call away as spent lately (farm.costs.controls)
 
     @property
     def used(self) -> float:
@@ -100,7 +101,9 @@ class BudgetFigures:
 
     @property
     def exhausted(self) -> bool:
-        return self.mode == "hard" and self.spent_usd >= self.limit_usd
+        """A hard budget that stops calls: spent, or turning calls away (their worst case
+        does not fit what is left)."""
+        return self.mode == "hard" and (self.spent_usd >= self.limit_usd or self.refusing)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ CLUSTER = (
     Metric("farm_budget_reserved_usd", Kind.GAUGE,
            "Reserved in the budget's current period by calls in flight (their worst case), "
            "USD.", ("budget",), where="cluster"),
+    Metric("farm_budget_refusing", Kind.GAUGE,
+           "1 while a hard budget turns calls away (their worst case does not fit what is "
+           "left; it did so in the last 2 minutes), else 0.", ("budget",), where="cluster"),
     Metric("farm_budget_alert_share", Kind.GAUGE,
            "The share of its limit a budget alerts at (FarmBudgetAlert): every soft budget "
            "has one, a hard one only when set; a hard budget without one alerts at its "

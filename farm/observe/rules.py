@@ -135,8 +135,10 @@ BUDGET_ALERT = Rule(
     per_series="max(farm_budget_alert_share{budget=%q})")
 BUDGET_EXHAUSTED = Rule(
     "FarmBudgetExhausted", ("budget",), Severity.CRITICAL, Unit.RATIO,
-    "budget {budget}: {value} of its hard limit spent (threshold {threshold})",
-    "The calls the budget covers wait (or fail as budget_exceeded, as the budget says) "
+    "budget {budget}: {value} of its hard limit spent, calls turned away (threshold "
+    "{threshold})",
+    "A call's worst case no longer fits what is left (or the limit is spent): the calls the "
+    "budget covers wait (or fail as budget_exceeded, as the budget says) "
     "until its period ends or it is raised: `farm budget list`, `farm budget set`.")
 COST_BREAKER = Rule(
     "FarmCostBreakerOpen", ("scope",), Severity.CRITICAL, Unit.USD_PER_MINUTE,
@@ -168,8 +170,12 @@ _EXPR = {
     # spent / limit: the alert's value is the share of the limit spent
     BUDGET_ALERT.name: ("max by (budget) (farm_budget_spent_usd) / max by (budget) "
                         "(farm_budget_limit_usd) >= max by (budget) (farm_budget_alert_share)"),
+    # spent to its limit, or turning calls away (their worst case does not fit what is left)
     BUDGET_EXHAUSTED.name: ("max by (budget) (farm_budget_spent_usd) / max by (budget) "
-                            '(farm_budget_limit_usd{{mode="hard"}}) >= {threshold}'),
+                            '(farm_budget_limit_usd{{mode="hard"}}) >= {threshold} or '
+                            "(max by (budget) (farm_budget_spent_usd) / max by (budget) "
+                            '(farm_budget_limit_usd{{mode="hard"}}) and max by (budget) '
+                            "(farm_budget_refusing) > 0)"),
     # the value is the spend rate, while the breaker is open
     COST_BREAKER.name: ("max by (scope) (farm_cost_rate_usd_per_minute) and "
                         "max by (scope) (farm_cost_breaker_open) > 0"),

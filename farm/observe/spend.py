@@ -28,7 +28,8 @@ def budgets(broker: Any, engine: Engine) -> tuple[BudgetFigures, ...]:
     return tuple(sorted((BudgetFigures(
         budget=v.budget.id, scope=v.budget.scope.value, period=v.budget.period.value,
         mode=v.budget.mode.value, limit_usd=v.budget.limit_usd, spent_usd=v.spent_usd,
-        reserved_usd=v.reserved_usd, alert_share=v.budget.alert_share) for v in views),
+        reserved_usd=v.reserved_usd, alert_share=v.budget.alert_share,
+        refusing=v.refusing) for v in views),
         key=lambda f: f.budget))
 
 

@@ -95,7 +95,9 @@ def test_the_expressions_carry_the_thresholds() -> None:
         ">= max by (budget) (farm_budget_alert_share)")
     assert exprs["FarmBudgetExhausted"] == (
         "max by (budget) (farm_budget_spent_usd) / max by (budget) "
-        '(farm_budget_limit_usd{mode="hard"}) >= 1')
+        '(farm_budget_limit_usd{mode="hard"}) >= 1 or (max by (budget) '
+        "(farm_budget_spent_usd) / max by (budget) "
+        '(farm_budget_limit_usd{mode="hard"}) and max by (budget) (farm_budget_refusing) > 0)')
     assert exprs["FarmCostBreakerOpen"] == (
         "max by (scope) (farm_cost_rate_usd_per_minute) and "
         "max by (scope) (farm_cost_breaker_open) > 0")

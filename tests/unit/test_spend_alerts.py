@@ -74,8 +74,8 @@ def test_budget_summaries() -> None:
     assert text == {
         "FarmBudgetAlert": ("budget tenant:a:day: 100% of its limit spent (alerts at 80%)",
                             "warning"),
-        "FarmBudgetExhausted": ("budget tenant:a:day: 100% of its hard limit spent "
-                                "(threshold 100%)", "critical")}
+        "FarmBudgetExhausted": ("budget tenant:a:day: 100% of its hard limit spent, calls "
+                                "turned away (threshold 100%)", "critical")}
 
 
 def test_an_open_cost_breaker_fires_with_its_rate_and_own_threshold() -> None:
