@@ -33,19 +33,25 @@ REASON = "cost breaker all open"
 
 @dataclass
 class Watch:
-    """What polling the ledger saw: when the breaker was open (local clock) and its rates."""
+    """What polling the ledger saw (local clock): per time the breaker was open, when it was
+    first seen open, last seen open and first seen closed; its rates."""
 
-    open_spans: list[tuple[float, float | None]] = field(default_factory=list)
+    open_spans: list[tuple[float, float, float | None]] = field(default_factory=list)
     peak_rate: Decimal = Decimal(0)
     rates_at_close: list[Decimal] = field(default_factory=list)
     waiting_seen: int = 0  # the most jobs seen waiting with the breaker's reason at once
 
-    def saw(self, now: float, rate: Decimal, is_open: bool) -> None:
+    def saw(self, before: float, after: float, rate: Decimal, is_open: bool) -> None:
+        """A reading made between ``before`` and ``after``."""
         self.peak_rate = max(self.peak_rate, rate)
-        if is_open and (not self.open_spans or self.open_spans[-1][1] is not None):
-            self.open_spans.append((now, None))
-        elif not is_open and self.open_spans and self.open_spans[-1][1] is None:
-            self.open_spans[-1] = (self.open_spans[-1][0], now)
+        spans = self.open_spans
+        if is_open:
+            if spans and spans[-1][2] is None:
+                spans[-1] = (spans[-1][0], before, None)
+            else:
+                spans.append((after, before, None))
+        elif spans and spans[-1][2] is None:
+            spans[-1] = (spans[-1][0], spans[-1][1], after)
             self.rates_at_close.append(rate)
 
 
@@ -83,8 +89,9 @@ def test_cost_breaker_opens_and_closes(e2e_env: dict[str, str], farm: Farm,
             deadline = time.monotonic() + 80
             last_db = 0.0
             while True:
+                before = time.time()
                 rate, is_open = ledger.breaker_state("all")
-                watch.saw(time.time(), rate, is_open)
+                watch.saw(before, time.time(), rate, is_open)
                 if time.monotonic() - last_db > 0.5:
                     last_db = time.monotonic()
                     views = farm.statuses(ids)
@@ -111,14 +118,13 @@ def test_cost_breaker_opens_and_closes(e2e_env: dict[str, str], farm: Farm,
     # it held ran), at a rate under half the threshold
     deferred = deferrals(shown, REASON)
     assert deferred and watch.waiting_seen > 0, (deferred, watch)
-    assert watch.open_spans and watch.open_spans[0][1] is not None, watch
+    assert watch.open_spans and watch.open_spans[0][2] is not None, watch
     assert all(r < THRESHOLD * Decimal(str(CLOSE_SHARE)) for r in watch.rates_at_close), watch
     # no call went out while it was open (a call admitted just before it opened may record
     # its start a moment later)
     starts = [s.timestamp() for s, _, _ in spans]
-    for opened, closed in watch.open_spans:
-        end = closed if closed is not None else float("inf")
-        during = [t for t in starts if opened + 0.5 < t < end - 0.2]
+    for seen_open, last_open, _ in watch.open_spans:
+        during = [t for t in starts if seen_open + 0.5 < t < last_open]
         assert not during, f"{len(during)} call(s) started while the breaker was open"
     # the spend rate stayed bounded. The ledger's rate (two buckets of WINDOW_S, aligned to
     # multiples of it, the previous one weighted by what the window still covers) was under
@@ -139,10 +145,10 @@ def test_cost_breaker_opens_and_closes(e2e_env: dict[str, str], farm: Farm,
     first_start = min(starts)
     cycles = ", ".join(f"opened at +{o - first_start:.1f}s, closed at "
                        f"{'-' if c is None else f'+{c - first_start:.1f}s'}"
-                       for o, c in watch.open_spans)
+                       for o, _, c in watch.open_spans)
     ended = max(f for _, f, _ in spans).timestamp() - first_start
     print(f"\nMEASURED cost breaker: opened at {at(watch.open_spans[0][0])}, closed at "
-          f"{at(watch.open_spans[0][1])} UTC ({cycles}); peak rate "
+          f"{at(watch.open_spans[0][2])} UTC ({cycles}); peak rate "
           f"{usd(peak, significant=3)}/min over any {WINDOW_S:.0f}s of the attempt rows "
           f"(at {at(peak_at)}; bound {usd(bound, significant=3)}/min); the ledger's rate at "
           f"most {usd(ledger_peak, significant=3)}/min (bound "
