@@ -214,14 +214,19 @@ def wake(engine: Engine, reason: str, queue: str | None = None
     return [(row.id, row.queue, row.priority) for row in rows]
 
 
-def kill_job(engine: Engine, job_id: uuid.UUID, error: str) -> None:
-    """End a running job as dead without a provider call (a poison message)."""
+def kill_job(engine: Engine, job_id: uuid.UUID, error: str, *, uncount: bool = False) -> None:
+    """End a running job as dead without a provider call (a poison message; with
+    ``uncount``, a job stopped before its call: the attempt its start counted is given
+    back)."""
+    values: dict[str, Any] = {"status": JobStatus.DEAD.value, "error": error,
+                              "finished_at": func.now(), "lease_until": None}
+    if uncount:
+        values["attempts"] = jobs.c.attempts - 1
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
-            .values(status=JobStatus.DEAD.value, error=error, finished_at=func.now(),
-                    lease_until=None)
+            .values(**values)
         )
 
 

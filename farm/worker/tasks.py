@@ -152,7 +152,7 @@ def _stopped(task: Task, runtime: rt.Runtime, job: store.StartedJob,
              stop: Stop) -> dict[str, Any]:
     """A job that must make no call (its cost cap, a spent budget that fails its jobs):
     dead, with the reason, into the dead-letter queue; `farm dlq replay` runs it again."""
-    store.kill_job(runtime.engine, job.id, stop.reason)
+    store.kill_job(runtime.engine, job.id, stop.reason, uncount=True)
     log.warning("job %s stopped: %s", job.id, stop.reason)
     _dead(task, runtime, job.id, job.queue, stop.error_class, stop.reason)
     _finished(job, job.model, JobStatus.DEAD.value)

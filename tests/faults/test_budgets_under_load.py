@@ -6,7 +6,8 @@ The capped tenant's calls cost close to their worst case (the simulator answers 
 hundreds of its jobs are being taken at once. Spend must stay within the limit plus one
 call's worst case; the jobs left wait (no call, no attempt used) and run as soon as the
 budget is raised. A budget that fails its jobs sends them to the dead-letter queue, and a
-replay after the raise runs them.
+replay after the raise runs them. The budgets are monthly: a test running across midnight UTC
+(not across a month's end) keeps one period.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def test_budget_under_load(budget_env: dict[str, str], farm: Farm, tmp_path: Pat
     other_jobs = [request("other", i, 4) for i in range(270)]
     one_call = worst(capped_jobs[0])
     limit = Decimal("0.20")  # about 38 calls' worth
-    budget, _ = farm.budgets.set(tenant="capped", usd=limit, period="day", on_exceed="wait")
+    budget, _ = farm.budgets.set(tenant="capped", usd=limit, period="month", on_exceed="wait")
     cleanup_budgets.append(budget.id)
     prefix = f"budget {budget.id}:"
     logs = [tmp_path / f"worker-{n}.log" for n in range(3)]
@@ -164,7 +165,7 @@ def test_budget_under_load(budget_env: dict[str, str], farm: Farm, tmp_path: Pat
         # raising the budget wakes the waiting jobs: they run at once, not at their countdown
         due = {r["id"]: r["next_run_at"] for r in waiting}
         raised_at = time.monotonic()
-        _, woken = farm.budgets.set(tenant="capped", usd="100", period="day")
+        _, woken = farm.budgets.set(tenant="capped", usd="100", period="month")
         views = farm.wait(capped, timeout=45)
         released_s = time.monotonic() - raised_at
         assert woken == len(waiting)
@@ -188,7 +189,7 @@ def test_budget_that_fails_jobs_then_replay(budget_env: dict[str, str], farm: Fa
     jobs = [request(tenant, i, 0.3) for i in range(60)]
     one_call = worst(jobs[0])
     limit = Decimal("0.05")  # about 9 calls' worth
-    budget, _ = farm.budgets.set(tenant=tenant, usd=limit, period="day", on_exceed="fail")
+    budget, _ = farm.budgets.set(tenant=tenant, usd=limit, period="month", on_exceed="fail")
     cleanup_budgets.append(budget.id)
     log = tmp_path / "worker.log"
     with running_workers(budget_env, [(log, "haiku-simple", 50)]):
@@ -197,8 +198,9 @@ def test_budget_that_fails_jobs_then_replay(budget_env: dict[str, str], farm: Fa
         done = {v.id for v in views if v.status is JobStatus.SUCCEEDED}
         dead = {v.id for v in views if v.status is JobStatus.DEAD}
         assert done and dead and len(done) + len(dead) == len(ids), views
-        # a dead job was started (its attempts count says so) but made no call
+        # a dead job made no call and used no attempt
         assert not set(attempt_rows(farm.engine, dead)), "a dead-lettered job made a call"
+        assert all(v.attempts == 0 for v in views if v.id in dead)
         calls, spent = attempt_costs(farm.engine, tenant)
         assert calls == len(done) and spent <= limit + one_call, (calls, spent)
         letters = {r["job_id"]: r for r in farm.dead_letters(limit=1000)}
@@ -208,7 +210,7 @@ def test_budget_that_fails_jobs_then_replay(budget_env: dict[str, str], farm: Fa
         print(f"\nMEASURED budget overshoot (on_exceed=fail): {usd(spent - limit, significant=4)}"
               f" ({len(done)} calls, {len(dead)} jobs dead-lettered)")
 
-        farm.budgets.set(tenant=tenant, usd="100", period="day", on_exceed="fail")
+        farm.budgets.set(tenant=tenant, usd="100", period="month", on_exceed="fail")
         pairs = farm.replay(sorted(dead, key=str))
         assert {old for old, _ in pairs} == dead
         again = farm.wait([new for _, new in pairs], timeout=45)
