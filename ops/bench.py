@@ -13,7 +13,10 @@ the ratio are printed.
 Environment: FARM_BENCH_JOBS (default 1500), FARM_BENCH_ROUNDS (2), FARM_BENCH_CONCURRENCY
 (100), FARM_BENCH_POOLS (threads; e.g. "threads,gevent" to compare pools),
 FARM_BENCH_METRICS (off; "on": the farm's worker serves /metrics, FARM_METRICS_PORT; "both":
-each round runs the farm without and with metrics, and the ratios with/without are printed).
+each round runs the farm without and with metrics, and the ratios with/without are printed),
+FARM_BENCH_BUDGETS (off; "both": each round runs the farm without and with budgets — a
+global and a tenant hard budget covering every call, far above what the run spends, and the
+cost breaker on — and the ratios with/without are printed).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ POOLS = os.environ.get("FARM_BENCH_POOLS", "threads").split(",")
 # task events (what Flower shows) on or off, for both variants alike
 EVENTS = os.environ.get("FARM_BENCH_EVENTS", "on") == "on"
 METRICS = os.environ.get("FARM_BENCH_METRICS", "off")
+BUDGETS = os.environ.get("FARM_BENCH_BUDGETS", "off")
+if BUDGETS not in ("off", "both"):
+    raise SystemExit(f"bench: FARM_BENCH_BUDGETS must be off or both, not {BUDGETS!r}")
 if METRICS not in ("off", "on", "both"):
     raise SystemExit(f"bench: FARM_BENCH_METRICS must be off, on or both, not {METRICS!r}")
 PROMPT = "What is the capital of France? Answer in one word. (bench {i})"
@@ -101,11 +107,16 @@ def _scraped_jobs(log: Path) -> float:
 
 
 def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
-             metrics: bool = False) -> Result:
+             metrics: bool = False, budgets: bool = False) -> Result:
     argv = worker_argv("haiku-simple", concurrency=CONCURRENCY, pool=pool, events=False,
                        name=f"bench-{uuid.uuid4().hex[:6]}@%h")
     if metrics:
         env = {**env, "FARM_METRICS_PORT": str(services.free_port())}
+    if budgets:  # the breaker watches every call; it never opens at this threshold
+        env = {**env, "FARM_COST_BREAKER_USD_PER_MIN": "1000000"}
+        with Farm(settings) as farm:
+            farm.budgets.set(usd=1_000_000, period="day")
+            farm.budgets.set(tenant="bench", usd=1_000_000, period="month")
     worker = _start_worker(argv, env, log)
     try:
         cpu0 = _proc_cpu(worker.pid)
@@ -128,12 +139,22 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
                 time.sleep(0.2)
             if seen != N:
                 raise SystemExit(f"bench: the worker's metrics counted {seen:.0f} of {N} jobs")
+        if budgets:  # every call was counted in both budgets
+            with Farm(settings) as farm:
+                spent = {v.budget.id: v.spent_usd for v in farm.budgets.list()}
+            if not spent.get("global:day") or not spent.get("tenant:bench:month"):
+                raise SystemExit(f"bench: the budgets counted nothing: {spent}")
         finished = [v.finished_at.timestamp() for v in views if v.finished_at is not None]
-        name = f"farm+metrics/{pool}" if metrics else f"farm/{pool}"
+        name = (f"farm+metrics/{pool}" if metrics else f"farm+budgets/{pool}" if budgets
+                else f"farm/{pool}")
         return Result(name, steady_rate(finished), N / elapsed, cpu / N,
                       _peak_rss_mb(worker.pid))
     finally:
         procs.stop_all([worker])
+        if budgets:
+            with Farm(settings) as farm:
+                farm.budgets.remove("global:day")
+                farm.budgets.remove("tenant:bench:month")
 
 
 def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> Result:
@@ -193,15 +214,19 @@ def main() -> int:
             raise SystemExit("bench: the simulator did not start")
         print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
               f"{ROUNDS} round(s), pools {POOLS}, task events {'on' if EVENTS else 'off'}, "
-              f"metrics {METRICS}, on {os.cpu_count()} cores")
+              f"metrics {METRICS}, budgets {BUDGETS}, on {os.cpu_count()} cores")
         variants = {"off": ("farm",), "on": ("farm+metrics",),
                     "both": ("farm", "farm+metrics")}[METRICS]
+        if BUDGETS == "both":
+            variants = (*variants, "farm+budgets")
         for round_no in range(ROUNDS):
             for pool in POOLS:
                 for variant in (*variants, "baseline"):
                     log = logs / f"bench-{variant}-{pool}.log"
                     if variant.startswith("farm"):
-                        r = run_farm(settings, env, pool, log, metrics=variant != "farm")
+                        r = run_farm(settings, env, pool, log,
+                                     metrics=variant.startswith("farm+metrics"),
+                                     budgets=variant == "farm+budgets")
                     else:
                         r = run_baseline(broker_url, env, pool, log)
                     results.append(r)
@@ -230,6 +255,11 @@ def main() -> int:
         if METRICS == "both":
             on, off = f"farm+metrics/{pool}", f"farm/{pool}"
             print(f"metrics on/off ({pool}): throughput ratio {medians[on] / medians[off]:.3f}, "
+                  f"CPU per job {1000 * (cpu[on] - cpu[off]):+.3f} ms "
+                  f"({100 * (cpu[on] / cpu[off] - 1):+.1f} %)")
+        if BUDGETS == "both":
+            on, off = f"farm+budgets/{pool}", f"farm/{pool}"
+            print(f"budgets on/off ({pool}): throughput ratio {medians[on] / medians[off]:.3f}, "
                   f"CPU per job {1000 * (cpu[on] - cpu[off]):+.3f} ms "
                   f"({100 * (cpu[on] / cpu[off] - 1):+.1f} %)")
     return 0
