@@ -111,8 +111,10 @@ test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
 
 test-ops: install      ## real Prometheus + Alertmanager on a farm under load; the HTML report in headless Chromium (apt-installs them)
-	ops/prometheus_tools.sh
-	ops/chromium_tools.sh
+	@# the packages' own services (on :9090 and :9093, where there is an init system) are not
+	@# used: the tests start their own servers on free ports
+	ops/apt_tools.sh "Prometheus and Alertmanager" 'command -v prometheus && command -v promtool && command -v amtool && { command -v alertmanager || command -v prometheus-alertmanager; }' prometheus prometheus-alertmanager
+	ops/apt_tools.sh "headless Chromium and a DejaVu font" 'command -v chromium && fc-list | grep -qi dejavu' chromium fonts-dejavu-core
 	promtool check rules ops/prometheus/farm-alerts.yml
 	promtool check config ops/prometheus/prometheus.yml
 	amtool check-config ops/alertmanager/alertmanager.yml

@@ -1,6 +1,6 @@
 """Headless Chromium for `make test-ops` (tests/ops): a page's DOM after rendering and a
 screenshot, and a PNG decoder (zlib only: no imaging library) to tell a blank screenshot
-from a drawn one. `make test-ops` installs Chromium (ops/chromium_tools.sh)."""
+from a drawn one. `make test-ops` installs Chromium (ops/apt_tools.sh)."""
 
 from __future__ import annotations
 
