@@ -154,11 +154,15 @@ class Ledger:
         return replace(charge, keys=tuple(self.script_keys(charge)),
                        args=tuple(self.script_args(charge)))
 
+    def _budget_keys(self, c: Covered) -> tuple[str, str, str]:
+        """A covered budget's definition, its period's totals and its reservations."""
+        totals = self.totals_key(c)
+        return self.def_key(c.budget.id), totals, f"{totals}:res"
+
     def script_keys(self, charge: Charge) -> list[str]:
         keys: list[str] = []
         for c in charge.covered:
-            totals = self.totals_key(c)
-            keys += [self.def_key(c.budget.id), totals, f"{totals}:res"]
+            keys += self._budget_keys(c)
         for scope, _ in charge.breakers:
             keys += list(self.breaker_keys(scope))
         return keys
@@ -195,8 +199,8 @@ class Ledger:
         spend = charge.cost if actual is None else to_nano(actual)
         keys: list[str] = []
         for c in charge.covered:
-            totals = self.totals_key(c)
-            keys += [totals, f"{totals}:res", self.def_key(c.budget.id)]
+            definition, totals, reservations = self._budget_keys(c)
+            keys += [totals, reservations, definition]
         keys += [self.breaker_keys(scope)[0] for scope, _ in charge.breakers]
         args = ["" if self._clock is None else repr(float(self._clock())),
                 str(len(charge.covered)), charge.member, str(charge.cost), str(spend),

@@ -14,8 +14,8 @@ arguments follow the limiter's (from ARGV[ab + 1]):
        expiry); then per breaker: window (s, cur, prev), open flag
 """
 
-# functions used by the acquire script; PRELUDE (farm.capacity.scripts) comes first
-LEDGER_LIB = r"""
+# a spend window as of now (farm.costs.spend_rate.roll); num() must be defined before
+WINDOW = r"""
 local function roll_window(key, now, w)
   local raw = redis.call('HMGET', key, 's', 'cur', 'prev')
   local s, cur, prev = num(raw[1]), num(raw[2]) or 0, num(raw[3]) or 0
@@ -23,6 +23,10 @@ local function roll_window(key, now, w)
   if now >= s + w then return s + w, 0, cur end
   return s, cur, prev
 end
+"""
+
+# functions used by the acquire script; PRELUDE (farm.capacity.scripts) comes first
+LEDGER_LIB = WINDOW + r"""
 local function ledger_check(now, kb, ab)
   local nb = tonumber(ARGV[ab + 1]) or 0
   local bb = ab + 5 + 2 * nb
@@ -106,6 +110,7 @@ local function num(v)
   return tonumber(v)
 end
 local function fmt(x) return string.format('%.17g', x) end
+""" + WINDOW + r"""
 local now = num(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -129,10 +134,7 @@ end
 local nbr = tonumber(ARGV[6])
 for j = 1, nbr do
   local key, w = KEYS[3 * nb + j], tonumber(ARGV[6 + j])
-  local raw = redis.call('HMGET', key, 's', 'cur', 'prev')
-  local s, cur, prev = num(raw[1]), num(raw[2]) or 0, num(raw[3]) or 0
-  if s == nil or now >= s + 2 * w then s, cur, prev = math.floor(now / w) * w, 0, 0
-  elseif now >= s + w then s, cur, prev = s + w, 0, cur end
+  local s, cur, prev = roll_window(key, now, w)
   redis.call('HSET', key, 's', fmt(s), 'cur', fmt(cur + tonumber(actual)), 'prev', fmt(prev))
   redis.call('EXPIRE', key, math.ceil(3 * w))
 end
