@@ -10,7 +10,15 @@ import os
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm.broker.layout import INTAKE_QUEUE
@@ -115,6 +123,14 @@ class Settings(BaseSettings):
     limit_target: float = Field(default=0.98, gt=0, le=1)  # share of each limit to use
     # a call may be scheduled this far ahead (the job sleeps in its slot until then)
     limit_max_delay_s: float = Field(default=2.0, ge=0, le=30)
+    # pacing: each bucket holds this many seconds of its rate, so calls go out evenly; a
+    # provider that enforces shorter intervals lowers it (to _MIN_BURST_S at least) and it
+    # grows back over _BURST_PROBE_S
+    limit_burst_s: float = Field(default=5.0, gt=0, le=60)
+    limit_min_burst_s: float = Field(default=0.5, gt=0, le=60)
+    limit_burst_probe_s: float = Field(default=60.0, gt=0, le=3600)
+    # calls in flight to a model whose limits are not known yet (until its first answer)
+    limit_discovery_slots: int = Field(default=1, ge=0, le=10_000)
     # a job sleeps in its slot for waits up to this long; longer waits are deferred (the job
     # goes back to the queue with a countdown, no attempt used)
     limit_sleep_s: float = Field(default=10.0, ge=0, le=300)
@@ -163,6 +179,15 @@ class Settings(BaseSettings):
     # metrics_port + 63] on metrics_host (farm.observe.server); 0: no metrics
     metrics_port: int = Field(default=0, ge=0, le=65_535 - 63)
     metrics_host: str = "127.0.0.1"
+
+    @field_validator("limit_min_burst_s")
+    @classmethod
+    def _min_burst(cls, value: float, info: ValidationInfo) -> float:
+        burst = info.data.get("limit_burst_s")
+        if burst is not None and value > burst:
+            raise ValueError(f"FARM_LIMIT_MIN_BURST_S ({value:g}) must not exceed "
+                             f"FARM_LIMIT_BURST_S ({burst:g})")
+        return value
 
     @field_validator("data_dir")
     @classmethod

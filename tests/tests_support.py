@@ -6,6 +6,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -55,9 +56,14 @@ def fresh_database(server_url: str, prefix: str, revision: str | None = None
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def random_headers(rng: random.Random, *, otpm: int = 6_000) -> dict[str, str]:
-    """Random anthropic-ratelimit-* headers: limits and remainders, each present or not."""
+def random_headers(rng: random.Random, *, otpm: int = 6_000, now: float | None = None
+                   ) -> dict[str, str]:
+    """Random anthropic-ratelimit-* headers: limits and remainders, each present or not; with
+    ``now``, sometimes the requests bucket's reset too (a short one tells a short burst)."""
     headers: dict[str, str] = {}
+    if now is not None and rng.random() < 0.5:
+        reset = datetime.fromtimestamp(now + rng.choice([0.2, 1.0, 3.0, 30.0]), UTC)
+        headers["anthropic-ratelimit-requests-reset"] = reset.isoformat().replace("+00:00", "Z")
     for name, limit in (("requests", 20), ("input-tokens", 30_000), ("output-tokens", otpm)):
         if rng.random() < 0.5:
             headers[f"anthropic-ratelimit-{name}-limit"] = str(rng.choice([limit, limit * 2]))
@@ -82,6 +88,10 @@ def assert_same_state(got: ModelState, want: ModelState,
     if want.updated is not None:
         assert got.updated == _approx(want.updated)
     assert dict(got.observed) == dict(want.observed)
+    assert got.answered == want.answered
+    assert (got.burst is None) == (want.burst is None)
+    if got.burst is not None and want.burst is not None:
+        assert (got.burst.seconds, got.burst.at) == _approx((want.burst.seconds, want.burst.at))
     assert got.throttle == want.throttle
     assert got.throttle_base == want.throttle_base
     assert (got.rate is None) == (want.rate is None)

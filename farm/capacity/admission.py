@@ -169,6 +169,7 @@ class Gate:
         slept = 0.0
         while True:
             wait: Later | None = None
+            give_back = False  # the tenant is over its fair share: do not wait in the slot
             for i, model in enumerate(models):
                 decision = self.breaker.allow(model)
                 if decision.admission is Admission.REJECT:
@@ -193,10 +194,12 @@ class Gate:
                     log.critical("ALERT: %s: no call goes out until the spend rate falls "
                                  "back", got.reason)
                 wait = Later(got.wait_s, got.reason if got.reason.startswith("cost breaker")
-                             else limited(model, got.reason))
+                             else limited(model, got.reason, got.over_share))
+                give_back = got.over_share
                 break  # capacity, not health: the fallback is for open circuits only
             assert wait is not None
-            if wait.reason.startswith(_DEFER_AT_ONCE) or slept + wait.wait_s > config.sleep_max_s:
+            if (give_back or wait.reason.startswith(_DEFER_AT_ONCE)
+                    or slept + wait.wait_s > config.sleep_max_s):
                 jitter = 1.0 + 0.2 * self._rand()
                 return Later(min(wait.wait_s * jitter, config.defer_max_s), wait.reason)
             nap = wait.wait_s * (1.0 + 0.5 * self._rand())
@@ -262,7 +265,7 @@ class Gate:
         self._settle(go, usage.input_tokens + usage.cache_creation_input_tokens,
                      usage.output_tokens, cost)
         self._safely(self.breaker.record, go.model, success=True, probe=go.probe)
-        self._observe(go.model, ratelimit)
+        self._observe(go.model, ratelimit, answered=True)
 
     def failed(self, go: Go, kind: ErrorKind, *, retry_after_s: float | None,
                ratelimit: dict[str, str], cost: Decimal | None = Decimal(0)) -> None:
@@ -297,13 +300,16 @@ class Gate:
         if go.grant.charge is not None and self.ledger is not None:
             self._safely(self.ledger.settle, go.grant.charge, cost)
 
-    def _observe(self, model: str, ratelimit: dict[str, str]) -> None:
-        """Follow the provider's rate-limit headers, at most once a second per model."""
-        if not ratelimit:
+    def _observe(self, model: str, ratelimit: dict[str, str], answered: bool = False) -> None:
+        """Follow the provider's rate-limit headers, at most once a second per model. An
+        answer without them is told too, at most once a minute: it ends the model's
+        discovery (farm.capacity.limits), also after Redis lost that it had ended."""
+        if not (ratelimit or answered):
             return
         now = time.monotonic()
         with self._lock:
-            if now - self._observed.get(model, 0.0) < 1.0:
+            last = self._observed.get(model)
+            if last is not None and now - last < (1.0 if ratelimit else 60.0):
                 return
             self._observed[model] = now
         self._safely(self.limiter.observe, model, ratelimit)

@@ -24,6 +24,9 @@ def limiter_config(settings: Settings) -> LimiterConfig:
     return LimiterConfig(models=settings.limits, target=settings.limit_target,
                          max_wait_s=settings.limit_max_wait_s,
                          max_delay_s=settings.limit_max_delay_s,
+                         burst_s=settings.limit_burst_s, min_burst_s=settings.limit_min_burst_s,
+                         burst_probe_s=settings.limit_burst_probe_s,
+                         discovery_slots=settings.limit_discovery_slots,
                          grant_ttl_s=settings.request_timeout + 60)
 
 

@@ -1,6 +1,6 @@
 """The limiter's configuration: each model's provider limits and the shared knobs (target,
-reserves, concurrency shares, tenant window, waits). Validated once, frozen; the arithmetic
-that uses it is ``farm.capacity.limits``."""
+pacing, reserves, concurrency shares, tenant window, waits). Validated once, frozen; the
+arithmetic that uses it is ``farm.capacity.limits``."""
 
 from __future__ import annotations
 
@@ -49,6 +49,16 @@ class LimiterConfig(BaseModel):
     # into debt) and the caller sleeps delay_s before calling. Waiters queue up behind each
     # other instead of all polling for the next token at once.
     max_delay_s: float = Field(default=2.0, ge=0, le=30)
+    # pacing: a bucket holds burst_s seconds of its rate (not a whole minute), so a farm that
+    # suddenly has hundreds of free slots still sends calls at the rate, not all at once. A
+    # provider that enforces a shorter interval (its headers or a 429 say so) lowers it, down to
+    # min_burst_s; it grows back to burst_s over burst_probe_s.
+    burst_s: float = Field(default=5.0, gt=0, le=60)
+    min_burst_s: float = Field(default=0.5, gt=0, le=60)
+    burst_probe_s: float = Field(default=60.0, gt=0, le=3600)
+    # a model with no known limits (none configured, no headers seen yet) gets this many calls
+    # in flight until its first answer tells the limits (0: no such caution)
+    discovery_slots: int = Field(default=1, ge=0, le=10_000)
 
     @field_validator("models")
     @classmethod
@@ -82,6 +92,9 @@ class LimiterConfig(BaseModel):
         numbers = (self.max_wait_s, self.tenant_window_s, self.grant_ttl_s, self.slot_wait_s)
         if not all(math.isfinite(x) for x in numbers):
             raise ValueError("max_wait_s, tenant_window_s, grant_ttl_s, slot_wait_s: finite")
+        if self.min_burst_s > self.burst_s:
+            raise ValueError(f"min_burst_s ({self.min_burst_s:g}) must not exceed burst_s "
+                             f"({self.burst_s:g})")
         return self
 
     def limits_for(self, model: str) -> ModelLimits:

@@ -13,6 +13,8 @@ Keys, all under the prefix P (default ``farm:lim``), M the model, T the tenant:
   P:m:M:throttle        str   percent                                  none: operator's setting
   P:m:M:base            str   rpm the throttle takes its percent of    as long as the throttle
   P:m:M:rate            hash  n (decayed count of grants), t           EX 5 * tenant window
+  P:m:M:burst           hash  s (learned burst, seconds), t            EX probe + 60 s
+  P:m:M:answered        str   "1": the provider has answered a call    EX 1 day, renewed
   P:m:M:tenants         zset  tenant -> last ask                       EX 2 * tenant window
   P:m:M:inflight        zset  "grant|tenant" -> expiry                 EX grant ttl + 1
   P:m:M:t:T:usage       hash  n (decayed granted count), t             EX 5 * tenant window
@@ -23,11 +25,13 @@ Keys, all under the prefix P (default ``farm:lim``), M the model, T the tenant:
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from farm.capacity.config import LimiterConfig
+from farm.capacity.headers import parse_headers
 from farm.capacity.limits import (
     KINDS,
     LOW_EXTRA_RESERVE,
@@ -41,9 +45,9 @@ from farm.capacity.limits import (
     check_percent,
     check_request,
     describe,
-    parse_headers,
     promote,
 )
+from farm.capacity.pacing import Burst
 from farm.capacity.scripts import ACQUIRE, OBSERVE, PAUSE, RELEASE, THROTTLE
 from farm.costs.budgets import Seed
 from farm.costs.ledger import Charge, OverBudget, over_budget
@@ -79,6 +83,7 @@ class Limiter:
                         *(_arg(c.concurrency_share[p]) for p in PRIORITY_ORDER),
                         _arg(c.tenant_window_s), _arg(c.grant_ttl_s), _arg(c.slot_wait_s),
                         _arg(LOW_EXTRA_RESERVE), _arg(c.max_delay_s)]
+        self._pacing = [_arg(c.burst_s), _arg(c.min_burst_s), _arg(c.burst_probe_s)]
 
     # --- keys ---------------------------------------------------------------------------
     def _key(self, model: str, what: str) -> str:
@@ -107,11 +112,13 @@ class Limiter:
         keys = [self._key(model, k) for k in
                 ("bucket", "observed", "paused", "throttle", "tenants", "inflight")]
         keys += [self._tkey(model, tenant, "usage"), self._tkey(model, tenant, "inflight"),
-                 self._key(model, "base"), self._key(model, "rate")]
+                 self._key(model, "base"), self._key(model, "rate"), self._key(model, "burst"),
+                 self._key(model, "answered")]
         limits = self.config.limits_for(model)
         args = [self._now_arg(), gid, tenant, str(int(input_tokens)), str(int(output_tokens)),
                 str(PRIORITY_ORDER.index(prio)), *self._configured(model),
-                _arg(limits.max_concurrency), *self._common]
+                _arg(limits.max_concurrency), *self._common, *self._pacing,
+                str(self.config.discovery_slots)]
         if charge is not None:
             keys += charge.keys
             args += charge.args
@@ -119,7 +126,8 @@ class Limiter:
         code = int(result[0])
         if code == 0:
             return Wait(float(_text(result[2])), _text(result[1]),
-                        opened=len(result) > 3 and _text(result[3]) == "opened")
+                        opened=len(result) > 3 and _text(result[3]) == "opened",
+                        over_share=len(result) > 4 and _text(result[4]) == "over")
         if code == 3:
             return Seed(int(result[1]) - 1)
         if code == 4:
@@ -144,28 +152,32 @@ class Limiter:
         output_tokens = None if output_tokens is None else max(0, int(output_tokens))
         keys = [self._key(m, "bucket"), self._key(m, "observed"), self._key(m, "throttle"),
                 self._key(m, "inflight"), self._tkey(m, grant.tenant, "inflight"),
-                self._key(m, "base")]
+                self._key(m, "base"), self._key(m, "burst")]
         args = [self._now_arg(), f"{grant.grant_id}|{grant.tenant}", grant.grant_id,
                 str(grant.input_tokens), str(grant.output_tokens), _arg(input_tokens),
-                _arg(output_tokens), *self._configured(m), _arg(self.config.target)]
+                _arg(output_tokens), *self._configured(m), _arg(self.config.target),
+                *self._pacing]
         self._release(keys=keys, args=args)
 
     # --- following the provider ---------------------------------------------------------
     def pause(self, model: str, seconds: float) -> None:
-        """After a 429: every worker waits; the pause only ever gets longer."""
-        self._pause(keys=[self._key(model, "paused"), f"{self.prefix}:models"],
-                    args=[self._now_arg(), _arg(check_pause(seconds)), model])
+        """After a 429: every worker waits; the pause only ever gets longer; a 429 that
+        starts one halves the model's burst (``farm.capacity.pacing``)."""
+        self._pause(keys=[self._key(model, "paused"), f"{self.prefix}:models",
+                          self._key(model, "burst")],
+                    args=[self._now_arg(), _arg(check_pause(seconds)), model, *self._pacing])
 
     def observe(self, model: str, headers: Mapping[str, str]) -> None:
-        """Follow the anthropic-ratelimit-* response headers (see ``farm.limits.observe``)."""
-        seen = parse_headers(headers)
-        if not (seen.limits or seen.remaining):
-            return
+        """An answer from the provider (ends the model's discovery) and its rate-limit
+        headers to follow (see ``farm.capacity.limits.observe``)."""
+        now = self._clock() if self._clock is not None else time.time()
+        seen = parse_headers(headers, now)
         keys = [self._key(model, "observed"), self._key(model, "bucket"),
-                self._key(model, "throttle"), f"{self.prefix}:models", self._key(model, "base")]
+                self._key(model, "throttle"), f"{self.prefix}:models", self._key(model, "base"),
+                self._key(model, "burst"), self._key(model, "answered")]
         args = [self._now_arg(), model, *(_arg(seen.limits.get(k)) for k in KINDS),
                 *(_arg(seen.remaining.get(k)) for k in KINDS), *self._configured(model),
-                _arg(self.config.target)]
+                _arg(self.config.target), *self._pacing, _arg(seen.burst_s)]
         self._observe(keys=keys, args=args)
 
     # --- operators ----------------------------------------------------------------------
@@ -208,9 +220,11 @@ class Limiter:
         pipe.zrange(self._key(model, "inflight"), 0, -1, withscores=True)
         pipe.get(self._key(model, "base"))
         pipe.hmget(self._key(model, "rate"), "n", "t")
+        pipe.hmget(self._key(model, "burst"), "s", "t")
+        pipe.exists(self._key(model, "answered"))
         pipe.time()
         (bucket, obs, paused, thr, active_raw, inflight_raw, base, (rate_n, rate_t),
-         (sec, usec)) = pipe.execute()
+         (burst_s, burst_t), answered, (sec, usec)) = pipe.execute()
         now = float(self._clock()) if self._clock else int(sec) + int(usec) / 1_000_000
         bucket = {_text(k): float(_text(v)) for k, v in bucket.items()}
         inflight: dict[str, tuple[str, float]] = {}
@@ -232,7 +246,10 @@ class Limiter:
             active=active, usage=usage, inflight=inflight,
             rate=None if rate_n is None else TenantUsage(float(_text(rate_n)),
                                                          float(_text(rate_t))),
-            throttle_base=None if base is None else float(_text(base)))
+            throttle_base=None if base is None else float(_text(base)),
+            burst=None if burst_s is None or burst_t is None else Burst(
+                float(_text(burst_s)), float(_text(burst_t))),
+            answered=bool(answered))
         return state, now
 
     def snapshot(self, model: str) -> dict[str, Any]:

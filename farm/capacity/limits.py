@@ -6,19 +6,35 @@ here do exactly the same steps, in the same order and with the same float operat
 an explicit ``ModelState`` and ``now``: the unit tests cover them exhaustively and the
 integration tests check that the script and this twin agree step by step.
 
-Buckets work like the provider's: capacity = effective per-minute limit, refill =
-capacity/60 per second, start full. Effective limit = (observed limit, else configured)
-* throttle% * target. A request costs 1 request, its estimated input tokens and its
-max_tokens as output tokens (the provider reserves max_tokens and refunds the rest).
+Buckets: effective limit L per minute = (observed limit, else configured) * throttle% *
+target; the bucket holds B seconds of it, size = L * B / 60 (B = the burst in force,
+``farm.capacity.pacing``: 5 s unless the provider enforces shorter intervals), refills L/60
+per second and starts full. A request costs 1 request, its estimated input tokens and its
+max_tokens as output tokens (the provider reserves max_tokens and refunds the rest); one
+larger than the bucket costs the bucket's size to get in (it passes when the bucket is full)
+and its whole cost is charged. Debt goes down to one minute of the rate (-L).
 
-Priorities: a request of priority p passes a bucket only if level - cost >= reserve[p] *
-capacity (cost capped so that a request larger than the bucket still passes when it is
-full). Fairness: each tenant's granted requests are counted with exponential decay, half-
-life H = tenant_window_s/2. At a steady rate r/s such a counter settles at r * H / ln 2,
-so a tenant's fair share of the rpm bucket, (rpm/60)/N per second among N active tenants,
-is the count (rpm/60/N) * H / ln 2. While N > 1, a tenant above it is served one priority
-lower (LOW stays LOW with 0.10 more reserve) and holds at most ceil(conc/N) slots. A tenant
-alone is never demoted: there is nobody to be fair to, and it would only idle the reserve.
+Scheduling ahead: a grant may take tokens that the bucket will only hold within
+max_delay_s (D of the rate): the level goes into debt and the caller sleeps delay_s until
+they exist, so waiting calls line up one behind the other at the rate.
+
+Priorities: a request of priority p passes a bucket only if, after it, the bucket keeps
+reserve[p] of its span (size + D, from the deepest debt a grant may leave to full):
+level - cost >= -D + reserve[p] * (size + D). HIGH (reserve 0) may schedule the whole D
+ahead; lower priorities stop earlier, and a large enough reserve keeps them out of debt.
+Fairness: each tenant's granted requests are counted with exponential decay, half-life
+H = tenant_window_s/2, and so are the model's (all tenants'). Among N active tenants (those
+that asked within the window), a tenant whose count is above FAIR_SLACK (1.25) times an
+equal split of the model's, count > 1.25 * total / N, is over its fair share: it is
+served one priority lower (LOW stays LOW with 0.10 more reserve), holds at most
+ceil(conc/N) slots, and its waits say so (``Wait.over_share``: the worker gives the slot
+back instead of waiting in it, farm.capacity.admission). Measured against what was granted,
+not against the limit, a tenant that took a paced bucket alone is over its share the moment
+another one asks. A tenant alone is never demoted: there is nobody to be fair to.
+
+Discovery: a model with no limits known (none configured, none learned, no throttle) that
+has never been answered gets ``discovery_slots`` calls in flight, as if it had that
+concurrency limit: its first answer's headers tell the limits before the slots fill.
 
 Throttle of a model with no limits at all: every grant of every model (limited or not) is
 counted with the same decay, so the model's recent rate is known: count * ln 2 / H per
@@ -36,14 +52,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.capacity.config import LimiterConfig
+from farm.capacity.headers import Observation
+from farm.capacity.pacing import Burst, burst_now, halved, lowered
 from farm.costs.ledger import Charge
 from farm.jobs import Priority
 
 KINDS = ("rpm", "itpm", "otpm")
-HEADER_KINDS = {"requests": "rpm", "input-tokens": "itpm", "output-tokens": "otpm"}
 PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 LN2 = 0.6931471805599453  # written out: the Lua script uses the very same constant
 LOW_EXTRA_RESERVE = 0.10  # a LOW request of a tenant over its share keeps this much more back
+FAIR_SLACK = 1.25  # over its fair share: above 1.25 x an equal split of the recent grants
 EPS = 1e-9  # floor(10 * 0.95) must not become 9 through 9.4999999
 MIN_BASE_RPM = 1.0  # a throttle base below one call a minute is no traffic at all
 
@@ -64,6 +82,7 @@ class Wait:
     wait_s: float
     reason: str
     opened: bool = False  # the cost breaker opened with this refusal (farm.costs.ledger)
+    over_share: bool = False  # the tenant is over its fair share: give the slot back
 
 
 @dataclass(frozen=True)
@@ -90,13 +109,20 @@ class ModelState:
     inflight: Mapping[str, tuple[str, float]] = field(default_factory=dict)  # id -> tenant, exp
     rate: TenantUsage | None = None  # decayed count of the model's grants (all tenants)
     throttle_base: float | None = None  # rpm a throttle takes its percent of (no rpm limit)
+    burst: Burst | None = None  # learned from the provider (farm.capacity.pacing)
+    answered: bool = False  # the provider has answered a call of this model
 
 
 @dataclass(frozen=True)
 class Effective:
-    caps: Mapping[str, float]  # kind -> bucket capacity (only limited kinds)
+    caps: Mapping[str, float]  # kind -> effective limit per minute (only limited kinds)
     concurrency: int | None
     throttle: float
+    burst_s: float = 60.0  # the buckets hold this many seconds of their rate
+
+    def size(self, kind: str) -> float:
+        """The bucket's capacity: burst_s seconds of the rate."""
+        return self.caps[kind] * self.burst_s / 60
 
     @property
     def unlimited(self) -> bool:
@@ -139,7 +165,7 @@ class NothingToThrottle(ValueError):
         self.model, self.measured_rpm = model, measured_rpm
 
 
-def effective(config: LimiterConfig, model: str, state: ModelState) -> Effective:
+def effective(config: LimiterConfig, model: str, state: ModelState, now: float) -> Effective:
     limits, thr = config.limits_for(model), state.throttle or 100.0
     caps: dict[str, float] = {}
     for kind in KINDS:
@@ -151,18 +177,20 @@ def effective(config: LimiterConfig, model: str, state: ModelState) -> Effective
     conc = None
     if limits.max_concurrency is not None:
         conc = max(1, math.floor(limits.max_concurrency * thr / 100 + EPS))
-    return Effective(caps, conc, thr)
+    elif not caps and config.discovery_slots and not state.answered:
+        conc = config.discovery_slots  # nothing known yet: wait for the first answer
+    return Effective(caps, conc, thr, burst_now(config, state.burst, now))
 
 
 def refill(eff: Effective, state: ModelState, now: float) -> dict[str, float]:
-    """Bucket levels at ``now`` (absent = full), capped at capacity."""
+    """Bucket levels at ``now`` (absent = full), capped at the bucket's size."""
     levels: dict[str, float] = {}
     for kind, cap in eff.caps.items():
-        old = state.levels.get(kind)
+        size, old = eff.size(kind), state.levels.get(kind)
         if old is None or state.updated is None:
-            levels[kind] = cap
+            levels[kind] = size
         else:
-            levels[kind] = min(cap, old + max(0, now - state.updated) * (cap / 60))
+            levels[kind] = min(size, old + max(0, now - state.updated) * (cap / 60))
     return levels
 
 
@@ -212,9 +240,13 @@ def throttle(config: LimiterConfig, model: str, state: ModelState, now: float,
     return base, replace(state, throttle=percent, throttle_base=base)
 
 
-def fair_share(rpm_cap: float, active: int, half_life: float) -> float:
-    """A tenant's fair share of ``rpm_cap`` as a decayed count (see the module docstring)."""
-    return rpm_cap / 60 / active * half_life / LN2
+def over_share(config: LimiterConfig, state: ModelState, now: float, tenant: str,
+               active: int) -> bool:
+    """Whether ``tenant``, one of ``active`` tenants, is over its fair share of the model's
+    recent grants (see the module docstring)."""
+    half = config.tenant_window_s / 2
+    used, total = decayed(state.usage.get(tenant), now, half), decayed(state.rate, now, half)
+    return active > 1 and used > FAIR_SLACK * total / active
 
 
 def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
@@ -225,43 +257,42 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
     grant = Grant(model, grant_id, tenant, input_tokens, output_tokens)
     if state.paused_until is not None and state.paused_until > now:
         return Wait(state.paused_until - now, "paused (429)"), state
-    eff = effective(config, model, state)
+    eff = effective(config, model, state, now)
     if eff.unlimited:  # nothing is charged, so there is nothing to release
         return replace(grant, grant_id=""), counted(config, state, now)
     # active tenants: those that asked within the window, the asker included
     active = {t: s for t, s in state.active.items() if s > now - config.tenant_window_s}
     active[tenant] = now
     state = replace(state, active=active)
-    half = config.tenant_window_s / 2
-    used = decayed(state.usage.get(tenant), now, half)
-    extra = 0.0
-    if "rpm" in eff.caps and len(active) > 1 and used > fair_share(
-            eff.caps["rpm"], len(active), half):
+    used = decayed(state.usage.get(tenant), now, config.tenant_window_s / 2)
+    extra, over = 0.0, over_share(config, state, now, tenant, len(active))
+    if over:
         extra = LOW_EXTRA_RESERVE if idx == 2 else 0.0
         idx = min(idx + 1, 2)
     prio = PRIORITY_ORDER[idx]
     inflight = {g: v for g, v in state.inflight.items() if v[1] > now}
     state = replace(state, inflight=inflight)
     if eff.concurrency is not None:
-        slots = max(1, math.floor(eff.concurrency * config.concurrency_share[prio] + EPS))
-        if len(inflight) >= slots:
-            return Wait(config.slot_wait_s, "concurrency"), state
         mine = sum(1 for t, _ in inflight.values() if t == tenant)
         if len(active) > 1 and mine >= math.ceil(eff.concurrency / len(active)):
-            return Wait(config.slot_wait_s, "tenant-concurrency"), state
+            return Wait(config.slot_wait_s, "tenant-concurrency", over_share=over), state
+        slots = max(1, math.floor(eff.concurrency * config.concurrency_share[prio] + EPS))
+        if len(inflight) >= slots:
+            return Wait(config.slot_wait_s, "concurrency", over_share=over), state
     levels = refill(eff, state, now)
     costs = {"rpm": 1, "itpm": input_tokens, "otpm": output_tokens}
     share: float = min(1, config.reserve[prio] + extra)
     wait, reason, delay = 0.0, "", 0.0
     for kind, cap in eff.caps.items():
-        need = min(costs[kind] + share * cap, cap)
-        if levels[kind] < need:
-            ahead = (need - levels[kind]) / (cap / 60)  # until the bucket holds enough
-            delay = max(delay, ahead)
-            if ahead - config.max_delay_s > wait:
-                wait, reason = ahead - config.max_delay_s, kind
+        rate, size = cap / 60, eff.size(kind)
+        ahead = config.max_delay_s * rate
+        cost = min(costs[kind], size)  # a request larger than the bucket: when it is full
+        need = min(cost - ahead + share * (size + ahead), size)
+        if levels[kind] < need and (need - levels[kind]) / rate > wait:
+            wait, reason = (need - levels[kind]) / rate, kind
+        delay = max(delay, (cost - levels[kind]) / rate)
     if reason:
-        return Wait(wait, reason), state
+        return Wait(wait, reason, over_share=over), state
     for kind, cap in eff.caps.items():
         levels[kind] = max(-cap, levels[kind] - costs[kind])
     usage = {**state.usage, tenant: TenantUsage(used + 1, now)}
@@ -286,7 +317,7 @@ def settle(config: LimiterConfig, state: ModelState, now: float, grant: Grant, *
     state = replace(state, inflight=inflight)
     if input_tokens is None and output_tokens is None:
         return True, state
-    eff = effective(config, grant.model, state)
+    eff = effective(config, grant.model, state, now)
     if not eff.caps:
         return True, state
     levels = refill(eff, state, now)
@@ -294,38 +325,18 @@ def settle(config: LimiterConfig, state: ModelState, now: float, grant: Grant, *
                                    ("otpm", grant.output_tokens, output_tokens)):
         if actual is not None and kind in levels:
             cap = eff.caps[kind]
-            levels[kind] = max(-cap, min(cap, levels[kind] + (reserved - actual)))
+            levels[kind] = max(-cap, min(eff.size(kind), levels[kind] + (reserved - actual)))
     return True, _store(state, levels, now)
-
-
-@dataclass(frozen=True)
-class Observation:
-    limits: Mapping[str, int]
-    remaining: Mapping[str, int]
-
-
-def parse_headers(headers: Mapping[str, str]) -> Observation:
-    """The anthropic-ratelimit-* limits and remainders; garbage values are ignored."""
-    lower = {str(k).lower(): v for k, v in headers.items()}
-    found: dict[str, dict[str, int]] = {"limit": {}, "remaining": {}}
-    for name, kind in HEADER_KINDS.items():
-        for what, into in found.items():
-            raw = lower.get(f"anthropic-ratelimit-{name}-{what}")
-            try:
-                value = int(str(raw).strip()) if raw is not None else -1
-            except ValueError:
-                continue
-            if value > 0 or (what == "remaining" and value == 0):
-                into[kind] = value
-    return Observation(found["limit"], found["remaining"])
 
 
 def observe(config: LimiterConfig, model: str, state: ModelState, now: float,
             seen: Observation) -> ModelState:
-    """The twin of the observe script: follow the provider's limits and lower (never raise)
-    a level to remaining * target when the provider has fewer left than we think."""
-    state = replace(state, observed={**state.observed, **seen.limits})
-    eff = effective(config, model, state)
+    """The twin of the observe script: the model has been answered; follow the provider's
+    limits; a burst it allows below ours becomes ours (farm.capacity.pacing); lower (never
+    raise) a level to remaining * target when the provider has fewer left than we think."""
+    state = replace(state, observed={**state.observed, **seen.limits}, answered=True,
+                    burst=lowered(config, state.burst, now, seen.burst_s))
+    eff = effective(config, model, state, now)
     kinds = [k for k in seen.remaining if k in eff.caps]
     if not kinds:
         return state
@@ -335,8 +346,12 @@ def observe(config: LimiterConfig, model: str, state: ModelState, now: float,
     return _store(state, levels, now)
 
 
-def pause(state: ModelState, now: float, seconds: float) -> ModelState:
-    """The twin of pause: paused-until only ever moves later."""
+def pause(config: LimiterConfig, state: ModelState, now: float, seconds: float) -> ModelState:
+    """The twin of pause (after a 429): paused-until only ever moves later; a 429 that finds
+    the model not paused halves its burst (farm.capacity.pacing), the 429s of calls already
+    on their way when the first came back do not."""
+    if state.paused_until is None or state.paused_until <= now:
+        state = replace(state, burst=halved(config, state.burst, now))
     until = now + seconds
     if state.paused_until is None or state.paused_until < until:
         return replace(state, paused_until=until)
@@ -346,7 +361,7 @@ def pause(state: ModelState, now: float, seconds: float) -> ModelState:
 def describe(config: LimiterConfig, model: str, state: ModelState, now: float
              ) -> dict[str, Any]:
     """What `farm limits` shows for one model (nothing is changed)."""
-    eff, limits = effective(config, model, state), config.limits_for(model)
+    eff, limits = effective(config, model, state, now), config.limits_for(model)
     live = [t for t, exp in state.inflight.values() if exp > now]
     half = config.tenant_window_s / 2
     tenants = sorted(t for t, s in state.active.items() if s > now - config.tenant_window_s)
@@ -355,6 +370,8 @@ def describe(config: LimiterConfig, model: str, state: ModelState, now: float
         "configured": limits.model_dump(),
         "observed": dict(state.observed),
         "effective": {**{k: eff.caps.get(k) for k in KINDS}, "max_concurrency": eff.concurrency},
+        "bucket": {k: eff.size(k) for k in eff.caps},
+        "burst_s": eff.burst_s,
         "levels": refill(eff, state, now),
         "in_flight": len(live),
         "paused_for_s": max(0.0, (state.paused_until or now) - now),

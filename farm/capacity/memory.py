@@ -28,6 +28,7 @@ from farm.capacity.circuit import (
     transition,
 )
 from farm.capacity.config import LimiterConfig
+from farm.capacity.headers import parse_headers
 from farm.capacity.limits import Grant, ModelState, Wait
 from farm.costs.budgets import Seed
 from farm.costs.ledger import Charge, OverBudget
@@ -98,14 +99,12 @@ class MemoryLimiter:
 
     def pause(self, model: str, seconds: float) -> None:
         seconds = limits.check_pause(seconds)
-        self._update(model, lambda state, now: (None, limits.pause(state, now, seconds)),
-                     seen=True)
+        self._update(model, lambda state, now: (
+            None, limits.pause(self.config, state, now, seconds)), seen=True)
 
     def observe(self, model: str, headers: Mapping[str, str]) -> None:
-        seen = limits.parse_headers(headers)
-        if seen.limits or seen.remaining:
-            self._update(model, lambda state, now: (
-                None, limits.observe(self.config, model, state, now, seen)), seen=True)
+        self._update(model, lambda state, now: (None, limits.observe(
+            self.config, model, state, now, parse_headers(headers, now))), seen=True)
 
     def throttle(self, model: str, percent: float | None) -> float | None:
         value = limits.check_percent(percent)

@@ -34,15 +34,28 @@ local function caps_of(obs_key, thr_key, base_key, c1, c2, c3, target)
   end
   return caps, any, thr
 end
-local function refill(bkey, caps, now)
+-- the burst in force (farm.capacity.pacing.burst_now): learned {s, t}, grown back
+local function burst_of(key, now, conf, mn, probe)
+  local b = redis.call('HMGET', key, 's', 't')
+  local s, t = num(b[1]), num(b[2])
+  if s == nil or t == nil then return conf end
+  local grown = s + math.max(0, now - t) * (conf / probe)
+  return math.max(mn, math.min(conf, grown))
+end
+local function learn(key, secs, now, probe)
+  redis.call('HSET', key, 's', fmt(secs), 't', fmt(now))
+  redis.call('EXPIRE', key, math.ceil(probe) + 60)
+end
+local function size_of(caps, k, burst) return caps[k] * burst / 60 end
+local function refill(bkey, caps, now, burst)
   local raw = redis.call('HMGET', bkey, 't', 'rpm', 'itpm', 'otpm')
   local t, lv = num(raw[1]), {}
   for i, k in ipairs(KINDS) do
     local cap = caps[k]
     if cap then
-      local old = num(raw[i + 1])
-      if old == nil or t == nil then lv[k] = cap
-      else lv[k] = math.min(cap, old + math.max(0, now - t) * (cap / 60)) end
+      local old, size = num(raw[i + 1]), size_of(caps, k, burst)
+      if old == nil or t == nil then lv[k] = size
+      else lv[k] = math.min(size, old + math.max(0, now - t) * (cap / 60)) end
     end
   end
   return lv
@@ -66,10 +79,11 @@ local function count(rkey, now, window)
 end
 """
 
-# KEYS: bucket observed paused throttle tenants inflight t-usage t-inflight base rate,
-#       then the ledger's (farm.costs.ledger_lua)
+# KEYS: bucket observed paused throttle tenants inflight t-usage t-inflight base rate burst
+#       answered, then the ledger's (farm.costs.ledger_lua)
 # ARGV: now gid tenant in out prio rpm itpm otpm conc target res1..3 share1..3 window ttl
-#       slot_wait low_extra max_delay, then the ledger's
+#       slot_wait low_extra max_delay burst_s min_burst_s probe_s discovery_slots, then the
+#       ledger's
 # The budgets and the cost breaker are checked before the limits (a call they stop takes no
 # rate-limit tokens) and reserved with them, in this one atomic step.
 ACQUIRE = PRELUDE + LEDGER_LIB + r"""
@@ -77,16 +91,19 @@ local now = clock(ARGV[1])
 local gid, tenant = ARGV[2], ARGV[3]
 local paused = num(redis.call('GET', KEYS[3]))
 if paused and paused > now then return {0, 'paused (429)', fmt(paused - now)} end
-local refused = ledger_check(now, 10, 22)
+local refused = ledger_check(now, 12, 26)
 if refused then return refused end
 local target = tonumber(ARGV[11])
 local caps, any, thr = caps_of(KEYS[2], KEYS[4], KEYS[9], ARGV[7], ARGV[8], ARGV[9], target)
 local mc, conc = num(ARGV[10]), nil
 local window, ttl = tonumber(ARGV[18]), tonumber(ARGV[19])
-if mc then conc = math.max(1, math.floor(mc * thr / 100 + EPS)) end
+if mc then conc = math.max(1, math.floor(mc * thr / 100 + EPS))
+elseif not any and tonumber(ARGV[26]) > 0 and redis.call('EXISTS', KEYS[12]) == 0 then
+  conc = tonumber(ARGV[26])  -- nothing known yet: wait for the first answer
+end
 if not any and conc == nil then
   count(KEYS[10], now, window)
-  ledger_commit(now, 10, 22)
+  ledger_commit(now, 12, 26)
   return {2}
 end
 local idx = tonumber(ARGV[6])
@@ -96,21 +113,24 @@ redis.call('EXPIRE', KEYS[5], math.ceil(2 * window))
 local n_active = redis.call('ZCARD', KEYS[5])
 local half = window / 2
 local used = decayed(KEYS[7], now, half)
-local extra = 0
-if caps.rpm and n_active > 1 and used > caps.rpm / 60 / n_active * half / LN2 then
+local extra, over = 0, ''
+if n_active > 1 and used > 1.25 * decayed(KEYS[10], now, half) / n_active then  -- FAIR_SLACK
   if idx == 2 then extra = tonumber(ARGV[21]) end
   idx = math.min(idx + 1, 2)
+  over = 'over'
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now))
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', fmt(now))
 if conc then
   local cap = math.max(1, math.floor(conc * tonumber(ARGV[15 + idx]) + EPS))
-  if redis.call('ZCARD', KEYS[6]) >= cap then return {0, 'concurrency', ARGV[20]} end
   if n_active > 1 and redis.call('ZCARD', KEYS[8]) >= math.ceil(conc / n_active) then
-    return {0, 'tenant-concurrency', ARGV[20]}
+    return {0, 'tenant-concurrency', ARGV[20], '', over}
   end
+  if redis.call('ZCARD', KEYS[6]) >= cap then return {0, 'concurrency', ARGV[20], '', over} end
 end
-local lv = refill(KEYS[1], caps, now)
+local burst = burst_of(KEYS[11], now, tonumber(ARGV[23]), tonumber(ARGV[24]),
+                      tonumber(ARGV[25]))
+local lv = refill(KEYS[1], caps, now, burst)
 local costs = {rpm = 1, itpm = tonumber(ARGV[4]), otpm = tonumber(ARGV[5])}
 local share = math.min(1, tonumber(ARGV[12 + idx]) + extra)
 local wait, reason, delay = 0, nil, 0
@@ -118,15 +138,17 @@ local max_delay = tonumber(ARGV[22])
 for _, k in ipairs(KINDS) do
   local cap = caps[k]
   if cap then
-    local need = math.min(costs[k] + share * cap, cap)
-    if lv[k] < need then
-      local ahead = (need - lv[k]) / (cap / 60)
-      delay = math.max(delay, ahead)
-      if ahead - max_delay > wait then wait, reason = ahead - max_delay, k end
+    local rate, size = cap / 60, size_of(caps, k, burst)
+    local ahead = max_delay * rate
+    local cost = math.min(costs[k], size)
+    local need = math.min(cost - ahead + share * (size + ahead), size)
+    if lv[k] < need and (need - lv[k]) / rate > wait then
+      wait, reason = (need - lv[k]) / rate, k
     end
+    delay = math.max(delay, (cost - lv[k]) / rate)
   end
 end
-if reason then return {0, reason, fmt(wait)} end
+if reason then return {0, reason, fmt(wait), '', over} end
 for _, k in ipairs(KINDS) do
   if caps[k] then lv[k] = math.max(-caps[k], lv[k] - costs[k]) end
 end
@@ -138,12 +160,13 @@ redis.call('ZADD', KEYS[8], fmt(now + ttl), gid)
 redis.call('EXPIRE', KEYS[6], math.ceil(ttl) + 1)
 redis.call('EXPIRE', KEYS[8], math.ceil(ttl) + 1)
 count(KEYS[10], now, window)
-ledger_commit(now, 10, 22)
+ledger_commit(now, 12, 26)
 return {1, fmt(delay)}
 """
 
-# KEYS: bucket observed throttle inflight t-inflight base
+# KEYS: bucket observed throttle inflight t-inflight base burst
 # ARGV: now member gid reserved_in reserved_out actual_in actual_out rpm itpm otpm target
+#       burst_s min_burst_s probe_s
 RELEASE = PRELUDE + r"""
 local removed = redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('ZREM', KEYS[5], ARGV[3])
@@ -154,27 +177,37 @@ local now = clock(ARGV[1])
 local caps, any = caps_of(KEYS[2], KEYS[3], KEYS[6], ARGV[8], ARGV[9], ARGV[10],
                          tonumber(ARGV[11]))
 if not any then return 1 end
-local lv = refill(KEYS[1], caps, now)
+local burst = burst_of(KEYS[7], now, tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]))
+local lv = refill(KEYS[1], caps, now, burst)
 local fix = {itpm = {tonumber(ARGV[4]), ai}, otpm = {tonumber(ARGV[5]), ao}}
 for k, pair in pairs(fix) do
   if pair[2] and caps[k] then
-    lv[k] = math.max(-caps[k], math.min(caps[k], lv[k] + (pair[1] - pair[2])))
+    lv[k] = math.max(-caps[k], math.min(size_of(caps, k, burst), lv[k] + (pair[1] - pair[2])))
   end
 end
 store(KEYS[1], caps, lv, now)
 return 1
 """
 
-# KEYS: observed bucket throttle models base
+# KEYS: observed bucket throttle models base burst answered
 # ARGV: now model limit_rpm limit_itpm limit_otpm rem_rpm rem_itpm rem_otpm rpm itpm otpm target
+#       burst_s min_burst_s probe_s seen_burst
 OBSERVE = PRELUDE + r"""
 local now = clock(ARGV[1])
+redis.call('SET', KEYS[7], '1', 'EX', 86400)
 for i, k in ipairs(KINDS) do
   local v = num(ARGV[2 + i])
   if v then redis.call('HSET', KEYS[1], k, ARGV[2 + i]); redis.call('EXPIRE', KEYS[1], 86400) end
 end
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('EXPIRE', KEYS[4], 604800)
+local conf, mn, probe = tonumber(ARGV[13]), tonumber(ARGV[14]), tonumber(ARGV[15])
+local burst = burst_of(KEYS[6], now, conf, mn, probe)
+local seen = num(ARGV[16])
+if seen and seen < burst then
+  burst = math.max(mn, seen)
+  learn(KEYS[6], burst, now, probe)
+end
 local target = tonumber(ARGV[12])
 local caps = caps_of(KEYS[1], KEYS[3], KEYS[5], ARGV[9], ARGV[10], ARGV[11], target)
 local lower = false
@@ -182,7 +215,7 @@ for i, k in ipairs(KINDS) do
   if num(ARGV[5 + i]) and caps[k] then lower = true end
 end
 if not lower then return 0 end
-local lv = refill(KEYS[2], caps, now)
+local lv = refill(KEYS[2], caps, now, burst)
 for i, k in ipairs(KINDS) do
   local rem = num(ARGV[5 + i])
   if rem and caps[k] then lv[k] = math.min(lv[k], rem * target) end
@@ -191,11 +224,16 @@ store(KEYS[2], caps, lv, now)
 return 1
 """
 
-# KEYS: paused models   ARGV: now seconds model
+# KEYS: paused models burst   ARGV: now seconds model burst_s min_burst_s probe_s
 PAUSE = PRELUDE + r"""
 local now, secs = clock(ARGV[1]), tonumber(ARGV[2])
 local untl = now + secs
 local old = num(redis.call('GET', KEYS[1]))
+if old == nil or old <= now then  -- a 429 that starts a pause halves the burst
+  local mn, probe = tonumber(ARGV[5]), tonumber(ARGV[6])
+  learn(KEYS[3], math.max(mn, burst_of(KEYS[3], now, tonumber(ARGV[4]), mn, probe) / 2), now,
+        probe)
+end
 if old == nil or old < untl then
   redis.call('SET', KEYS[1], fmt(untl), 'PX', math.ceil(secs * 1000) + 60000)
 end

@@ -94,11 +94,12 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def ratelimit_headers(headers: Any) -> dict[str, str]:
-    """The provider's anthropic-ratelimit-* headers (the limiter follows them)."""
+    """The provider's anthropic-ratelimit-* headers and its ``date`` (the limiter follows
+    them: farm.capacity.headers)."""
     if headers is None:
         return {}
     return {k.lower(): v for k, v in headers.items()
-            if k.lower().startswith("anthropic-ratelimit-")}
+            if k.lower().startswith("anthropic-ratelimit-") or k.lower() == "date"}
 
 
 def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallResult:

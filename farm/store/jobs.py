@@ -193,9 +193,10 @@ def paused(queue: str) -> str:
 LIMITS = ("rpm", "itpm", "otpm", "concurrency", "tenant-concurrency")  # what a throttle cuts
 
 
-def limited(model: str, limit: str) -> str:
-    """The wait_reason of a job waiting for one of its model's limits (LIMITS) or pause."""
-    return f"{model}: {limit}"
+def limited(model: str, limit: str, over_share: bool = False) -> str:
+    """The wait_reason of a job waiting for one of its model's limits (LIMITS) or pause;
+    ``over_share``: its tenant is over its fair share (farm.capacity.limits)."""
+    return f"{model}: {limit}" + (" (tenant over its fair share)" if over_share else "")
 
 
 def wake(engine: Engine, reason: str, queue: str | None = None

@@ -72,7 +72,9 @@ class Rig:
                              now=lambda: datetime.fromtimestamp(self.clock.t, UTC),
                              clock=self.clock)
         models = {MODEL: limits} if limits else {}
-        self.limiter = Limiter(client, LimiterConfig(models=models), clock=self.clock)
+        # buckets of a minute, no discovery: these tests are about budgets, not pacing
+        self.limiter = Limiter(client, LimiterConfig(models=models, burst_s=60,
+                                                     discovery_slots=0), clock=self.clock)
 
     def charge(self, usd: str, tenant: str = "a", queue: str = "q") -> Charge:
         charge = self.ledger.charge(tenant, queue, MODEL, Decimal(usd))

@@ -58,7 +58,7 @@ class Op:
     pick: float = 0.0
 
 
-def random_op(rng: random.Random) -> Op:
+def random_op(rng: random.Random, now: float) -> Op:
     model = rng.choice(MODELS)
     name = rng.choices(["acquire", "release", "release-again", "observe", "pause", "throttle",
                         "queue", "invalid"], [55, 22, 3, 8, 3, 4, 2, 3])[0]
@@ -68,7 +68,8 @@ def random_op(rng: random.Random) -> Op:
             "output_tokens": rng.choice([None, rng.randint(0, 4000), -rng.randint(1, 500)])},
             pick=rng.random())
     if name == "observe":
-        return Op(name, model, {"headers": random_headers(rng, otpm=60_000)})
+        return Op(name, model, {"headers": {} if model == "free" else random_headers(
+            rng, otpm=60_000, now=now)})
     if name == "pause":
         return Op(name, model, {"seconds": rng.choice([0.5, 2.0, 6.0])})
     if name == "throttle":  # "slow": a model only an operator's throttle ever names
@@ -136,12 +137,9 @@ class Side:
 def over_share(lim: MemoryLimiter, op: Op, now: float) -> bool:
     """Whether this ask's tenant is over its fair share (it is served a priority lower)."""
     state = lim.read_state(op.model)[0]
-    rpm = limits.effective(CONFIG, op.model, state).caps.get("rpm")
     window = CONFIG.tenant_window_s
     active = {t for t, s in state.active.items() if s > now - window} | {op.args["tenant"]}
-    used = limits.decayed(state.usage.get(op.args["tenant"]), now, window / 2)
-    return bool(rpm and len(active) > 1 and used > limits.fair_share(rpm, len(active),
-                                                                     window / 2))
+    return limits.over_share(CONFIG, state, now, op.args["tenant"], len(active))
 
 
 def assert_same_answer(got: Any, want: Any, ids: dict[str, str]) -> None:
@@ -183,7 +181,7 @@ def test_limiters_agree_step_by_step(client: redis.Redis, seed: int) -> None:
     seen: Counter[str] = Counter()
     for _ in range(600):
         clock.sleep(rng.choice([0.0, 0.0, 0.05, 0.1, 0.3, 1.0, 2.5, 7.0]))
-        op = random_op(rng)
+        op = random_op(rng, clock())
         if op.name == "acquire" and over_share(in_memory.limiter, op, clock()):
             seen["over share"] += 1
         got, want = in_redis.run(op), in_memory.run(op)

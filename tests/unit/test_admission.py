@@ -49,7 +49,7 @@ class Rig:
 
     def cap(self, kind: str, model: str = SONNET) -> float:
         """A bucket's capacity (as configured, before any header or throttle)."""
-        return limits.effective(self.limiter.config, model, ModelState()).caps[kind]
+        return limits.effective(self.limiter.config, model, ModelState(), 0.0).caps[kind]
 
     def level(self, kind: str, model: str = SONNET) -> float:
         level: float = self.limiter.snapshot(model)["levels"][kind]
@@ -84,9 +84,11 @@ def sleeper(clock: ManualClock) -> Callable[[float], None]:
 
 def rig(models: dict[str, ModelLimits] | None = None, *, breaker: BreakerConfig | None = None,
         admission_config: AdmissionConfig = ADMISSION, **limiter: Any) -> Rig:
+    """Buckets of a whole minute and no discovery unless a test asks (pacing itself:
+    tests/unit/test_pacing.py)."""
     clock = ManualClock()
     config = LimiterConfig(models={SONNET: LIMITS, HAIKU: LIMITS} if models is None else models,
-                           **limiter)
+                           **{"burst_s": 60, "discovery_slots": 0, **limiter})
     lim = MemoryLimiter(config, clock=clock)
     brk = MemoryBreaker(breaker or BreakerConfig(), clock=clock)
     gate = Gate(lim, brk, admission_config, sleep=sleeper(clock), rand=lambda: 0.0)
@@ -173,34 +175,38 @@ def test_short_waits_are_slept_then_the_job_goes() -> None:
 
 
 def test_jobs_that_use_all_they_reserved_are_paced_by_the_bucket() -> None:
-    """done() charges what was used: once otpm is spent, the next job waits (part slept as a
-    wait, the rest as its grant's delay) until the bucket holds its max_tokens and reserve."""
+    """done() charges what was used: once otpm is spent, the next job waits until the bucket
+    can pay its max_tokens and keep a NORMAL request's reserve of the span (the bucket plus
+    the max_delay_s a HIGH one may schedule ahead)."""
     r = rig()
     cap, config = r.cap("otpm"), r.limiter.config
-    j = job()
-    out = j.request.max_tokens
+    rate, j = cap / 60, job()
+    out, ahead = j.request.max_tokens, config.max_delay_s * cap / 60
     for _ in range(math.floor(cap / out)):
         go = admitted(r, j)
         r.gate.done(go, Usage(input_tokens=go.grant.input_tokens, output_tokens=out), {})
     assert r.slept == 0
-    need = out + config.reserve[Priority.NORMAL] * cap
-    wait = (need - r.level("otpm")) / (cap / 60)
-    assert config.max_delay_s < wait <= config.max_delay_s + ADMISSION.sleep_max_s
+    need = out - ahead + config.reserve[Priority.NORMAL] * (cap + ahead)
+    wait = (need - r.level("otpm")) / rate
+    assert 0 < wait <= ADMISSION.sleep_max_s
     go = admitted(r, j)
-    assert go.grant.delay_s == pytest.approx(config.max_delay_s)
     assert r.slept == pytest.approx(wait)
+    # here the reserve is more than max_delay_s of the rate: the call goes at once
+    assert need > out and go.grant.delay_s == 0
 
 
 def test_a_long_wait_defers_the_job_capped_at_defer_max() -> None:
-    r = rig(max_delay_s=0)
+    r = rig(max_delay_s=0, reserve={Priority.LOW: 0.5})
     cap, config = r.cap("rpm"), r.limiter.config
     rate = cap / 60
     r.drain(math.floor(cap))
     left = r.level("rpm")
     pause = 4.0
     r.limiter.pause(SONNET, pause)  # a short wait first: slept
-    # then a LOW job must wait for its request and its reserve: too long to sleep on
-    need = 1 + config.reserve[Priority.LOW] * cap
+    # then a LOW job must wait for its request and its reserve: too long to sleep on. The
+    # 429 halved the burst (60 s to 30 s); it has grown back to 30 + pause s by then
+    size = cap * (30 + pause) / 60
+    need = 1 + config.reserve[Priority.LOW] * size
     wait = (need - (left + pause * rate)) / rate
     assert pause <= ADMISSION.sleep_max_s < pause + wait < ADMISSION.defer_max_s
     got = r.gate.admit(job(priority=Priority.LOW))
@@ -317,10 +323,13 @@ def test_failed_calls(kind: ErrorKind, retry_after: float | None, paused_s: floa
     go = admitted(r)
     r.gate.failed(go, kind, retry_after_s=retry_after, ratelimit={})
     state = r.state()
-    # nothing was used: the reservation goes back and the slot is free
+    # nothing was used: the reservation goes back (to a full bucket) and the slot is free;
+    # a 429 halved the burst, so the full bucket is half as big
+    snap = r.limiter.snapshot(SONNET)
     assert state.inflight == {}
-    assert r.level("itpm") == pytest.approx(r.cap("itpm"))
-    assert r.level("otpm") == pytest.approx(r.cap("otpm"))
+    assert snap["burst_s"] == (30.0 if kind is ErrorKind.RATE_LIMITED else 60.0)
+    for kind_ in ("itpm", "otpm"):
+        assert r.level(kind_) == pytest.approx(r.cap(kind_) * snap["burst_s"] / 60)
     assert state.paused_until == (None if paused_s is None else r.start + paused_s)
     value, now = r.breaker.value(SONNET)
     assert value.failures_in_row == failures

@@ -13,15 +13,24 @@ from pydantic import ValidationError
 
 from farm.capacity import limits
 from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.headers import parse_headers
 from farm.capacity.limits import Grant, ModelState, TenantUsage, Wait
 from farm.jobs import Priority
 
 T0 = 1000.0
 
 
+def lc(**kwargs: Any) -> LimiterConfig:
+    """Buckets of a whole minute and no discovery (pacing and discovery are tested in
+    tests/unit/test_pacing.py)."""
+    return LimiterConfig(**{"burst_s": 60, "discovery_slots": 0, **kwargs})
+
+
 def cfg(max_delay_s: float = 0.0, **caps: int | None) -> LimiterConfig:
-    """Without scheduling ahead (max_delay_s=0) unless a test asks for it."""
-    return LimiterConfig(models={"m": ModelLimits(**caps)}, max_delay_s=max_delay_s)
+    """Without scheduling ahead (max_delay_s=0) unless a test asks for it; buckets of a whole
+    minute and no discovery (pacing and discovery: tests/unit/test_pacing.py)."""
+    return LimiterConfig(models={"m": ModelLimits(**caps)}, max_delay_s=max_delay_s,
+                         burst_s=60, discovery_slots=0)
 
 
 def ask(config: LimiterConfig, state: ModelState, now: float = T0, *, model: str = "m",
@@ -84,9 +93,9 @@ def test_throttle_percent_range(bad: Any) -> None:
 
 def test_a_fresh_bucket_is_full_and_a_grant_costs_request_input_and_output() -> None:
     c = cfg(rpm=100, itpm=10_000, otpm=5_000)
-    eff = limits.effective(c, "m", ModelState())
+    eff = limits.effective(c, "m", ModelState(), T0)
     assert eff.caps == pytest.approx({"rpm": 98, "itpm": 9800, "otpm": 4900})
-    assert eff.concurrency is None and limits.effective(c, "other", ModelState()).unlimited
+    assert eff.concurrency is None and limits.effective(c, "other", ModelState(), T0).unlimited
     got, state = ask(c, ModelState(), tokens=(300, 1000), grant_id="x")
     assert got == Grant("m", "x", "t", 300, 1000)
     assert state.levels == pytest.approx({"rpm": 97, "itpm": 9500, "otpm": 3900})
@@ -138,7 +147,7 @@ def test_a_request_larger_than_the_bucket_passes_when_full_and_the_level_floors(
 
 
 def test_a_model_without_limits_is_free_and_only_counted() -> None:
-    got, state = ask(LimiterConfig(), ModelState(), model="free", tokens=(10**6, 10**6))
+    got, state = ask(lc(), ModelState(), model="free", tokens=(10**6, 10**6))
     assert isinstance(got, Grant) and got.grant_id == "" and got.delay_s == 0
     # nothing charged, no slot, no tenant: only its rate is counted (for a throttle)
     assert state == replace(ModelState(), rate=TenantUsage(1.0, T0))
@@ -169,7 +178,7 @@ def test_low_leaves_a_reserve_that_high_can_use() -> None:
 
 
 def test_long_wait_promotes_to_high() -> None:
-    c = LimiterConfig(models={"m": ModelLimits(rpm=100)}, max_wait_s=60)
+    c = lc(models={"m": ModelLimits(rpm=100)}, max_wait_s=60)
     assert limits.promote(c, Priority.LOW, 59.9) is Priority.LOW
     assert limits.promote(c, Priority.LOW, 60) is Priority.HIGH
     state = ModelState(levels={"rpm": 5.0}, updated=T0)  # under LOW's reserve of 19.6
@@ -186,19 +195,23 @@ def test_decayed_counter_settles_at_rate_times_half_life_over_ln2() -> None:
         usage = TenantUsage(limits.decayed(usage, now, half) + 1, now)
     assert usage is not None and usage.count == pytest.approx(rate * half / limits.LN2, rel=0.02)
     assert limits.decayed(usage, usage.updated + half, half) == pytest.approx(usage.count / 2)
-    assert limits.fair_share(120, 2, half) == pytest.approx(1.0 * half / limits.LN2)
 
 
 def test_tenant_over_its_share_is_served_one_priority_lower() -> None:
     c = cfg(rpm=600)  # capacity 588; H = 30 s
-    share = limits.fair_share(588, 2, 30)  # 2 active tenants: ~212 requests
-    over = ModelState(usage={"big": TenantUsage(share + 1, T0)}, active={"small": T0 - 1},
-                      levels={"rpm": 1 + 0.02 * 588}, updated=T0)
-    assert isinstance(ask(c, over, tenant="big")[0], Wait)  # served as NORMAL: needs 5 %
+    # the model granted 200 lately: of 2 active tenants, one is over its share above
+    # 1.25 * 200 / 2 = 125
+    over = ModelState(usage={"big": TenantUsage(126, T0)}, active={"small": T0 - 1},
+                      rate=TenantUsage(200, T0), levels={"rpm": 1 + 0.02 * 588}, updated=T0)
+    assert limits.over_share(c, over, T0, "big", 2)
+    assert not limits.over_share(c, over, T0, "small", 2)
+    got, _ = ask(c, over, tenant="big")  # served as NORMAL: needs 5 %
+    assert isinstance(got, Wait) and got.over_share  # it gives its slot back
     assert isinstance(ask(c, over, tenant="small")[0], Grant)
-    under = replace(over, usage={"big": TenantUsage(share - 1, T0)})
+    under = replace(over, usage={"big": TenantUsage(124, T0)})
     assert isinstance(ask(c, under, tenant="big")[0], Grant)
     # alone, a tenant is never demoted: nobody else would use the reserve
+    assert not limits.over_share(c, over, T0, "big", 1)
     assert isinstance(ask(c, replace(over, active={}), tenant="big")[0], Grant)
 
 
@@ -206,9 +219,10 @@ def test_low_over_share_needs_an_extra_reserve() -> None:
     c = cfg(rpm=600)
     usage = {"big": TenantUsage(1e6, T0)}
     level = 1 + 0.25 * 588  # above LOW's 20 %, below 20 % + 10 %
-    state = ModelState(usage=usage, active={"b": T0}, levels={"rpm": level}, updated=T0)
+    state = ModelState(usage=usage, active={"b": T0}, levels={"rpm": level}, updated=T0,
+                       rate=TenantUsage(1e6, T0))
     got, _ = ask(c, state, tenant="big", priority=Priority.LOW)
-    assert got == Wait(pytest.approx(0.05 * 588 / 9.8), "rpm")
+    assert got == Wait(pytest.approx(0.05 * 588 / 9.8), "rpm", over_share=True)
     assert isinstance(ask(c, state, tenant="b", priority=Priority.LOW)[0], Grant)
 
 
@@ -223,10 +237,12 @@ def test_tenants_count_as_active_within_the_window_only() -> None:
     assert isinstance(got, Grant)
 
 
-def test_one_tenant_cannot_block_another() -> None:
+@pytest.mark.parametrize("burst_s", [60.0, 5.0])
+def test_one_tenant_cannot_block_another(burst_s: float) -> None:
     """10,000 jobs of A against 10 of B under a tight limit: each of B's is served within a
-    few retries, although A never stops asking."""
-    c = cfg(rpm=60, max_concurrency=4)
+    few retries, although A never stops asking; with a minute's bucket and a paced one
+    (where A never had a minute's burst to be over its share with)."""
+    c = cfg(rpm=60, max_concurrency=4).model_copy(update={"burst_s": burst_s})
     state, granted, now, pending, tries = ModelState(), {"A": 0, "B": 0}, T0, 0, []
     b_next = 0.0  # B comes back when it was told to; A asks every 10 ms regardless
     for i in range(10_000):
@@ -261,11 +277,12 @@ def test_concurrency_share_per_priority(priority: Priority, slots: int) -> None:
 
 
 def test_slots_are_shared_by_active_tenants_and_dead_holders_expire() -> None:
-    c = LimiterConfig(models={"m": ModelLimits(max_concurrency=5)}, grant_ttl_s=100)
+    c = lc(models={"m": ModelLimits(max_concurrency=5)}, grant_ttl_s=100)
     state = drain(c, ModelState(), 3, tenant="A")
     _, state = ask(c, state, tenant="B", grant_id="b1")  # B active: A may hold ceil(5/2)=3
     got, state = ask(c, state, tenant="A")
-    assert got == Wait(0.25, "tenant-concurrency")
+    # and A (3 of the 4 grants) is over its share: it is told to give its slot back
+    assert got == Wait(0.25, "tenant-concurrency", over_share=True)
     got, state = ask(c, state, tenant="B", grant_id="b2")
     assert isinstance(got, Grant)
     got, _ = ask(c, state, T0 + 100, tenant="A", grant_id="late")  # every grant expired
@@ -291,8 +308,8 @@ def test_release_frees_the_slot_once() -> None:
 # --- limits.pause, throttle, observed limits -----------------------------------------------
 
 def test_pause_waits_everyone_and_only_extends() -> None:
-    state = limits.pause(ModelState(), T0, 30)
-    state = limits.pause(state, T0 + 1, 5)
+    state = limits.pause(lc(), ModelState(), T0, 30)
+    state = limits.pause(lc(), state, T0 + 1, 5)
     assert state.paused_until == T0 + 30
     for model in ("m", "unconfigured"):
         got, _ = ask(cfg(rpm=10), state, T0 + 10, model=model)
@@ -303,18 +320,19 @@ def test_pause_waits_everyone_and_only_extends() -> None:
 def test_throttle_scales_rates_and_concurrency() -> None:
     c = cfg(rpm=100, max_concurrency=10)
     state = replace(ModelState(), throttle=limits.check_percent(50))
-    eff = limits.effective(c, "m", state)
+    eff = limits.effective(c, "m", state, T0)
     assert eff.caps["rpm"] == pytest.approx(49.0) and eff.concurrency == 5
     _, low = ask(c, state)
     assert low.levels["rpm"] == pytest.approx(48.0)
-    assert limits.effective(c, "m", replace(state, throttle=1.0)).concurrency == 1
-    assert limits.effective(c, "m", replace(state, throttle=None)).caps["rpm"] == pytest.approx(98)
+    assert limits.effective(c, "m", replace(state, throttle=1.0), T0).concurrency == 1
+    unthrottled = limits.effective(c, "m", replace(state, throttle=None), T0)
+    assert unthrottled.caps["rpm"] == pytest.approx(98)
     assert limits.check_percent(None) is None and limits.check_percent(100) is None  # both clear
     assert limits.check_percent(1) == 1.0 and limits.check_percent(37.5) == 37.5
 
 
 def test_every_grant_counts_in_the_models_rate_which_settles_at_the_real_rate() -> None:
-    c, state = LimiterConfig(), ModelState()
+    c, state = lc(), ModelState()
     for i in range(600):  # 2 calls a second for 5 minutes, no limits
         _, state = ask(c, state, T0 + i / 2, model="free")
     assert limits.measured_rpm(c, state, T0 + 300) == pytest.approx(120, rel=0.01)
@@ -325,13 +343,13 @@ def test_every_grant_counts_in_the_models_rate_which_settles_at_the_real_rate() 
 
 
 def test_a_throttle_of_a_model_without_limits_takes_its_percent_of_the_recent_rate() -> None:
-    c, state = LimiterConfig(max_delay_s=0), ModelState()
+    c, state = lc(max_delay_s=0), ModelState()
     for i in range(600):
         _, state = ask(c, state, T0 + i / 2, model="free")
     now = T0 + 300
     base, throttled = limits.throttle(c, "free", state, now, 10.0)
     assert base == pytest.approx(120, rel=0.01) and throttled.throttle == 10.0
-    eff = limits.effective(c, "free", throttled)
+    eff = limits.effective(c, "free", throttled, T0)
     assert eff.caps == {"rpm": pytest.approx(base * 0.10 * 0.98)} and not eff.unlimited
     # it acts: the bucket (capacity ~11.8) lets ~11 through, then the next one waits
     for i in range(11):
@@ -342,16 +360,16 @@ def test_a_throttle_of_a_model_without_limits_takes_its_percent_of_the_recent_ra
     # changing the percent keeps the base (the rate under the throttle would ratchet down)
     later = now + 600
     again, throttled = limits.throttle(c, "free", throttled, later, 1.0)
-    assert again == base and limits.effective(c, "free", throttled).caps["rpm"] == (
+    assert again == base and limits.effective(c, "free", throttled, T0).caps["rpm"] == (
         pytest.approx(base * 0.01 * 0.98))
     # lifting it clears both: the model is free again
     lifted, free = limits.throttle(c, "free", throttled, later, None)
     assert lifted is None and free.throttle is None and free.throttle_base is None
-    assert limits.effective(c, "free", free).unlimited
+    assert limits.effective(c, "free", free, T0).unlimited
 
 
 def test_a_throttle_with_nothing_to_measure_is_refused_and_changes_nothing() -> None:
-    c = LimiterConfig()
+    c = lc()
     with pytest.raises(limits.NothingToThrottle, match="no limits") as err:
         limits.throttle(c, "free", ModelState(), T0, 1.0)
     assert err.value.measured_rpm == 0.0
@@ -362,46 +380,46 @@ def test_a_throttle_with_nothing_to_measure_is_refused_and_changes_nothing() -> 
     base, state = limits.throttle(cfg(rpm=100), "m", ModelState(), T0, 50.0)
     assert base is None and state == replace(ModelState(), throttle=50.0)
     base, state = limits.throttle(c, "o", replace(ModelState(), observed={"rpm": 50}), T0, 5.0)
-    assert base is None and limits.effective(c, "o", state).caps["rpm"] == pytest.approx(2.45)
+    assert base is None and limits.effective(c, "o", state, T0).caps["rpm"] == pytest.approx(2.45)
     # nor does one with only a token or a concurrency limit: the percent acts on that
     for only in ({"otpm": 1000}, {"max_concurrency": 4}):
         base, state = limits.throttle(cfg(**only), "m", ModelState(), T0, 50.0)
-        assert base is None and not limits.effective(cfg(**only), "m", state).unlimited
+        assert base is None and not limits.effective(cfg(**only), "m", state, T0).unlimited
 
 
 def test_parse_headers() -> None:
-    seen = limits.parse_headers({
+    seen = parse_headers({
         "Anthropic-RateLimit-Requests-Limit": "50", "anthropic-ratelimit-requests-remaining": "0",
         "anthropic-ratelimit-input-tokens-limit": "junk",
         "anthropic-ratelimit-input-tokens-remaining": "12000",
         "anthropic-ratelimit-output-tokens-limit": "-5",
-        "anthropic-ratelimit-tokens-limit": "999", "retry-after": "3"})
+        "anthropic-ratelimit-tokens-limit": "999", "retry-after": "3"}, T0)
     assert seen.limits == {"rpm": 50}
     assert seen.remaining == {"rpm": 0, "itpm": 12000}
-    assert limits.parse_headers({}).limits == {}
+    assert parse_headers({}, T0).limits == {}
 
 
 def test_observed_limits_replace_configured_ones() -> None:
     c = cfg(rpm=100)
-    seen = limits.parse_headers({"anthropic-ratelimit-requests-limit": "50",
-                          "anthropic-ratelimit-output-tokens-limit": "8000"})
+    seen = parse_headers({"anthropic-ratelimit-requests-limit": "50",
+                          "anthropic-ratelimit-output-tokens-limit": "8000"}, T0)
     state = limits.observe(c, "m", ModelState(), T0, seen)
     assert state.observed == {"rpm": 50, "otpm": 8000} and state.levels == {}
-    assert limits.effective(c, "m", state).caps == pytest.approx({"rpm": 49, "otpm": 7840})
+    assert limits.effective(c, "m", state, T0).caps == pytest.approx({"rpm": 49, "otpm": 7840})
     # an unconfigured model gets limits from the provider alone
     new = limits.observe(c, "new", ModelState(), T0, seen)
-    assert limits.effective(c, "new", new).caps["rpm"] == 49
+    assert limits.effective(c, "new", new, T0).caps["rpm"] == 49
 
 
 def test_remaining_only_ever_lowers_the_level() -> None:
     c = cfg(rpm=1000, itpm=100_000)
-    low = limits.observe(c, "m", ModelState(), T0, limits.parse_headers({
+    low = limits.observe(c, "m", ModelState(), T0, parse_headers({
         "anthropic-ratelimit-requests-remaining": "100",
         "anthropic-ratelimit-input-tokens-remaining": "200000",
-        "anthropic-ratelimit-output-tokens-remaining": "0"}))  # otpm: unlimited here
+        "anthropic-ratelimit-output-tokens-remaining": "0"}, T0))  # otpm: unlimited here
     assert low.levels == pytest.approx({"rpm": 98.0, "itpm": 98_000.0})
-    same = limits.observe(c, "m", low, T0, limits.parse_headers({
-        "anthropic-ratelimit-requests-remaining": "900"}))
+    same = limits.observe(c, "m", low, T0, parse_headers({
+        "anthropic-ratelimit-requests-remaining": "900"}, T0))
     assert same.levels["rpm"] == pytest.approx(98.0)
 
 
@@ -426,7 +444,7 @@ def test_release_refunds_or_charges_the_difference_within_capacity() -> None:
 @pytest.mark.parametrize("seed", range(5))
 def test_random_traffic_never_exceeds_the_buckets_or_the_slots(seed: int) -> None:
     rng = random.Random(seed)
-    c = LimiterConfig(models={"m": ModelLimits(rpm=120, otpm=20_000, max_concurrency=6)})
+    c = lc(models={"m": ModelLimits(rpm=120, otpm=20_000, max_concurrency=6)})
     state, now, held = ModelState(), T0, list[Grant]()
     granted, granted_out = 0, 0
     for i in range(3000):
@@ -450,7 +468,7 @@ def test_random_traffic_never_exceeds_the_buckets_or_the_slots(seed: int) -> Non
 
 def test_describe() -> None:
     c = cfg(rpm=100, max_concurrency=4)
-    _, state = ask(c, limits.pause(ModelState(), T0, 10), T0 + 11, tenant="a")
+    _, state = ask(c, limits.pause(lc(), ModelState(), T0, 10), T0 + 11, tenant="a")
     snap = limits.describe(c, "m", replace(state, throttle=50.0), T0 + 11)
     assert snap["configured"] == {"rpm": 100, "itpm": None, "otpm": None,
                                   "max_concurrency": 4}
@@ -458,7 +476,11 @@ def test_describe() -> None:
                                  "max_concurrency": 2}
     assert snap["in_flight"] == 1 and snap["paused_for_s"] == 0.0
     assert snap["active_tenants"] == {"a": {"usage": 1.0, "in_flight": 1}}
-    assert snap["throttle_percent"] == 50.0 and snap["levels"]["rpm"] == pytest.approx(49)
+    # the 429's pause halved the burst to 30 s; 11 s later it has grown back to 41 s
+    assert snap["burst_s"] == pytest.approx(41.0)
+    assert snap["bucket"] == {"rpm": pytest.approx(49 * 41 / 60)}
+    assert snap["throttle_percent"] == 50.0
+    assert snap["levels"]["rpm"] == pytest.approx(49 * 41 / 60)
 
 
 def test_a_grant_is_scheduled_ahead_within_max_delay() -> None:

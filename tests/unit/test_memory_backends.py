@@ -23,6 +23,7 @@ from farm.capacity.circuit import (
     transition,
 )
 from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.headers import parse_headers
 from farm.capacity.limits import Grant, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
 from farm.jobs import Priority
@@ -82,17 +83,18 @@ def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
             _, states[model] = limits.settle(CONFIG, states[model], now, grant,
                                              **{k: non_negative(v) for k, v in used.items()})
             seen["release"] += 1
-        elif op == "observe" and model != "free":
-            headers = random_headers(rng)
+        elif op == "observe":
+            # "free": an answer without rate-limit headers (it ends the model's discovery)
+            headers = {} if model == "free" else random_headers(rng, now=now)
             lim.observe(model, headers)
-            parsed = limits.parse_headers(headers)
-            if parsed.limits or parsed.remaining:
-                states[model] = limits.observe(CONFIG, model, states[model], now, parsed)
-                followed.add(model)
+            parsed = parse_headers(headers, now)
+            states[model] = limits.observe(CONFIG, model, states[model], now, parsed)
+            followed.add(model)
+            seen["short burst"] += (parsed.burst_s or 60) < CONFIG.burst_s
         elif op == "pause":
             secs = rng.choice([0.5, 2.0, 6.0])
             lim.pause(model, secs)
-            states[model] = limits.pause(states[model], now, secs)
+            states[model] = limits.pause(CONFIG, states[model], now, secs)
             followed.add(model)
         elif op == "throttle":
             percent = rng.choice([None, 100, 50, 80, 25.5, 1])
@@ -111,13 +113,12 @@ def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
                     [100, 1000, 4000, 9000]), "priority": rng.choice(list(Priority)),
                 "tenant": rng.choice(TENANTS), "waited_s": rng.choice([0.0, 0.0, 0.0, 20.0])}
             before, got = states[model], lim.acquire(model, **ask)
-            rpm = limits.effective(CONFIG, model, before).caps.get("rpm")
-            half = CONFIG.tenant_window_s / 2
             active = {t for t, s in before.active.items()
                       if s > now - CONFIG.tenant_window_s} | {ask["tenant"]}
-            usage = limits.decayed(before.usage.get(ask["tenant"]), now, half)
-            if rpm and len(active) > 1 and usage > limits.fair_share(rpm, len(active), half):
+            if limits.over_share(CONFIG, before, now, ask["tenant"], len(active)):
                 seen["over share"] += 1
+            seen["discovery"] += (model in ("free", "seen") and not before.answered
+                                  and isinstance(got, Grant))
             gid = got.grant_id if isinstance(got, Grant) else "none"
             want, states[model] = limits.acquire(CONFIG, model, states[model], now,
                                                 grant_id=gid, **ask)
@@ -133,9 +134,9 @@ def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
         assert lim.models() == sorted(followed | set(CONFIG.models))
     # the sequence really went through the interesting branches
     assert seen["grant"] > 50 and seen["release"] > 30 and seen["unlimited"] > 0
-    assert seen["invalid"] > 0 and seen["scheduled"] > 0
+    assert seen["invalid"] > 0 and seen["scheduled"] > 0 and seen["discovery"] > 0
     assert {"rpm", "concurrency", "tenant-concurrency", "paused (429)", "over share",
-            "throttled by rate", "nothing to throttle"} <= set(seen), seen
+            "throttled by rate", "nothing to throttle", "short burst"} <= set(seen), seen
     assert len({g.grant_id for g in held if g.grant_id}) == sum(1 for g in held if g.grant_id)
 
 
@@ -196,7 +197,8 @@ def test_invalid_calls_are_refused_and_change_nothing() -> None:
 
 
 def test_throttle_scales_the_limits_and_clears() -> None:
-    config = LimiterConfig(models={"m": ModelLimits(rpm=600, max_concurrency=4)})
+    config = LimiterConfig(models={"m": ModelLimits(rpm=600, max_concurrency=4)},
+                           discovery_slots=0)  # "other" is free from its first call
     lim = MemoryLimiter(config, clock=ManualClock())
     lim.throttle("m", 50)
     snap = lim.snapshot("m")
@@ -258,6 +260,7 @@ def test_queues_are_paused_and_resumed() -> None:
 def test_release_of_an_unlimited_grant_or_a_released_one_changes_nothing() -> None:
     clock = ManualClock()
     lim = MemoryLimiter(CONFIG, clock=clock)
+    lim.observe("free", {})  # answered without rate-limit headers: no limits, no discovery
     free = lim.acquire("free", **ASK)
     assert free == Grant("free", "", "t", 10, 100)  # nothing charged, nothing to release
     lim.observe("free", {"anthropic-ratelimit-requests-limit": "10"})  # limited from now on
@@ -269,7 +272,7 @@ def test_release_of_an_unlimited_grant_or_a_released_one_changes_nothing() -> No
     lim.release(grant, output_tokens=0)
     released = lim.read_state("m")[0]
     assert released.levels["otpm"] == pytest.approx(limits.effective(
-        CONFIG, "m", released).caps["otpm"])  # the reservation came back, once
+        CONFIG, "m", released, clock()).size("otpm"))  # the reservation came back, once
     clock.sleep(1)
     lim.release(grant, output_tokens=0)
     assert lim.read_state("m")[0] == released
@@ -277,30 +280,32 @@ def test_release_of_an_unlimited_grant_or_a_released_one_changes_nothing() -> No
 
 def test_negative_usage_counts_as_zero() -> None:
     """release runs in cleanup paths: bad figures refund the reservation, never more."""
-    lim = MemoryLimiter(CONFIG, clock=ManualClock())
-    ask = {**ASK, "input_tokens": 1000, "output_tokens": 1000}
+    clock = ManualClock()
+    lim = MemoryLimiter(CONFIG, clock=clock)
+    ask = {**ASK, "input_tokens": 500, "output_tokens": 500}
     first, second = lim.acquire("m", **ask), lim.acquire("m", **ask)
     assert isinstance(first, Grant) and isinstance(second, Grant)
     lim.release(first, input_tokens=-500, output_tokens=-500)
     state = lim.read_state("m")[0]
-    caps = limits.effective(CONFIG, "m", state).caps
-    assert state.levels["itpm"] == pytest.approx(caps["itpm"] - 1000)  # the second's only
-    assert state.levels["otpm"] == pytest.approx(caps["otpm"] - 1000)
+    eff = limits.effective(CONFIG, "m", state, clock())
+    assert state.levels["itpm"] == pytest.approx(eff.size("itpm") - 500)  # the second's only
+    assert state.levels["otpm"] == pytest.approx(eff.size("otpm") - 500)
 
 
 def test_models_are_the_configured_and_the_followed_ones() -> None:
-    """As the Redis limiter's: asking for capacity does not list a model; headers, a pause or
-    a throttle do."""
+    """As the Redis limiter's: asking for capacity does not list a model; an answer (with
+    headers or not), a pause or a throttle do."""
     lim = MemoryLimiter(CONFIG, clock=ManualClock())
     grant = lim.acquire("free", **ASK)
     lim.release(grant, input_tokens=1)
     lim.release(Grant("gone", "g1", "t", 1, 1), input_tokens=1)
-    lim.observe("junk", {"anthropic-ratelimit-requests-limit": "many", "x": "1"})
     assert lim.models() == sorted(CONFIG.models)
+    lim.observe("junk", {"anthropic-ratelimit-requests-limit": "many", "x": "1"})
+    assert lim.read_state("junk")[0].observed == {}  # garbage is ignored, the answer is not
     lim.observe("seen", {"anthropic-ratelimit-requests-remaining": "0"})
     lim.pause("paused", 1)
     lim.throttle("slow", None)
-    assert lim.models() == sorted({*CONFIG.models, "seen", "paused", "slow"})
+    assert lim.models() == sorted({*CONFIG.models, "junk", "seen", "paused", "slow"})
 
 
 def test_grant_ids_come_from_new_id() -> None:
