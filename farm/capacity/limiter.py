@@ -15,6 +15,7 @@ Keys, all under the prefix P (default ``farm:lim``), M the model, T the tenant:
   P:m:M:rate            hash  n (decayed count of grants), t           EX 5 * tenant window
   P:m:M:burst           hash  s (learned burst, seconds), t            EX probe + 60 s
   P:m:M:answered        str   "1": the provider has answered a call    EX 1 day, renewed
+  P:m:M:starved         hash  tenant, n, t, until (farm.capacity.fairness) EX its wait + 2 s
   P:m:M:tenants         zset  tenant -> last ask                       EX 2 * tenant window
   P:m:M:inflight        zset  "grant|tenant" -> expiry                 EX grant ttl + 1
   P:m:M:t:T:usage       hash  n (decayed granted count), t             EX 5 * tenant window
@@ -31,15 +32,15 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from farm.capacity.config import LimiterConfig
+from farm.capacity.fairness import Starved, TenantUsage
 from farm.capacity.headers import parse_headers
 from farm.capacity.limits import (
     KINDS,
-    LOW_EXTRA_RESERVE,
+    OVER_SHARE_RESERVE,
     PRIORITY_ORDER,
     Grant,
     ModelState,
     NothingToThrottle,
-    TenantUsage,
     Wait,
     check_pause,
     check_percent,
@@ -82,7 +83,7 @@ class Limiter:
         self._common = [_arg(c.target), *(_arg(c.reserve[p]) for p in PRIORITY_ORDER),
                         *(_arg(c.concurrency_share[p]) for p in PRIORITY_ORDER),
                         _arg(c.tenant_window_s), _arg(c.grant_ttl_s), _arg(c.slot_wait_s),
-                        _arg(LOW_EXTRA_RESERVE), _arg(c.max_delay_s)]
+                        _arg(OVER_SHARE_RESERVE), _arg(c.max_delay_s)]
         self._pacing = [_arg(c.burst_s), _arg(c.min_burst_s), _arg(c.burst_probe_s)]
 
     # --- keys ---------------------------------------------------------------------------
@@ -113,7 +114,7 @@ class Limiter:
                 ("bucket", "observed", "paused", "throttle", "tenants", "inflight")]
         keys += [self._tkey(model, tenant, "usage"), self._tkey(model, tenant, "inflight"),
                  self._key(model, "base"), self._key(model, "rate"), self._key(model, "burst"),
-                 self._key(model, "answered")]
+                 self._key(model, "answered"), self._key(model, "starved")]
         limits = self.config.limits_for(model)
         args = [self._now_arg(), gid, tenant, str(int(input_tokens)), str(int(output_tokens)),
                 str(PRIORITY_ORDER.index(prio)), *self._configured(model),
@@ -222,9 +223,10 @@ class Limiter:
         pipe.hmget(self._key(model, "rate"), "n", "t")
         pipe.hmget(self._key(model, "burst"), "s", "t")
         pipe.exists(self._key(model, "answered"))
+        pipe.hmget(self._key(model, "starved"), "tenant", "n", "t", "until")
         pipe.time()
         (bucket, obs, paused, thr, active_raw, inflight_raw, base, (rate_n, rate_t),
-         (burst_s, burst_t), answered, (sec, usec)) = pipe.execute()
+         (burst_s, burst_t), answered, starved, (sec, usec)) = pipe.execute()
         now = float(self._clock()) if self._clock else int(sec) + int(usec) / 1_000_000
         bucket = {_text(k): float(_text(v)) for k, v in bucket.items()}
         inflight: dict[str, tuple[str, float]] = {}
@@ -249,7 +251,10 @@ class Limiter:
             throttle_base=None if base is None else float(_text(base)),
             burst=None if burst_s is None or burst_t is None else Burst(
                 float(_text(burst_s)), float(_text(burst_t))),
-            answered=bool(answered))
+            answered=bool(answered),
+            starved=None if None in starved else Starved(
+                _text(starved[0]), float(_text(starved[1])), float(_text(starved[2])),
+                float(_text(starved[3]))))
         return state, now
 
     def snapshot(self, model: str) -> dict[str, Any]:

@@ -22,15 +22,11 @@ Priorities: a request of priority p passes a bucket only if, after it, the bucke
 reserve[p] of its span (size + D, from the deepest debt a grant may leave to full):
 level - cost >= -D + reserve[p] * (size + D). HIGH (reserve 0) may schedule the whole D
 ahead; lower priorities stop earlier, and a large enough reserve keeps them out of debt.
-Fairness: each tenant's granted requests are counted with exponential decay, half-life
-H = tenant_window_s/2, and so are the model's (all tenants'). Among N active tenants (those
-that asked within the window), a tenant whose count is above FAIR_SLACK (1.25) times an
-equal split of the model's, count > 1.25 * total / N, is over its fair share: it is
-served one priority lower (LOW stays LOW with 0.10 more reserve), holds at most
-ceil(conc/N) slots, and its waits say so (``Wait.over_share``: the worker gives the slot
-back instead of waiting in it, farm.capacity.admission). Measured against what was granted,
-not against the limit, a tenant that took a paced bucket alone is over its share the moment
-another one asks. A tenant alone is never demoted: there is nobody to be fair to.
+Fairness (farm.capacity.fairness): while a tenant with few recent grants waits, one with
+markedly more is over its fair share: it takes a rate limit's token only when the bucket is
+full (its reserve is the whole span, OVER_SHARE_RESERVE), one priority lower's share of
+the slots, and its waits say so (the worker gives the slot back). Among N active tenants
+(those that asked within the window) a tenant holds at most ceil(conc/N) of the slots.
 
 Discovery: a model with no limits known (none configured, none learned, no throttle) that
 has never been answered gets ``discovery_slots`` calls in flight, as if it had that
@@ -52,6 +48,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.capacity.config import LimiterConfig
+from farm.capacity.fairness import Starved, TenantUsage, decayed, over_share, starve
 from farm.capacity.headers import Observation
 from farm.capacity.pacing import Burst, burst_now, halved, lowered
 from farm.costs.ledger import Charge
@@ -60,8 +57,7 @@ from farm.jobs import Priority
 KINDS = ("rpm", "itpm", "otpm")
 PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 LN2 = 0.6931471805599453  # written out: the Lua script uses the very same constant
-LOW_EXTRA_RESERVE = 0.10  # a LOW request of a tenant over its share keeps this much more back
-FAIR_SLACK = 1.25  # over its fair share: above 1.25 x an equal split of the recent grants
+OVER_SHARE_RESERVE = 1.0  # a tenant over its fair share leaves the whole span: a full bucket
 EPS = 1e-9  # floor(10 * 0.95) must not become 9 through 9.4999999
 MIN_BASE_RPM = 1.0  # a throttle base below one call a minute is no traffic at all
 
@@ -86,12 +82,6 @@ class Wait:
 
 
 @dataclass(frozen=True)
-class TenantUsage:
-    count: float  # decayed count of granted requests
-    updated: float
-
-
-@dataclass(frozen=True)
 class ModelState:
     """Everything the limiter keeps for one model; an empty state is a fresh model.
 
@@ -110,6 +100,7 @@ class ModelState:
     rate: TenantUsage | None = None  # decayed count of the model's grants (all tenants)
     throttle_base: float | None = None  # rpm a throttle takes its percent of (no rpm limit)
     burst: Burst | None = None  # learned from the provider (farm.capacity.pacing)
+    starved: Starved | None = None  # the refused tenant with the fewest recent grants
     answered: bool = False  # the provider has answered a call of this model
 
 
@@ -203,12 +194,6 @@ def promote(config: LimiterConfig, priority: Priority, waited_s: float) -> Prior
     return Priority.HIGH if waited_s >= config.max_wait_s else Priority(priority)
 
 
-def decayed(usage: TenantUsage | None, now: float, half_life: float) -> float:
-    if usage is None:
-        return 0.0
-    return usage.count * 2 ** (-(now - usage.updated) / half_life)
-
-
 def measured_rpm(config: LimiterConfig, state: ModelState, now: float) -> float:
     """The model's recent rate of grants, per minute (see the module docstring)."""
     half = config.tenant_window_s / 2
@@ -240,13 +225,13 @@ def throttle(config: LimiterConfig, model: str, state: ModelState, now: float,
     return base, replace(state, throttle=percent, throttle_base=base)
 
 
-def over_share(config: LimiterConfig, state: ModelState, now: float, tenant: str,
-               active: int) -> bool:
-    """Whether ``tenant``, one of ``active`` tenants, is over its fair share of the model's
-    recent grants (see the module docstring)."""
-    half = config.tenant_window_s / 2
-    used, total = decayed(state.usage.get(tenant), now, half), decayed(state.rate, now, half)
-    return active > 1 and used > FAIR_SLACK * total / active
+def starving(config: LimiterConfig, state: ModelState, now: float, tenant: str,
+             wait: Wait) -> tuple[Wait, ModelState]:
+    """A refusal, and the tenant recorded as starved if it is (farm.capacity.fairness)."""
+    if wait.over_share:
+        return wait, state
+    return wait, replace(state, starved=starve(config, state.starved, state.usage, now, tenant,
+                                               wait.wait_s))
 
 
 def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
@@ -265,9 +250,8 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
     active[tenant] = now
     state = replace(state, active=active)
     used = decayed(state.usage.get(tenant), now, config.tenant_window_s / 2)
-    extra, over = 0.0, over_share(config, state, now, tenant, len(active))
+    over = over_share(config, state.starved, state.usage, now, tenant)
     if over:
-        extra = LOW_EXTRA_RESERVE if idx == 2 else 0.0
         idx = min(idx + 1, 2)
     prio = PRIORITY_ORDER[idx]
     inflight = {g: v for g, v in state.inflight.items() if v[1] > now}
@@ -275,13 +259,15 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
     if eff.concurrency is not None:
         mine = sum(1 for t, _ in inflight.values() if t == tenant)
         if len(active) > 1 and mine >= math.ceil(eff.concurrency / len(active)):
-            return Wait(config.slot_wait_s, "tenant-concurrency", over_share=over), state
+            return starving(config, state, now, tenant, Wait(
+                config.slot_wait_s, "tenant-concurrency", over_share=over))
         slots = max(1, math.floor(eff.concurrency * config.concurrency_share[prio] + EPS))
         if len(inflight) >= slots:
-            return Wait(config.slot_wait_s, "concurrency", over_share=over), state
+            return starving(config, state, now, tenant,
+                            Wait(config.slot_wait_s, "concurrency", over_share=over))
     levels = refill(eff, state, now)
     costs = {"rpm": 1, "itpm": input_tokens, "otpm": output_tokens}
-    share: float = min(1, config.reserve[prio] + extra)
+    share = OVER_SHARE_RESERVE if over else config.reserve[prio]
     wait, reason, delay = 0.0, "", 0.0
     for kind, cap in eff.caps.items():
         rate, size = cap / 60, eff.size(kind)
@@ -292,14 +278,15 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
             wait, reason = (need - levels[kind]) / rate, kind
         delay = max(delay, (cost - levels[kind]) / rate)
     if reason:
-        return Wait(wait, reason, over_share=over), state
+        return starving(config, state, now, tenant, Wait(wait, reason, over_share=over))
     for kind, cap in eff.caps.items():
         levels[kind] = max(-cap, levels[kind] - costs[kind])
     usage = {**state.usage, tenant: TenantUsage(used + 1, now)}
     inflight[grant_id] = (tenant, now + config.grant_ttl_s)
     grant = replace(grant, delay_s=delay)
-    state = counted(config, replace(_store(state, levels, now), usage=usage, inflight=inflight),
-                    now)
+    starved = None if state.starved and state.starved.tenant == tenant else state.starved
+    state = counted(config, replace(_store(state, levels, now), usage=usage, inflight=inflight,
+                                    starved=starved), now)
     return grant, state
 
 
@@ -372,6 +359,9 @@ def describe(config: LimiterConfig, model: str, state: ModelState, now: float
         "effective": {**{k: eff.caps.get(k) for k in KINDS}, "max_concurrency": eff.concurrency},
         "bucket": {k: eff.size(k) for k in eff.caps},
         "burst_s": eff.burst_s,
+        # the limits are not known yet: discovery_slots calls until the first answer
+        "discovering": (not eff.caps and limits.max_concurrency is None
+                        and eff.concurrency is not None),
         "levels": refill(eff, state, now),
         "in_flight": len(live),
         "paused_for_s": max(0.0, (state.paused_until or now) - now),

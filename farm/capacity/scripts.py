@@ -80,9 +80,9 @@ end
 """
 
 # KEYS: bucket observed paused throttle tenants inflight t-usage t-inflight base rate burst
-#       answered, then the ledger's (farm.costs.ledger_lua)
+#       answered starved, then the ledger's (farm.costs.ledger_lua)
 # ARGV: now gid tenant in out prio rpm itpm otpm conc target res1..3 share1..3 window ttl
-#       slot_wait low_extra max_delay burst_s min_burst_s probe_s discovery_slots, then the
+#       slot_wait over_share_reserve max_delay burst_s min_burst_s probe_s discovery_slots, then the
 #       ledger's
 # The budgets and the cost breaker are checked before the limits (a call they stop takes no
 # rate-limit tokens) and reserved with them, in this one atomic step.
@@ -91,7 +91,7 @@ local now = clock(ARGV[1])
 local gid, tenant = ARGV[2], ARGV[3]
 local paused = num(redis.call('GET', KEYS[3]))
 if paused and paused > now then return {0, 'paused (429)', fmt(paused - now)} end
-local refused = ledger_check(now, 12, 26)
+local refused = ledger_check(now, 13, 26)
 if refused then return refused end
 local target = tonumber(ARGV[11])
 local caps, any, thr = caps_of(KEYS[2], KEYS[4], KEYS[9], ARGV[7], ARGV[8], ARGV[9], target)
@@ -103,7 +103,7 @@ elseif not any and tonumber(ARGV[26]) > 0 and redis.call('EXISTS', KEYS[12]) == 
 end
 if not any and conc == nil then
   count(KEYS[10], now, window)
-  ledger_commit(now, 12, 26)
+  ledger_commit(now, 13, 26)
   return {2}
 end
 local idx = tonumber(ARGV[6])
@@ -113,26 +113,40 @@ redis.call('EXPIRE', KEYS[5], math.ceil(2 * window))
 local n_active = redis.call('ZCARD', KEYS[5])
 local half = window / 2
 local used = decayed(KEYS[7], now, half)
-local extra, over = 0, ''
-if n_active > 1 and used > 1.25 * decayed(KEYS[10], now, half) / n_active then  -- FAIR_SLACK
-  if idx == 2 then extra = tonumber(ARGV[21]) end
+-- fairness (farm.capacity.fairness): a starved tenant is another one, waiting, with its count
+local st = redis.call('HMGET', KEYS[13], 'tenant', 'n', 't', 'until')
+local other = nil
+if st[1] and num(st[4]) and num(st[4]) > now and st[1] ~= tenant then
+  other = num(st[2]) * 2 ^ (-(now - num(st[3])) / half)
+end
+local over = ''
+if other and used > 1.25 * other + 1 then  -- FAIR_SLACK
   idx = math.min(idx + 1, 2)
   over = 'over'
+end
+local function refuse(reason, wait)
+  if over == '' and not (other and used >= other) then  -- STARVE_GRACE_S
+    redis.call('HSET', KEYS[13], 'tenant', tenant, 'n', fmt(used), 't', fmt(now),
+               'until', fmt(now + wait + 1.0))
+    redis.call('EXPIRE', KEYS[13], math.ceil(wait + 1.0) + 1)
+  end
+  return {0, reason, fmt(wait), '', over}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now))
 redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', fmt(now))
 if conc then
   local cap = math.max(1, math.floor(conc * tonumber(ARGV[15 + idx]) + EPS))
   if n_active > 1 and redis.call('ZCARD', KEYS[8]) >= math.ceil(conc / n_active) then
-    return {0, 'tenant-concurrency', ARGV[20], '', over}
+    return refuse('tenant-concurrency', tonumber(ARGV[20]))
   end
-  if redis.call('ZCARD', KEYS[6]) >= cap then return {0, 'concurrency', ARGV[20], '', over} end
+  if redis.call('ZCARD', KEYS[6]) >= cap then return refuse('concurrency', tonumber(ARGV[20])) end
 end
 local burst = burst_of(KEYS[11], now, tonumber(ARGV[23]), tonumber(ARGV[24]),
                       tonumber(ARGV[25]))
 local lv = refill(KEYS[1], caps, now, burst)
 local costs = {rpm = 1, itpm = tonumber(ARGV[4]), otpm = tonumber(ARGV[5])}
-local share = math.min(1, tonumber(ARGV[12 + idx]) + extra)
+local share = tonumber(ARGV[12 + idx])
+if over ~= '' then share = tonumber(ARGV[21]) end
 local wait, reason, delay = 0, nil, 0
 local max_delay = tonumber(ARGV[22])
 for _, k in ipairs(KINDS) do
@@ -148,7 +162,7 @@ for _, k in ipairs(KINDS) do
     delay = math.max(delay, (cost - lv[k]) / rate)
   end
 end
-if reason then return {0, reason, fmt(wait), '', over} end
+if reason then return refuse(reason, wait) end
 for _, k in ipairs(KINDS) do
   if caps[k] then lv[k] = math.max(-caps[k], lv[k] - costs[k]) end
 end
@@ -159,8 +173,9 @@ redis.call('ZADD', KEYS[6], fmt(now + ttl), gid .. '|' .. tenant)
 redis.call('ZADD', KEYS[8], fmt(now + ttl), gid)
 redis.call('EXPIRE', KEYS[6], math.ceil(ttl) + 1)
 redis.call('EXPIRE', KEYS[8], math.ceil(ttl) + 1)
+if st[1] == tenant then redis.call('DEL', KEYS[13]) end
 count(KEYS[10], now, window)
-ledger_commit(now, 12, 26)
+ledger_commit(now, 13, 26)
 return {1, fmt(delay)}
 """
 

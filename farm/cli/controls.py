@@ -50,7 +50,7 @@ def limits(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps({"models": rows, "paused_queues": paused}, default=str, indent=2))
         return
     click.echo(f"{'model':<22} {'limit':<6} {'configured':>11} {'effective':>11} "
-               f"{'left now':>10}  in-flight  throttle  circuit")
+               f"{'bucket':>9} {'left now':>10}  in-flight  throttle  circuit")
     for row in rows:
         circuit = row["circuit"]
         state = circuit["state"]
@@ -67,6 +67,7 @@ def limits(ctx: click.Context, as_json: bool) -> None:
             label = "slots" if kind == "max_concurrency" else kind
             click.echo(f"{head:<22} {label:<6} {_fmt(row['configured'].get(kind)):>11} "
                        f"{_fmt(row['effective'].get(kind)):>11} "
+                       f"{_fmt(row.get('bucket', {}).get(kind)):>9} "
                        f"{_fmt(row.get('levels', {}).get(kind)):>10}{tail}")
     click.echo(f"paused queues: {', '.join(paused) or 'none'}")
 

@@ -127,16 +127,17 @@ def circuit(breaker: Breaker, model: str) -> Circuit:
 
 
 def limiter_use(limiter: Limiter, model: str) -> list[LimiterUse]:
-    """The share of each effective limit in use now: 1 - left/capacity for the rates,
-    in-flight/slots for the concurrency (limits the model does not have are left out)."""
+    """The share of each effective limit in use now: 1 - left/bucket for the rates (the
+    bucket holds burst_s seconds of the rate: farm.capacity.pacing), in-flight/slots for the
+    concurrency (limits the model does not have are left out)."""
     snap = limiter.snapshot(model)
     uses = []
     for kind in ("rpm", "itpm", "otpm"):
-        cap, left = snap["effective"].get(kind), snap["levels"].get(kind)
+        cap, left = snap["bucket"].get(kind), snap["levels"].get(kind)
         if cap and left is not None:
             uses.append(LimiterUse(model, kind, max(0.0, min(1.0, 1 - float(left) / cap))))
     slots = snap["effective"].get("max_concurrency")
-    if slots:
+    if slots and not snap.get("discovering"):  # a model not called yet: no limit to use
         uses.append(LimiterUse(model, "concurrency", snap["in_flight"] / slots))
     return uses
 

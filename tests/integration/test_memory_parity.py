@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from farm.capacity import limits
+from farm.capacity import fairness
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import Admission, BreakerConfig, BreakerState, Event
 from farm.capacity.config import LimiterConfig, ModelLimits
@@ -137,9 +137,7 @@ class Side:
 def over_share(lim: MemoryLimiter, op: Op, now: float) -> bool:
     """Whether this ask's tenant is over its fair share (it is served a priority lower)."""
     state = lim.read_state(op.model)[0]
-    window = CONFIG.tenant_window_s
-    active = {t for t, s in state.active.items() if s > now - window} | {op.args["tenant"]}
-    return limits.over_share(CONFIG, state, now, op.args["tenant"], len(active))
+    return fairness.over_share(CONFIG, state.starved, state.usage, now, op.args["tenant"])
 
 
 def assert_same_answer(got: Any, want: Any, ids: dict[str, str]) -> None:
@@ -199,7 +197,7 @@ def test_limiters_agree_step_by_step(client: redis.Redis, seed: int) -> None:
             r_state, r_now = in_redis.limiter.read_state(model, TENANTS)
             m_state, m_now = in_memory.limiter.read_state(model, TENANTS)
             assert r_now == m_now == clock()
-            assert_same_state(r_state, m_state, ids)
+            assert_same_state(r_state, m_state, ids, now=clock())
             assert_close(in_redis.limiter.snapshot(model), in_memory.limiter.snapshot(model))
         assert in_redis.limiter.models() == in_memory.limiter.models()
         assert in_redis.limiter.paused_queues() == in_memory.limiter.paused_queues()

@@ -256,6 +256,26 @@ def test_capacity_waits_do_not_fall_back() -> None:
     assert r.state(HAIKU) == ModelState()
 
 
+def test_a_tenant_over_its_share_gives_its_slot_back_instead_of_waiting() -> None:
+    """"bulk" took every recent grant; while "small" waits, a bulk job that must wait is
+    sent back to the queue at once (the slot is for the other tenant's jobs); once small
+    was served, a bulk job with a short wait sleeps in its slot again."""
+    r = rig({SONNET: ModelLimits(rpm=60)}, burst_s=5, max_delay_s=0)
+    r.drain(math.floor(r.cap("rpm") * 5 / 60))  # bulk takes the bucket (5 s of 58.8/min)
+    small = r.limiter.acquire(SONNET, input_tokens=0, output_tokens=0,
+                              priority=Priority.NORMAL, tenant="small")
+    assert isinstance(small, Wait) and not small.over_share  # small is starved
+    got = r.gate.admit(job(tenant="bulk"))
+    assert isinstance(got, Later) and r.slept == 0  # nothing slept
+    assert got.reason == f"{SONNET}: rpm (tenant over its fair share)"
+    assert 0 < got.wait_s <= ADMISSION.sleep_max_s
+    r.clock.sleep(small.wait_s)
+    small_job = job(tenant="small", max_tokens=1)
+    assert isinstance(r.gate.admit(small_job), Go)
+    slept = r.slept
+    assert isinstance(r.gate.admit(job(tenant="bulk")), Go) and r.slept > slept
+
+
 def test_a_half_open_probe_is_marked() -> None:
     r = rig()
     r.open_circuit(SONNET)

@@ -13,8 +13,16 @@ from pydantic import ValidationError
 
 from farm.capacity import limits
 from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.fairness import (
+    STARVE_GRACE_S,
+    Starved,
+    TenantUsage,
+    decayed,
+    over_share,
+    starve,
+)
 from farm.capacity.headers import parse_headers
-from farm.capacity.limits import Grant, ModelState, TenantUsage, Wait
+from farm.capacity.limits import Grant, ModelState, Wait
 from farm.jobs import Priority
 
 T0 = 1000.0
@@ -192,38 +200,53 @@ def test_decayed_counter_settles_at_rate_times_half_life_over_ln2() -> None:
     half, rate, usage = 30.0, 2.0, None
     for i in range(1, 2001):  # 2 requests/s for 1000 s
         now = i / rate
-        usage = TenantUsage(limits.decayed(usage, now, half) + 1, now)
+        usage = TenantUsage(decayed(usage, now, half) + 1, now)
     assert usage is not None and usage.count == pytest.approx(rate * half / limits.LN2, rel=0.02)
-    assert limits.decayed(usage, usage.updated + half, half) == pytest.approx(usage.count / 2)
+    assert decayed(usage, usage.updated + half, half) == pytest.approx(usage.count / 2)
 
 
-def test_tenant_over_its_share_is_served_one_priority_lower() -> None:
-    c = cfg(rpm=600)  # capacity 588; H = 30 s
-    # the model granted 200 lately: of 2 active tenants, one is over its share above
-    # 1.25 * 200 / 2 = 125
-    over = ModelState(usage={"big": TenantUsage(126, T0)}, active={"small": T0 - 1},
-                      rate=TenantUsage(200, T0), levels={"rpm": 1 + 0.02 * 588}, updated=T0)
-    assert limits.over_share(c, over, T0, "big", 2)
-    assert not limits.over_share(c, over, T0, "small", 2)
-    got, _ = ask(c, over, tenant="big")  # served as NORMAL: needs 5 %
-    assert isinstance(got, Wait) and got.over_share  # it gives its slot back
-    assert isinstance(ask(c, over, tenant="small")[0], Grant)
-    under = replace(over, usage={"big": TenantUsage(124, T0)})
-    assert isinstance(ask(c, under, tenant="big")[0], Grant)
-    # alone, a tenant is never demoted: nobody else would use the reserve
-    assert not limits.over_share(c, over, T0, "big", 1)
-    assert isinstance(ask(c, replace(over, active={}), tenant="big")[0], Grant)
+def test_a_starved_tenant_makes_one_with_more_grants_yield() -> None:
+    c = cfg(rpm=600)  # 588 a minute, 9.8 a second; H = 30 s
+    # "small" (4 recent grants) was told to wait until T0 + 2: "big" is over its share above
+    # 1.25 * 4 + 1 = 6
+    starved = Starved("small", 4.0, T0, T0 + 2)
+    state = ModelState(usage={"big": TenantUsage(6.5, T0), "small": TenantUsage(4, T0)},
+                       starved=starved, levels={"rpm": 1 + 0.25 * 588}, updated=T0)
+    assert over_share(c, starved, state.usage, T0, "big")
+    assert not over_share(c, starved, state.usage, T0, "small")  # not of itself
+    assert not over_share(c, starved, {"big": TenantUsage(5.9, T0)}, T0, "big")
+    assert not over_share(c, starved, state.usage, T0 + 2, "big")  # its wait is over
+    # over its share, big takes a token only from a full bucket, whatever its priority
+    for priority in Priority:
+        got, after = ask(c, state, tenant="big", priority=priority)
+        assert got == Wait(pytest.approx((588 - (1 + 0.25 * 588)) / 9.8), "rpm",
+                           over_share=True)
+        assert after.starved == starved  # a yielding tenant is not starved itself
+    full = replace(state, levels={"rpm": 588.0})
+    assert isinstance(ask(c, full, tenant="big", priority=Priority.LOW)[0], Grant)
+    # small's grant ends its record; a third tenant with no grants is not over
+    got, after = ask(c, state, tenant="small")
+    assert isinstance(got, Grant) and after.starved is None
+    assert isinstance(ask(c, state, tenant="new")[0], Grant)
 
 
-def test_low_over_share_needs_an_extra_reserve() -> None:
-    c = cfg(rpm=600)
-    usage = {"big": TenantUsage(1e6, T0)}
-    level = 1 + 0.25 * 588  # above LOW's 20 %, below 20 % + 10 %
-    state = ModelState(usage=usage, active={"b": T0}, levels={"rpm": level}, updated=T0,
-                       rate=TenantUsage(1e6, T0))
-    got, _ = ask(c, state, tenant="big", priority=Priority.LOW)
-    assert got == Wait(pytest.approx(0.05 * 588 / 9.8), "rpm", over_share=True)
-    assert isinstance(ask(c, state, tenant="b", priority=Priority.LOW)[0], Grant)
+def test_the_starved_record_keeps_the_tenant_with_fewest_grants() -> None:
+    c = cfg(rpm=60)  # 58.8 a minute, 0.98 a second
+    usage = {"a": TenantUsage(10, T0), "b": TenantUsage(3, T0)}
+    state = ModelState(usage=usage, levels={"rpm": 0.0}, updated=T0)
+    got, state = ask(c, state, tenant="a")
+    assert isinstance(got, Wait) and not got.over_share
+    assert state.starved == Starved("a", 10, T0, T0 + got.wait_s + STARVE_GRACE_S)
+    # b has fewer grants: it takes the record (and a, more than 1.25 * 3 + 1, is over)
+    got, state = ask(c, state, T0 + 0.1, tenant="b")
+    assert isinstance(got, Wait) and state.starved is not None
+    assert state.starved.tenant == "b"
+    got, same = ask(c, state, T0 + 0.2, tenant="a")
+    assert isinstance(got, Wait) and got.over_share and same.starved == state.starved
+    # once b's wait is over, a is not over its share any more
+    got, _ = ask(c, state, state.starved.until, tenant="a")
+    assert isinstance(got, Grant)
+    assert starve(c, None, usage, T0, "x", 1.0) == Starved("x", 0.0, T0, T0 + 2.0)
 
 
 def test_tenants_count_as_active_within_the_window_only() -> None:
@@ -281,8 +304,7 @@ def test_slots_are_shared_by_active_tenants_and_dead_holders_expire() -> None:
     state = drain(c, ModelState(), 3, tenant="A")
     _, state = ask(c, state, tenant="B", grant_id="b1")  # B active: A may hold ceil(5/2)=3
     got, state = ask(c, state, tenant="A")
-    # and A (3 of the 4 grants) is over its share: it is told to give its slot back
-    assert got == Wait(0.25, "tenant-concurrency", over_share=True)
+    assert got == Wait(0.25, "tenant-concurrency")
     got, state = ask(c, state, tenant="B", grant_id="b2")
     assert isinstance(got, Grant)
     got, _ = ask(c, state, T0 + 100, tenant="A", grant_id="late")  # every grant expired

@@ -23,6 +23,7 @@ from farm.capacity.circuit import (
     transition,
 )
 from farm.capacity.config import LimiterConfig, ModelLimits
+from farm.capacity.fairness import over_share
 from farm.capacity.headers import parse_headers
 from farm.capacity.limits import Grant, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
@@ -113,9 +114,7 @@ def test_the_limiter_is_the_pure_twin_step_by_step(seed: int) -> None:
                     [100, 1000, 4000, 9000]), "priority": rng.choice(list(Priority)),
                 "tenant": rng.choice(TENANTS), "waited_s": rng.choice([0.0, 0.0, 0.0, 20.0])}
             before, got = states[model], lim.acquire(model, **ask)
-            active = {t for t, s in before.active.items()
-                      if s > now - CONFIG.tenant_window_s} | {ask["tenant"]}
-            if limits.over_share(CONFIG, before, now, ask["tenant"], len(active)):
+            if over_share(CONFIG, before.starved, before.usage, now, ask["tenant"]):
                 seen["over share"] += 1
             seen["discovery"] += (model in ("free", "seen") and not before.answered
                                   and isinstance(got, Grant))
