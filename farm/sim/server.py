@@ -14,12 +14,14 @@ stop_reason "refusal"; ``[[sim:latency=S]]`` success after S s; ``[[sim:tokens=N
 output tokens. Checks in order: api key, body, markers, storms (529: overload_until for
 every model, overload_models[model] for one), faults (one seeded draw: 529 below
 fault_529_rate, else 500 below both rates' sum; no quota used), rate limits (429). Limits
-(farm.sim.limits): token buckets per model (capacity = per-minute limit, refill limit/60 per
-s), from model_limits[model] {rpm, itpm, otpm} where given, else rpm/itpm/otpm_limit; RPM
-charges 1, ITPM input + cache writes (reads are free, as for most models); OTPM, like the
-real service, charges max_tokens on admission (min(max_tokens, limit) must be free) and
-refunds the unused part at the end. Successes and every 429 carry the model's
-anthropic-ratelimit-* headers (none if it has no limits). Errors return at once; a success takes
+(farm.sim.limits): token buckets per model refilling limit/60 per s, of capacity the
+per-minute limit, or with burst_s (short-interval enforcement) burst_s seconds of it (a cost
+above that is admitted when the bucket is full, taking it below zero); from
+model_limits[model] {rpm, itpm, otpm} where given, else rpm/itpm/otpm_limit. RPM charges 1,
+ITPM input + cache writes (reads are free, as for most models); OTPM, like the real service,
+charges max_tokens on admission (up to the capacity must be free) and refunds the unused
+part at the end. Successes and every 429 carry the model's anthropic-ratelimit-* headers
+(-limit per minute; none if it has no limits). Errors return at once; a success takes
 fixed_latency_s if set, else ttft_s + output_tokens / output_tokens_per_s.
 """
 
@@ -65,6 +67,7 @@ class SimConfig(pydantic.BaseModel):
     rpm_limit: int | None = pydantic.Field(None, ge=1)
     itpm_limit: int | None = pydantic.Field(None, ge=1)
     otpm_limit: int | None = pydantic.Field(None, ge=1)
+    burst_s: float | None = pydantic.Field(None, gt=0, le=60)  # None: full-minute buckets
     fault_529_rate: float = pydantic.Field(0.0, ge=0, le=1)
     fault_500_rate: float = pydantic.Field(0.0, ge=0, le=1)
     overload_until: float | None = None  # every model answers 529 until then (epoch s)
@@ -139,7 +142,7 @@ class SimState:
             c = self.config
             default = {"rpm": c.rpm_limit, "itpm": c.itpm_limit, "otpm": c.otpm_limit}
             limits = lim.limits_for(model, c.model_limits, default)
-            self.buckets[model] = lim.make_buckets(limits, now)
+            self.buckets[model] = lim.make_buckets(limits, now, c.burst_s)
         return self.buckets[model]
 
     def count_error(self, model: str, status: int) -> None:
@@ -214,7 +217,7 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
     wait, kind = lim.admission_wait(buckets, costs, now)
     if wait > 0:
         raise SimError(429, f"This request would exceed your organization's rate limit of "
-                       f"{int(buckets[kind].capacity)} {kind.replace('-', ' ')} per minute. Please "
+                       f"{buckets[kind].limit} {kind.replace('-', ' ')} per minute. Please "
                        "try again later.", retry_after=str(math.ceil(wait)),
                        **ratelimit_headers(buckets, now))
     for k, b in buckets.items():
