@@ -7,8 +7,11 @@ import calendar
 import time
 
 import pytest
+from click.testing import CliRunner
 
+from farm.cli.main import main
 from farm.sim import limits as sim_limits
+from farm.sim import server
 from farm.sim.server import SimConfig, SimState
 
 REQS, TOKENS = "anthropic-ratelimit-requests-", "anthropic-ratelimit-input-tokens-"
@@ -77,3 +80,13 @@ def test_burst_s_outside_0_to_60_is_refused(burst_s: float, message: str) -> Non
     with pytest.raises(ValueError, match=rf"burst_s\n.*{message}"):
         SimConfig(burst_s=burst_s)
     assert SimConfig(burst_s=60).burst_s == 60 and SimConfig(burst_s=0.5).burst_s == 0.5
+
+
+def test_farm_sim_takes_burst_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[SimConfig] = []
+    monkeypatch.setattr(server, "run", served.append)
+    result = CliRunner().invoke(main, ["sim", "--port", "9", "--rpm", "300", "--burst-s", "10"])
+    assert result.exit_code == 0, result.output
+    assert (served[0].burst_s, served[0].rpm_limit) == (10.0, 300)
+    refused = CliRunner().invoke(main, ["sim", "--port", "9", "--burst-s", "0"])
+    assert refused.exit_code == 2 and "0<x<=60" in refused.output
