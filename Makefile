@@ -127,7 +127,7 @@ test-faults: install   ## only the fault tests (kills, restarts, outages; also i
 bench: install         ## farm vs plain Celery at 100 concurrency, 1 s simulated latency
 	$(BIN)/python ops/bench.py
 
-bench-limits: install  ## 3 workers x 100 under 600 RPM / 100k OTPM vs plain Celery rate_limit; storm
+bench-limits: install  ## pacing vs full-minute and 10 s-burst providers; storm (FARM_BENCH_LIMITS_SCENARIOS=all: + plain Celery)
 	$(BIN)/python ops/bench_limits.py
 
 partition: install     ## issue 17: a worker host cut off for 75 s (network namespaces; needs root)

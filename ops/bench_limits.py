@@ -1,9 +1,11 @@
-"""`make bench-limits`: the farm's cluster-wide rate limiter against plain Celery's per-task
-`rate_limit`, then the farm through an overload storm; one run, one simulator.
+"""`make bench-limits`: the farm's rate limiter against both kinds of provider ("matrix",
+ops/bench_rates.py, ~5 min), against plain Celery's per-task `rate_limit` ("rates", ~7 min),
+through an overload storm ("storm", ~2 min); one simulator. FARM_BENCH_LIMITS_SCENARIOS picks
+the parts (comma-separated, or "all"); default "matrix,storm": under ~10 min in all.
 
-The simulator (own process, 1 s fixed latency) limits claude-sonnet-5-5 to 600 RPM and
-100,000 OTPM. Jobs ask max_tokens 256 and get 100 tokens (``[[sim:tokens=100]]``; the excess
-reserved is refunded at the end), so RPM binds, not OTPM. Each rate variant runs 3 worker
+Rates and storm: the simulator (own process, 1 s fixed latency) limits claude-sonnet-5-5 to 600
+RPM and 100,000 OTPM. Jobs ask max_tokens 256 and get 100 tokens (``[[sim:tokens=100]]``; the
+excess reserved is refunded at the end), so RPM binds, not OTPM. Each rate variant runs 3 worker
 processes x 100 threads (FARM_BENCH_LIMITS_PROCESSES, _CONCURRENCY) for FARM_BENCH_LIMITS_S
 (120) s, topped up every second to FARM_BENCH_LIMITS_BACKLOG (600) jobs not yet done; the
 simulator is reset first and its /_sim/stats sampled at 1 Hz.
@@ -69,6 +71,7 @@ DURATION_S = float(ENV("FARM_BENCH_LIMITS_S", "120"))
 PROCESSES = int(ENV("FARM_BENCH_LIMITS_PROCESSES", "3"))
 CONCURRENCY = int(ENV("FARM_BENCH_LIMITS_CONCURRENCY", "100"))
 BACKLOG = int(ENV("FARM_BENCH_LIMITS_BACKLOG", "600"))
+SCENARIOS = ENV("FARM_BENCH_LIMITS_SCENARIOS", "matrix,storm")
 BASELINES = [x for x in ENV("FARM_BENCH_LIMITS_BASELINES", "600/m,200/m").split(",") if x]
 STORM_S, STORM_RATE = float(ENV("FARM_BENCH_STORM_S", "30")), int(ENV("FARM_BENCH_STORM_RATE", "4"))
 PRE_STORM_S, POST_STORM_S, BREAKER_WAIT_S, JOBS_WAIT_S = 5.0, 10.0, 150.0, 240.0
@@ -156,11 +159,12 @@ def start_workers(ctx: Ctx, app: str, env: dict[str, str], tag: str, queue: str 
 
 
 def fresh_farm_state(ctx: Ctx, farm: Farm) -> None:
-    """Start like the simulator does: full limiter buckets, closed breakers, no leftovers."""
+    """Start like the simulator does: a fresh limiter (full buckets, no limits learned),
+    closed breakers, no leftovers."""
     for model in (MODEL, FALLBACK):
         Breaker(ctx.broker, BreakerConfig()).reset(model)
-        for key in ctx.broker.scan_iter(match=f"farm:lim:m:{model}:*", count=1000):
-            ctx.broker.delete(key)
+    for key in ctx.broker.scan_iter(match="farm:lim:*", count=1000):
+        ctx.broker.delete(key)
     if n := cancel_open_jobs(farm):
         print(f"  (cancelled {n} open {TENANT} jobs left by an earlier run)")
 
@@ -173,12 +177,13 @@ def cancel_open_jobs(farm: Farm) -> int:
         ).values(status="cancelled", finished_at=func.now())).rowcount or 0)
 
 
-def drive(ctx: Ctx, name: str, top_up: Callable[[Sample | None], None]) -> list[Sample]:
-    """Reset the simulator, then top up and sample once a second for DURATION_S."""
+def drive(ctx: Ctx, name: str, top_up: Callable[[Sample | None], None],
+          until: Callable[[Sample], bool] = lambda s: s.t >= DURATION_S) -> list[Sample]:
+    """Reset the simulator, then top up and sample once a second until ``until`` (a sample)."""
     ctx.sim("/_sim/reset", {})
     t0, samples = time.monotonic(), list[Sample]()
     top_up(None)
-    while not samples or samples[-1].t < DURATION_S:
+    while not samples or not until(samples[-1]):
         time.sleep(max(0.0, t0 + len(samples) + 1 - time.monotonic()))
         s = ctx.sim("/_sim/stats")
         samples.append(last := Sample(time.monotonic() - t0, s["successful_by_model"].get(
@@ -186,7 +191,7 @@ def drive(ctx: Ctx, name: str, top_up: Callable[[Sample | None], None]) -> list[
         if len(samples) % 20 == 0:
             print(f"    {name} t={last.t:5.1f}s ok={last.ok} requests={last.requests} "
                   f"429={last.limited}", flush=True)
-        if last.t < DURATION_S:
+        if not until(last):
             top_up(last)
     return samples
 
@@ -324,7 +329,31 @@ def run_storm(ctx: Ctx) -> tuple[list[str], list[Bar]]:
     ]
 
 
+def run_rates(ctx: Ctx) -> tuple[list[str], list[Bar]]:
+    """The farm, then plain Celery per BASELINES: the table's lines and the farm's bars."""
+    results = [run_farm(ctx), *(run_plain(ctx, limit) for limit in BASELINES)]
+    (a, b), farm = results[0].window(), results[0]
+    lines = [f"\nsteady = successful calls/min from {a.t:.0f} s to {b.t:.0f} s; whole = over "
+             "the whole run (initial burst included); 429 share = 429s / all requests of the "
+             f"whole run\n{'variant':<34}{'whole RPM':>10}{'steady RPM':>11}{'of limit':>9}"
+             f"{'requests':>9}{'429s':>7}{'429 share':>10}"]
+    for r in results:
+        whole, steady = r.rpm()
+        lines += [f"{r.name:<34}{whole:>10.1f}{steady:>11.1f}{steady / RPM:>9.1%}"
+                  f"{r.samples[-1].requests:>9}{r.samples[-1].limited:>7}{r.share_429():>10.2%}",
+                  f"  jobs: {r.jobs}"]
+    lines += [f"  ({'pass' if passed else 'fail'}  {what}: for comparison)"
+              for passed, what in (bar for r in results[1:] for bar in rate_bars(r))]
+    return lines, [*rate_bars(farm), (farm.failed == 0, f"{farm.name}: {farm.failed} jobs "
+                                      "failed, dead or lost under the limits")]
+
+
 def main() -> int:
+    import bench_rates  # ops/; it imports this module's helpers back
+
+    parts = {"all": ["matrix", "rates", "storm"]}.get(SCENARIOS, SCENARIOS.split(","))
+    if unknown := set(parts) - {"matrix", "rates", "storm"}:
+        raise SystemExit(f"bench-limits: FARM_BENCH_LIMITS_SCENARIOS: unknown {sorted(unknown)}")
     base = Settings()
     if base.broker_url is None or base.database_url is None:
         services.up(base.data_dir)
@@ -336,6 +365,7 @@ def main() -> int:
         env=env)
     url = f"http://127.0.0.1:{port}"
     env.update({"ANTHROPIC_API_KEY": "sim-bench-key", "ANTHROPIC_BASE_URL": url})
+    results: list[tuple[list[str], list[Bar]]] = []
     try:
         if not services.wait_port(port, timeout=30):
             raise SystemExit("bench-limits: the simulator did not start")
@@ -345,35 +375,25 @@ def main() -> int:
         baseline_url = urllib.parse.urlunsplit(
             urllib.parse.urlsplit(broker_url)._replace(path=f"/{BASELINE_DB}"))
         ctx = Ctx(settings, env, url, redis.Redis.from_url(broker_url), baseline_url)
-        ctx.sim("/_sim/config", {"model_limits": {MODEL: {"rpm": RPM, "otpm": OTPM}}})
-        print(f"bench-limits: {PROCESSES} worker processes x {CONCURRENCY} threads, 1 s "
-              f"latency, {MODEL} limited to {RPM} RPM / {OTPM:,} OTPM, {DURATION_S:.0f} s per "
-              f"variant, on {os.cpu_count()} cores", flush=True)
-        results = [run_farm(ctx), *(run_plain(ctx, limit) for limit in BASELINES)]
-        storm_lines, storm_bars = run_storm(ctx)
+        print(f"bench-limits ({', '.join(parts)}): {PROCESSES} worker processes x {CONCURRENCY} "
+              f"threads, 1 s latency, on {os.cpu_count()} cores; rates and storm: {MODEL} "
+              f"limited to {RPM} RPM / {OTPM:,} OTPM", flush=True)
+        for part in parts:
+            if part != "matrix":
+                ctx.sim("/_sim/config", {"model_limits": {MODEL: {"rpm": RPM, "otpm": OTPM}},
+                                         "burst_s": None})
+            results.append({"matrix": bench_rates.run_matrix, "rates": run_rates,
+                            "storm": run_storm}[part](ctx))
     finally:
         procs.stop_all([sim], grace=10)
-    a, b = results[0].window()
-    print(f"\nsteady = successful calls/min from {a.t:.0f} s to {b.t:.0f} s; whole = over the "
-          "whole run (initial burst included); 429 share = 429s / all requests of the whole run")
-    print(f"{'variant':<34}{'whole RPM':>10}{'steady RPM':>11}{'of limit':>9}{'requests':>9}"
-          f"{'429s':>7}{'429 share':>10}")
-    for r in results:
-        whole, steady = r.rpm()
-        print(f"{r.name:<34}{whole:>10.1f}{steady:>11.1f}{steady / RPM:>9.1%}"
-              f"{r.samples[-1].requests:>9}{r.samples[-1].limited:>7}{r.share_429():>10.2%}")
-        print(f"  jobs: {r.jobs}")
-    print("\n".join(storm_lines))
-    farm = results[0]
-    bars = [*rate_bars(farm), (farm.failed == 0, f"{farm.name}: {farm.failed} jobs failed, dead "
-                               "or lost under the limits"), *storm_bars]
-    print("\nbars:")
-    for passed, what in bars:
-        print(f"  {'PASS' if passed else 'FAIL'}  {what}")
-    for passed, what in (bar for r in results[1:] for bar in rate_bars(r)):
-        print(f"  ({'pass' if passed else 'fail'}  {what}: for comparison)")
+    for lines, _ in results:
+        print("\n".join(lines))
+    bars = [bar for _, part_bars in results for bar in part_bars]
+    print("\nbars:", *(f"  {'PASS' if passed else 'FAIL'}  {what}" for passed, what in bars),
+          sep="\n")
     return 0 if all(passed for passed, _ in bars) else 1
 
 
 if __name__ == "__main__":
+    sys.modules["bench_limits"] = sys.modules[__name__]  # one module for bench_rates' import
     sys.exit(main())

@@ -110,6 +110,9 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
 @click.option("--rpm", "rpm_limit", type=int, default=None)
 @click.option("--itpm", "itpm_limit", type=int, default=None)
 @click.option("--otpm", "otpm_limit", type=int, default=None)
+@click.option("--burst-s", "burst_s", type=click.FloatRange(0, 60, min_open=True), default=None,
+              help="Enforce the limits over this many seconds: buckets of burst_s/60 of "
+                   "the per-minute limit (default: full-minute buckets).")
 @click.option("--fault-529", "fault_529_rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--fault-500", "fault_500_rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--seed", type=int, default=0)

@@ -1,5 +1,11 @@
 """The simulator's rate limits: token buckets per model, their headers, per-model overrides.
 
+A bucket refills its per-minute limit in a minute (limit/60 per second); its capacity is the
+whole limit, or with ``burst_s`` (short-interval enforcement, as the provider may do) only
+burst_s seconds of it: 300 requests/min with burst_s 10 is a bucket of 50 refilling 5/s. A
+cost above the capacity (a 20k-token prompt in a 10 s input-token bucket) is admitted once
+the bucket is full and takes its level below zero: the debt is repaid before the next one.
+
 Pure (no I/O, the time is passed in) so the unit tests check the arithmetic directly;
 ``farm.sim`` imports everything back, so ``from farm.sim.server import TokenBucket`` still works.
 """
@@ -17,29 +23,38 @@ LIMIT_KINDS = {"rpm": "requests", "itpm": "input-tokens", "otpm": "output-tokens
 
 @dataclass
 class TokenBucket:
-    capacity: float
-    rate: float  # refill per second
-    level: float
+    capacity: float  # the most it holds: the per-minute limit, or burst_s seconds of it
+    rate: float  # refill per second: limit / 60
+    level: float  # below zero after a cost above the capacity
     updated: float
+
+    @property
+    def limit(self) -> int:
+        """The per-minute limit (what the bucket refills in a minute), as the headers show it."""
+        return round(self.rate * 60)
 
     def refill(self, now: float) -> None:
         self.level = min(self.capacity, self.level + max(0.0, now - self.updated) * self.rate)
         self.updated = now
 
     def wait_s(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` may be charged; one above the capacity waits for a full
+        bucket (else it would be refused forever)."""
         self.refill(now)
         return max(0.0, (min(amount, self.capacity) - self.level) / self.rate)
 
 
 def ratelimit_headers(buckets: dict[str, TokenBucket], now: float) -> dict[str, str]:
-    """anthropic-ratelimit-* headers; "tokens" shows the most depleted token bucket."""
+    """anthropic-ratelimit-* headers: -limit the per-minute limit, -remaining the level (tokens
+    rounded down to the thousand), -reset when the bucket is full again; "tokens" shows the
+    most depleted token bucket."""
     tokens = [b for kind, b in buckets.items() if kind != "requests"]
     shown = {**buckets, **({"tokens": min(tokens, key=lambda b: b.level)} if tokens else {})}
     headers: dict[str, str] = {}
     for kind, b in shown.items():
         left, p = max(0, math.floor(b.level)), f"anthropic-ratelimit-{kind}-"
         full_at = time.gmtime(math.ceil(now + max(0.0, b.capacity - b.level) / b.rate))
-        headers[p + "limit"], headers[p + "reset"] = str(int(b.capacity)), time.strftime(
+        headers[p + "limit"], headers[p + "reset"] = str(b.limit), time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", full_at)
         headers[p + "remaining"] = str(left if kind == "requests" else left // 1000 * 1000)
     return headers
@@ -77,9 +92,13 @@ def limits_for(model: str, model_limits: dict[str, dict[str, int]],
     return {kind: own.get(key, default.get(key)) for key, kind in LIMIT_KINDS.items()}
 
 
-def make_buckets(limits: dict[str, int | None], now: float) -> dict[str, TokenBucket]:
-    """Full buckets (capacity = the per-minute limit, refilling limit/60 per second)."""
-    return {kind: TokenBucket(v, v / 60, v, now) for kind, v in limits.items() if v}
+def make_buckets(limits: dict[str, int | None], now: float, burst_s: float | None = None
+                 ) -> dict[str, TokenBucket]:
+    """Full buckets refilling limit/60 per second; capacity the per-minute limit, or burst_s
+    seconds of it."""
+    share = 1.0 if burst_s is None else burst_s / 60
+    return {kind: TokenBucket(v * share, v / 60, v * share, now)
+            for kind, v in limits.items() if v}
 
 
 def admission_wait(buckets: dict[str, TokenBucket], costs: dict[str, int], now: float

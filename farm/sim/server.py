@@ -4,13 +4,9 @@ Point the SDK at it with ``base_url``/``ANTHROPIC_BASE_URL``. Routes: POST /v1/m
 or SSE), POST /v1/messages/count_tokens, GET /_sim/stats, POST /_sim/reset (zero counters;
 clear buckets, prompt cache, fault RNG), GET|POST /_sim/config (POST RUNTIME_FIELDS as JSON;
 a change reseeds the fault RNG and restarts the buckets).
-Deterministic: usage and text depend only on (seed, model, system, messages, max_tokens).
-Input tokens: ceil(chars/4) per block, +4 per message, +3 per request (tools by their JSON,
-media 1600). Output tokens: a target from the last user message ("N words"/"N tokens",
-long-form or short-answer words, else 160) times a 0.6..1.4 hash jitter, in [min(16,
-max_tokens), max_tokens]; reaching max_tokens gives stop_reason "max_tokens". A block with
-``cache_control`` ends a cacheable prefix (tools, system, messages): a prefix seen within its
-ttl ("5m" default, "1h") is read, the rest written. No minimum cacheable length.
+Deterministic: usage and text depend only on (seed, model, system, messages, max_tokens);
+token estimates, prompt caching and the output's size (farm.sim.content): reaching max_tokens
+gives stop_reason "max_tokens". No minimum cacheable length.
 Markers in the last user message: ``[[sim:status=N]]`` error N (400 401 403 404 413 429 500
 529; 429 sends retry-after: 1, 5xx x-should-retry: true); ``[[sim:spend_limit]]`` 429 naming
 enforced_spend_limit_reached (retry-after: 60, futile); ``[[sim:refusal]]`` 200 with
@@ -18,20 +14,21 @@ stop_reason "refusal"; ``[[sim:latency=S]]`` success after S s; ``[[sim:tokens=N
 output tokens. Checks in order: api key, body, markers, storms (529: overload_until for
 every model, overload_models[model] for one), faults (one seeded draw: 529 below
 fault_529_rate, else 500 below both rates' sum; no quota used), rate limits (429). Limits
-(farm.sim.limits): token buckets per model (capacity = per-minute limit, refill limit/60 per
-s), from model_limits[model] {rpm, itpm, otpm} where given, else rpm/itpm/otpm_limit; RPM
-charges 1, ITPM input + cache writes (reads are free, as for most models); OTPM, like the
-real service, charges max_tokens on admission (min(max_tokens, limit) must be free) and
-refunds the unused part at the end. Successes and every 429 carry the model's
-anthropic-ratelimit-* headers (none if it has no limits). Errors return at once; a success
-takes fixed_latency_s if set, else ttft_s + output_tokens / output_tokens_per_s.
+(farm.sim.limits): token buckets per model refilling limit/60 per s, of capacity the
+per-minute limit, or with burst_s (short-interval enforcement) burst_s seconds of it (a cost
+above that is admitted when the bucket is full, taking it below zero); from
+model_limits[model] {rpm, itpm, otpm} where given, else rpm/itpm/otpm_limit. RPM charges 1,
+ITPM input + cache writes (reads are free, as for most models); OTPM, like the real service,
+charges max_tokens on admission (up to the capacity must be free) and refunds the unused
+part at the end. Successes and every 429 carry the model's anthropic-ratelimit-* headers
+(-limit per minute; none if it has no limits). Errors return at once; a success takes
+fixed_latency_s if set, else ttft_s + output_tokens / output_tokens_per_s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import math
 import random
@@ -45,6 +42,17 @@ import pydantic
 from aiohttp import web
 
 from farm.sim import limits as lim
+from farm.sim.content import (
+    REQ_OVERHEAD,
+    cache_lookup,
+    cache_points,
+    estimate_input_tokens,
+    last_user_text,
+    make_text,
+    plan_output,
+    prompt_segments,
+    request_digest,
+)
 from farm.sim.limits import TokenBucket as TokenBucket
 from farm.sim.limits import ratelimit_headers as ratelimit_headers
 
@@ -59,6 +67,7 @@ class SimConfig(pydantic.BaseModel):
     rpm_limit: int | None = pydantic.Field(None, ge=1)
     itpm_limit: int | None = pydantic.Field(None, ge=1)
     otpm_limit: int | None = pydantic.Field(None, ge=1)
+    burst_s: float | None = pydantic.Field(None, gt=0, le=60)  # None: full-minute buckets
     fault_529_rate: float = pydantic.Field(0.0, ge=0, le=1)
     fault_500_rate: float = pydantic.Field(0.0, ge=0, le=1)
     overload_until: float | None = None  # every model answers 529 until then (epoch s)
@@ -79,99 +88,13 @@ ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           500: "api_error", 529: "overloaded_error"}
 SPEND_LIMIT = ("This request would exceed your organization's monthly spend limit "
                "(enforced_spend_limit_reached). Raise it in the Console or wait for it to reset.")
-MSG_OVERHEAD, REQ_OVERHEAD, MEDIA_TOKENS = 4, 3, 1600
 STATS = ("requests_total", "messages_requests", "count_tokens_requests", "successful_calls",
          "streamed_calls", "input_tokens", "output_tokens", "in_flight", "max_in_flight")
-Segment = tuple[int, Any, Any]  # (tokens, cache_control, block)
-CachePoint = tuple[str, int, float]  # (prefix key, prefix tokens, ttl in seconds)
 _MARKER = re.compile(r"\[\[sim:(status|latency|tokens|refusal|spend_limit)(?:=(\d*\.?\d+))?\]\]")
 
 def parse_markers(text: str) -> dict[str, float]:
     """The ``[[sim:…]]`` markers in ``text`` (flags are 1.0); malformed ones are ignored."""
     return {k: float(v or 1) for k, v in _MARKER.findall(text)} if "[[sim:" in text else {}
-
-def block_tokens(block: Any) -> int:
-    if not isinstance(block, dict):
-        return -(-len(block if isinstance(block, str) else json.dumps(block)) // 4)
-    kind, inner = block.get("type"), block.get("content")
-    if kind in ("image", "document"):
-        return MEDIA_TOKENS
-    if kind == "tool_result" and isinstance(inner, (str, list)):
-        return 8 + sum(map(block_tokens, inner if isinstance(inner, list) else [inner]))
-    return block_tokens(str(block.get("text", "")) if kind == "text" else json.dumps(block))
-
-def prompt_segments(body: dict[str, Any]) -> list[Segment]:
-    """Every prompt piece in cache-prefix order: tools, system, then the messages."""
-    parts: list[Any] = [*(body.get("tools") or []), body.get("system") or []]
-    for msg in body["messages"]:
-        parts += [(msg["role"],), msg["content"]]  # the tuple stands for a message's overhead
-    return [(MSG_OVERHEAD if isinstance(b, tuple) else block_tokens(b),
-             b.get("cache_control") if isinstance(b, dict) else None, b)
-            for part in parts for b in (part if isinstance(part, list) else [part])]
-
-def estimate_input_tokens(body: dict[str, Any]) -> int:
-    return REQ_OVERHEAD + sum(seg[0] for seg in prompt_segments(body))
-
-def cache_points(model: str, segs: list[Segment]) -> list[CachePoint]:
-    """One point per block carrying cache_control: (prefix hash, prefix tokens, ttl)."""
-    digest, total, points = hashlib.blake2b(model.encode(), digest_size=16), 0, []
-    for tokens, cc, block in segs:
-        digest.update(json.dumps(block, sort_keys=True).encode())
-        total += tokens
-        if isinstance(cc, dict):
-            points.append((digest.hexdigest(), total, 3600.0 if cc.get("ttl") == "1h" else 300.0))
-    return points
-
-def cache_lookup(cache: dict[str, float], points: list[CachePoint], now: float,
-                 commit: bool = False) -> tuple[int, int, int]:
-    """(read, 5m write, 1h write) tokens; ``cache``: prefix key → expiry; commit: store."""
-    read = max((tok for key, tok, _ in points if cache.get(key, 0.0) > now), default=0)
-    prev, writes = read, {300.0: 0, 3600.0: 0}
-    for key, tok, ttl in points:
-        writes[ttl], prev = writes[ttl] + max(0, tok - prev), max(tok, prev)
-        if commit:
-            cache.pop(key, None)
-            cache[key] = now + ttl
-    while len(cache) > 100_000:
-        del cache[next(iter(cache))]
-    return read, writes[300.0], writes[3600.0]
-
-def request_digest(seed: int, body: dict[str, Any]) -> int:
-    key = [seed, body["model"], body.get("system"), body["messages"], body["max_tokens"]]
-    raw = json.dumps(key, separators=(",", ":"), default=str).encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest())
-
-_LENGTH = re.compile(r"(\d{1,6})[ -]*(words|tokens)")
-_LONG = ("essay", "detailed", "long", "story", "article", "comprehensive", "elaborate")
-_SHORT = ("one word", "yes or no", "brief", "short", "concise", "classify", "label")
-
-def plan_output(prompt: str, digest: int, max_tokens: int, want: int | None) -> tuple[int, str]:
-    """(output tokens, stop_reason) for the last user message; ``want`` forces the size."""
-    if want is None:
-        low = prompt.lower()
-        found = _LENGTH.search(low)
-        base = (int(found.group(1)) * (4 / 3 if found.group(2) == "words" else 1) if found
-                else 800 if any(h in low for h in _LONG)
-                else 24 if any(h in low for h in _SHORT) else 160)
-        want = max(1, round(base * (0.6 + 0.8 * (digest & 0xFFFF) / 0xFFFF)))
-    out = min(max_tokens, max(16, want))
-    return out, "max_tokens" if out == max_tokens else "end_turn"
-
-_LOREM = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed",
-          "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna"]
-_POOL_TEXT = " ".join(random.Random(7).choices(_LOREM, k=1 << 17)) + " "
-
-def make_text(digest: int, output_tokens: int) -> str:
-    """Lorem-like words, about 4 characters per output token, picked by ``digest``."""
-    size = min(4 * output_tokens, 400_000)
-    start = _POOL_TEXT.find(" ", digest % (len(_POOL_TEXT) - size - 64)) + 1
-    end = max(_POOL_TEXT.rfind(" ", start, start + size), _POOL_TEXT.find(" ", start))
-    return _POOL_TEXT[start].upper() + _POOL_TEXT[start + 1:end] + "."
-
-def last_user_text(messages: list[Any]) -> str:
-    content = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    return content if isinstance(content, str) else " ".join(
-        str(b.get("text", "")) for b in content if isinstance(b, dict))
 
 def validate_body(body: Any, need_max_tokens: bool = True) -> tuple[int, str] | None:
     """(status, message) of the first problem the real API would report, else None."""
@@ -219,7 +142,7 @@ class SimState:
             c = self.config
             default = {"rpm": c.rpm_limit, "itpm": c.itpm_limit, "otpm": c.otpm_limit}
             limits = lim.limits_for(model, c.model_limits, default)
-            self.buckets[model] = lim.make_buckets(limits, now)
+            self.buckets[model] = lim.make_buckets(limits, now, c.burst_s)
         return self.buckets[model]
 
     def count_error(self, model: str, status: int) -> None:
@@ -294,7 +217,7 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
     wait, kind = lim.admission_wait(buckets, costs, now)
     if wait > 0:
         raise SimError(429, f"This request would exceed your organization's rate limit of "
-                       f"{int(buckets[kind].capacity)} {kind.replace('-', ' ')} per minute. Please "
+                       f"{buckets[kind].limit} {kind.replace('-', ' ')} per minute. Please "
                        "try again later.", retry_after=str(math.ceil(wait)),
                        **ratelimit_headers(buckets, now))
     for k, b in buckets.items():

@@ -27,7 +27,7 @@ MODEL = "claude-haiku-4-5"
 FAST = {"ttft_s": 0.005, "output_tokens_per_s": 100_000.0, "fixed_latency_s": None,
         "rpm_limit": None, "itpm_limit": None, "otpm_limit": None, "fault_529_rate": 0.0,
         "fault_500_rate": 0.0, "overload_until": None, "require_api_key": True, "seed": 0,
-        "model_limits": {}, "overload_models": {}}
+        "model_limits": {}, "overload_models": {}, "burst_s": None}
 SONNET = "claude-sonnet-5-5"
 
 
@@ -356,6 +356,8 @@ def test_storm_on_one_model(url: str, client: anthropic.Anthropic) -> None:
     ({"model_limits": {MODEL: {"otpm": -1}}}, "otpm must be a positive integer"),
     ({"model_limits": {MODEL: 50}}, "must be an object"),
     ({"overload_models": {MODEL: "soon"}}, "overload_models"),
+    ({"burst_s": 0}, "burst_s\n  Input should be greater than 0"),
+    ({"burst_s": 61}, "burst_s\n  Input should be less than or equal to 60"),
 ])
 def test_config_rejects_bad_model_settings(url: str, patch: dict[str, Any], named: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -364,3 +366,19 @@ def test_config_rejects_bad_model_settings(url: str, patch: dict[str, Any], name
         assert response.status == 400 and named in json.load(response)["error"]
     config = admin(url, "/_sim/config")
     assert config["model_limits"] == {} and config["overload_models"] == {}
+    assert config["burst_s"] is None
+
+
+def test_burst_window_set_at_runtime(url: str, client: anthropic.Anthropic) -> None:
+    admin(url, "/_sim/config", {"model_limits": {MODEL: {"rpm": 12}}})
+    for _ in range(3):  # a full minute's bucket: 12 at once
+        client.messages.create(**ask("hi"))
+    assert admin(url, "/_sim/config", {"burst_s": 10})["burst_s"] == 10  # restarts the buckets
+    ok = client.messages.with_raw_response.create(**ask("one"))
+    assert ok.headers["anthropic-ratelimit-requests-limit"] == "12"  # still per minute
+    assert ok.headers["anthropic-ratelimit-requests-remaining"] == "1"  # of 10 s: 2
+    client.messages.create(**ask("two"))
+    with pytest.raises(anthropic.RateLimitError) as err:
+        client.messages.create(**ask("three"))
+    assert "rate limit of 12 requests per minute" in err.value.message
+    assert int(err.value.response.headers["retry-after"]) in (4, 5)  # one refills in 5 s

@@ -8,21 +8,23 @@ from typing import Any
 import pytest
 
 from farm.sim import limits as sim_limits
-from farm.sim.server import (
-    RUNTIME_FIELDS,
-    SimConfig,
-    TokenBucket,
+from farm.sim.content import (
     block_tokens,
     cache_lookup,
     cache_points,
     estimate_input_tokens,
     last_user_text,
     make_text,
-    parse_markers,
     plan_output,
     prompt_segments,
-    ratelimit_headers,
     request_digest,
+)
+from farm.sim.server import (
+    RUNTIME_FIELDS,
+    SimConfig,
+    TokenBucket,
+    parse_markers,
+    ratelimit_headers,
     validate_body,
 )
 
