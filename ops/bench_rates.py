@@ -3,7 +3,9 @@ against both kinds of provider, with the limits learned from headers and configu
 
 Provider kinds (the simulator, 300 requests/min on claude-sonnet-5-5, 1 s fixed latency):
   * minute:  a full-minute bucket (capacity 300, refill 5/s);
-  * burst10: the minute enforced over 10 s (``burst_s`` 10: capacity 50, refill 5/s).
+  * burst10: the minute enforced over 10 s (``burst_s`` 10: capacity 50, refill 5/s);
+  * burst2 (only with FARM_BENCH_RATES_PROVIDERS=minute,burst10,burst2): over 2 s, shorter
+    than the farm's own 5 s bucket, so the farm must learn it (capacity 10, refill 5/s).
 Farm configurations: "headers" (no FARM_LIMITS: the farm learns the limits from the
 anthropic-ratelimit-* headers) and "configured" (FARM_LIMITS = {model: {"rpm": 300}}).
 Each cell: fresh workers (3 processes x 100 threads, queue sonnet-complex, as the rest of
@@ -48,7 +50,10 @@ from farm.client import Farm
 ENV = os.environ.get
 JOBS = int(ENV("FARM_BENCH_RATES_JOBS", "450"))
 LIMIT, START_S, TAIL_S = 300, 15.0, 5.0
-PROVIDERS = {"minute": None, "burst10": 10.0}  # kind → the simulator's burst_s
+# kind → the simulator's burst_s; FARM_BENCH_RATES_PROVIDERS picks (default minute,burst10);
+# burst2 (the minute over 2 s, below the farm's own 5 s) shows the burst learned from headers
+KINDS = {"minute": None, "burst10": 10.0, "burst2": 2.0}
+PROVIDERS = {k: KINDS[k] for k in ENV("FARM_BENCH_RATES_PROVIDERS", "minute,burst10").split(",")}
 FARMS = ("headers", "configured")
 SHARE_BAR, STEADY_BAR = 0.005, 0.97
 TIMEOUT_S = max(180.0, 3 * JOBS / LIMIT * 60)  # a cell that takes longer is cut (and fails)

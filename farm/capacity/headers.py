@@ -26,14 +26,18 @@ def _int(raw: str | None) -> int | None:
 
 
 def _epoch(raw: str | None) -> float | None:
-    """An RFC 3339 time ('2026-12-01T04:31:06Z') as Unix seconds; None when unreadable."""
+    """An RFC 3339 time ('2026-12-01T04:31:06Z') as Unix seconds, None when unreadable; one
+    in whole seconds may be rounded up, so it counts as a second earlier (the burst read
+    from it errs small: safe)."""
     if not raw:
         return None
     try:
         moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         return None
-    return moment.timestamp() if moment.tzinfo is not None else None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp() - (1.0 if moment.microsecond == 0 else 0.0)
 
 
 SKEW_S = 2.0  # a ``date`` header further than this from our clock: the clocks disagree

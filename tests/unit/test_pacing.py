@@ -75,15 +75,19 @@ def test_headers_only_lower_the_burst_and_a_429_halves_it() -> None:
 def test_the_burst_is_read_from_remaining_and_reset() -> None:
     # 300/min with a 10 s bucket (capacity 50, 5/s): 20 left, full again in 6 s -> 10 s
     assert burst_seen(300, 20, T0 + 6, T0) == pytest.approx(10.0)
+    assert burst_seen(300, 20, T0 - 1, T0) == 4.0  # a reset already past counts as now
     headers = {"anthropic-ratelimit-requests-limit": "300",
                "anthropic-ratelimit-requests-remaining": "20",
-               "anthropic-ratelimit-requests-reset": iso(T0 + 6),
+               "anthropic-ratelimit-requests-reset": iso(T0 + 6.5),
                "anthropic-ratelimit-output-tokens-limit": "80000",
                "anthropic-ratelimit-output-tokens-remaining": "79000"}
     seen = parse_headers(headers, T0)
     assert seen.limits == {"rpm": 300, "otpm": 80_000}
     assert seen.remaining == {"rpm": 20, "otpm": 79_000}
-    assert seen.burst_s == pytest.approx(10.0)
+    assert seen.burst_s == pytest.approx(10.5)
+    # a reset in whole seconds may have been rounded up: it counts as a second earlier
+    whole = {**headers, "anthropic-ratelimit-requests-reset": iso(T0 + 7)}
+    assert parse_headers(whole, T0).burst_s == pytest.approx(10.0)
     # a full-minute bucket, idle: all 300 left, full now -> 60 s
     assert parse_headers({**headers, "anthropic-ratelimit-requests-remaining": "300",
                           "anthropic-ratelimit-requests-reset": iso(T0)}, T0).burst_s == 60.0
@@ -99,12 +103,12 @@ def test_the_burst_is_read_from_remaining_and_reset() -> None:
 def test_the_providers_date_counts_only_when_the_clocks_disagree() -> None:
     headers = {"anthropic-ratelimit-requests-limit": "60",
                "anthropic-ratelimit-requests-remaining": "0",
-               "anthropic-ratelimit-requests-reset": iso(T0 + 1.0)}
+               "anthropic-ratelimit-requests-reset": iso(T0 + 1.25)}
     date = {"date": format_datetime(datetime.fromtimestamp(T0, UTC), usegmt=True)}
     # our clock is 0.4 s past the provider's whole-second date: ours, finer, is used
-    assert parse_headers({**headers, **date}, T0 + 0.4).burst_s == pytest.approx(0.6)
+    assert parse_headers({**headers, **date}, T0 + 0.4).burst_s == pytest.approx(0.85)
     # ours is 30 s ahead: the provider's date is used (else the burst would be 0)
-    assert parse_headers({**headers, **date}, T0 + 30).burst_s == pytest.approx(1.0)
+    assert parse_headers({**headers, **date}, T0 + 30).burst_s == pytest.approx(1.25)
     assert parse_headers({**headers, "date": "garbage"}, T0 + 30).burst_s == 0.0
 
 
@@ -139,15 +143,15 @@ def test_a_pause_halves_the_bucket_once_per_episode() -> None:
 def test_observe_lowers_the_burst_and_the_level() -> None:
     headers = {"anthropic-ratelimit-requests-limit": "300",
                "anthropic-ratelimit-requests-remaining": "2",
-               "anthropic-ratelimit-requests-reset": iso(T0 + 0.6)}
+               "anthropic-ratelimit-requests-reset": iso(T0 + 0.625)}
     state = limits.observe(C, "m", ModelState(), T0, parse_headers(headers, T0))
-    # 2/5 + 0.6 = 1 s of the rate: the bucket holds 5
-    assert state.answered and state.burst == Burst(pytest.approx(1.0), T0)
+    # 2/5 + 0.625 = 1.025 s of the rate: the bucket holds 5.125
+    assert state.answered and state.burst == Burst(pytest.approx(1.025), T0)
     assert state.levels["rpm"] == pytest.approx(2.0)  # what the provider has left
-    assert limits.effective(C, "m", state, T0).size("rpm") == pytest.approx(5.0)
+    assert limits.effective(C, "m", state, T0).size("rpm") == pytest.approx(5.125)
     # refills at the rate up to the smaller size, which grows back over a minute
     assert limits.refill(limits.effective(C, "m", state, T0 + 1), state, T0 + 1) == {
-        "rpm": pytest.approx(5 * (1 + 5 / 60))}
+        "rpm": pytest.approx(5 * (1.025 + 5 / 60))}
 
 
 def test_a_request_larger_than_a_paced_bucket_goes_when_it_is_full() -> None:
