@@ -153,11 +153,11 @@ class Limiter:
         output_tokens = None if output_tokens is None else max(0, int(output_tokens))
         keys = [self._key(m, "bucket"), self._key(m, "observed"), self._key(m, "throttle"),
                 self._key(m, "inflight"), self._tkey(m, grant.tenant, "inflight"),
-                self._key(m, "base"), self._key(m, "burst")]
+                self._key(m, "base"), self._key(m, "burst"), self._key(m, "answered")]
         args = [self._now_arg(), f"{grant.grant_id}|{grant.tenant}", grant.grant_id,
                 str(grant.input_tokens), str(grant.output_tokens), _arg(input_tokens),
                 _arg(output_tokens), *self._configured(m), _arg(self.config.target),
-                *self._pacing]
+                *self._pacing, str(self.config.discovery_slots)]
         self._release(keys=keys, args=args)
 
     # --- following the provider ---------------------------------------------------------

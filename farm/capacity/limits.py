@@ -30,7 +30,9 @@ the slots, and its waits say so (the worker gives the slot back). Among N active
 
 Discovery: a model with no limits known (none configured, none learned, no throttle) that
 has never been answered gets ``discovery_slots`` calls in flight, as if it had that
-concurrency limit: its first answer's headers tell the limits before the slots fill.
+concurrency limit: its first answer's headers tell the limits before the slots fill. One
+with configured limits starts with buckets of ``min_burst_s`` until its first answer tells
+the burst the provider allows (calls go at the rate meanwhile, not in a burst).
 
 Throttle of a model with no limits at all: every grant of every model (limited or not) is
 counted with the same decay, so the model's recent rate is known: count * ln 2 / H per
@@ -170,7 +172,10 @@ def effective(config: LimiterConfig, model: str, state: ModelState, now: float) 
         conc = max(1, math.floor(limits.max_concurrency * thr / 100 + EPS))
     elif not caps and config.discovery_slots and not state.answered:
         conc = config.discovery_slots  # nothing known yet: wait for the first answer
-    return Effective(caps, conc, thr, burst_now(config, state.burst, now))
+    burst = burst_now(config, state.burst, now)
+    if config.discovery_slots and not state.answered:  # nothing heard yet: start small
+        burst = min(burst, config.min_burst_s)
+    return Effective(caps, conc, thr, burst)
 
 
 def refill(eff: Effective, state: ModelState, now: float) -> dict[str, float]:

@@ -96,9 +96,10 @@ if refused then return refused end
 local target = tonumber(ARGV[11])
 local caps, any, thr = caps_of(KEYS[2], KEYS[4], KEYS[9], ARGV[7], ARGV[8], ARGV[9], target)
 local mc, conc = num(ARGV[10]), nil
+local answered = redis.call('EXISTS', KEYS[12]) == 1
 local window, ttl = tonumber(ARGV[18]), tonumber(ARGV[19])
 if mc then conc = math.max(1, math.floor(mc * thr / 100 + EPS))
-elseif not any and tonumber(ARGV[26]) > 0 and redis.call('EXISTS', KEYS[12]) == 0 then
+elseif not any and tonumber(ARGV[26]) > 0 and not answered then
   conc = tonumber(ARGV[26])  -- nothing known yet: wait for the first answer
 end
 if not any and conc == nil then
@@ -143,6 +144,9 @@ if conc then
 end
 local burst = burst_of(KEYS[11], now, tonumber(ARGV[23]), tonumber(ARGV[24]),
                       tonumber(ARGV[25]))
+if tonumber(ARGV[26]) > 0 and not answered then  -- nothing heard yet: start small
+  burst = math.min(burst, tonumber(ARGV[24]))
+end
 local lv = refill(KEYS[1], caps, now, burst)
 local costs = {rpm = 1, itpm = tonumber(ARGV[4]), otpm = tonumber(ARGV[5])}
 local share = tonumber(ARGV[12 + idx])
@@ -179,9 +183,9 @@ ledger_commit(now, 13, 26)
 return {1, fmt(delay)}
 """
 
-# KEYS: bucket observed throttle inflight t-inflight base burst
+# KEYS: bucket observed throttle inflight t-inflight base burst answered
 # ARGV: now member gid reserved_in reserved_out actual_in actual_out rpm itpm otpm target
-#       burst_s min_burst_s probe_s
+#       burst_s min_burst_s probe_s discovery_slots
 RELEASE = PRELUDE + r"""
 local removed = redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('ZREM', KEYS[5], ARGV[3])
@@ -193,6 +197,9 @@ local caps, any = caps_of(KEYS[2], KEYS[3], KEYS[6], ARGV[8], ARGV[9], ARGV[10],
                          tonumber(ARGV[11]))
 if not any then return 1 end
 local burst = burst_of(KEYS[7], now, tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14]))
+if tonumber(ARGV[15]) > 0 and redis.call('EXISTS', KEYS[8]) == 0 then  -- not answered yet
+  burst = math.min(burst, tonumber(ARGV[13]))
+end
 local lv = refill(KEYS[1], caps, now, burst)
 local fix = {itpm = {tonumber(ARGV[4]), ai}, otpm = {tonumber(ARGV[5]), ao}}
 for k, pair in pairs(fix) do

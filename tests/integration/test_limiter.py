@@ -223,7 +223,7 @@ def test_pause_throttle_observe_and_queues_are_shared(client: redis.Redis, prefi
 def test_release_of_unknown_or_repeated_grant_is_harmless(client: redis.Redis,
                                                            prefix: str) -> None:
     config = LimiterConfig(models={"m": ModelLimits(otpm=10_000, max_concurrency=1)},
-                           burst_s=60)
+                           burst_s=60, discovery_slots=0)
     clock = Clock()
     lim = Limiter(client, config, prefix, clock=clock)
     ask: dict[str, Any] = {"input_tokens": 0, "output_tokens": 4000, "priority": Priority.HIGH,
@@ -350,7 +350,7 @@ def test_many_processes_stay_inside_the_limits(client: redis.Redis, prefix: str,
     * elapsed, + max_delay_s of the rate scheduled ahead) and calls in flight never exceed
     max_concurrency; with a minute's bucket and with a paced one."""
     config = LimiterConfig(models={"m": ModelLimits(rpm=600, max_concurrency=8)},
-                           burst_s=burst_s)
+                           burst_s=burst_s, discovery_slots=0)  # no small start
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, broker_url, prefix, f"tenant{i}", "20",
                                config.model_dump_json()], stdout=subprocess.PIPE, text=True)
              for i in range(4)]

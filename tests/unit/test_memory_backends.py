@@ -55,6 +55,14 @@ def invalid_call(rng: random.Random, lim: MemoryLimiter, model: str) -> None:
         lim.pause(model, rng.choice([-1.0, math.nan, math.inf]))
 
 
+def answered(lim: MemoryLimiter) -> MemoryLimiter:
+    """The provider has answered m and r (without headers): their buckets hold their whole
+    burst, not the small one of a model not heard from yet (farm.capacity.limits)."""
+    for model in ("m", "r"):
+        lim.observe(model, {})
+    return lim
+
+
 def non_negative(value: int | None) -> int | None:
     return None if value is None else max(0, value)
 
@@ -229,7 +237,7 @@ def test_throttle_scales_the_limits_and_clears() -> None:
 
 def test_a_pause_only_gets_longer_and_is_per_model() -> None:
     clock = ManualClock()
-    lim = MemoryLimiter(CONFIG, clock=clock)
+    lim = answered(MemoryLimiter(CONFIG, clock=clock))
     lim.pause("m", 30)
     clock.sleep(10)
     lim.pause("m", 5)  # ends before the pause in force
@@ -280,7 +288,7 @@ def test_release_of_an_unlimited_grant_or_a_released_one_changes_nothing() -> No
 def test_negative_usage_counts_as_zero() -> None:
     """release runs in cleanup paths: bad figures refund the reservation, never more."""
     clock = ManualClock()
-    lim = MemoryLimiter(CONFIG, clock=clock)
+    lim = answered(MemoryLimiter(CONFIG, clock=clock))
     ask = {**ASK, "input_tokens": 500, "output_tokens": 500}
     first, second = lim.acquire("m", **ask), lim.acquire("m", **ask)
     assert isinstance(first, Grant) and isinstance(second, Grant)
@@ -309,7 +317,7 @@ def test_models_are_the_configured_and_the_followed_ones() -> None:
 
 def test_grant_ids_come_from_new_id() -> None:
     ids = iter(["first", "second"])
-    lim = MemoryLimiter(CONFIG, clock=ManualClock(), new_id=lambda: next(ids))
+    lim = answered(MemoryLimiter(CONFIG, clock=ManualClock(), new_id=lambda: next(ids)))
     got = [lim.acquire("m", **ASK) for _ in range(2)]
     assert [g.grant_id for g in got if isinstance(g, Grant)] == ["first", "second"]
     assert set(lim.read_state("m")[0].inflight) == {"first", "second"}

@@ -4,6 +4,7 @@ from the provider's headers and 429s, discovery of a model whose limits are not 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -20,6 +21,7 @@ from farm.settings import Settings
 
 T0 = 1_800_000_000.0
 C = LimiterConfig(models={"m": ModelLimits(rpm=300)}, target=1.0)  # 5/s, a bucket of 25
+HEARD = ModelState(answered=True)  # the provider has answered: the buckets hold their burst
 
 
 def iso(t: float) -> str:
@@ -117,7 +119,7 @@ def test_the_providers_date_counts_only_when_the_clocks_disagree() -> None:
 def test_three_hundred_free_slots_get_a_paced_schedule_not_a_burst() -> None:
     """300 asks at once against 300/min: a bucket of 5 s (25) goes at once, then the grants
     are scheduled 0.2 s apart up to max_delay_s (2 s) ahead; the rest must wait."""
-    state, delays = ModelState(), []
+    state, delays = HEARD, []
     for i in range(300):
         got, state = ask(C, state, T0, grant_id=f"g{i}")
         if isinstance(got, Grant):
@@ -130,7 +132,7 @@ def test_three_hundred_free_slots_get_a_paced_schedule_not_a_burst() -> None:
 
 
 def test_a_pause_halves_the_bucket_once_per_episode() -> None:
-    state = limits.pause(C, ModelState(), T0, 2.0)
+    state = limits.pause(C, HEARD, T0, 2.0)
     assert state.burst == Burst(2.5, T0)
     again = limits.pause(C, state, T0 + 0.5, 1.0)  # the 429s of calls already on their way
     assert again.burst == Burst(2.5, T0) and again.paused_until == T0 + 2.0
@@ -158,7 +160,7 @@ def test_a_request_larger_than_a_paced_bucket_goes_when_it_is_full() -> None:
     c = LimiterConfig(models={"m": ModelLimits(itpm=60_000)}, target=1.0, max_delay_s=0)
     # 1000 tokens/s, a bucket of 5000: a 20,000-token prompt goes when the bucket is full and
     # its whole cost is charged: the next one waits until the debt is repaid
-    got, state = ask(c, ModelState(), T0, tokens=(20_000, 0))
+    got, state = ask(c, HEARD, T0, tokens=(20_000, 0))
     assert isinstance(got, Grant) and state.levels["itpm"] == pytest.approx(-15_000)
     got, _ = ask(c, state, T0, tokens=(20_000, 0))
     assert got == Wait(pytest.approx(20.0), "itpm")
@@ -171,19 +173,37 @@ def test_priorities_keep_their_order_in_a_paced_bucket() -> None:
     # after the grant: HIGH down to -10, NORMAL to -10 + 0.05 * 35, LOW to -10 + 0.2 * 35
     for level, allowed in ((-9.0, {"high"}), (-5.0, {"high", "normal"}),
                            (-3.5, {"high", "normal"}), (-2.0, {"high", "normal", "low"})):
-        state = ModelState(levels={"rpm": level + 1}, updated=T0)
+        state = ModelState(levels={"rpm": level + 1}, updated=T0, answered=True)
         got = {p.value for p in Priority if isinstance(ask(C, state, T0, priority=p)[0], Grant)}
         assert got == allowed, (level, got)
     # the thresholds, exactly: after the grant the level keeps reserve * span above -D
     for p, reserve in C.reserve.items():
         need = 1 - ahead + reserve * (size + ahead)
-        got, _ = ask(C, ModelState(levels={"rpm": need - 1e-6}, updated=T0), T0, priority=p)
+        below = ModelState(levels={"rpm": need - 1e-6}, updated=T0, answered=True)
+        got, _ = ask(C, below, T0, priority=p)
         assert got == Wait(pytest.approx(1e-6 / rate), "rpm")
-        got, _ = ask(C, ModelState(levels={"rpm": need}, updated=T0), T0, priority=p)
+        got, _ = ask(C, replace(below, levels={"rpm": need}), T0, priority=p)
         assert isinstance(got, Grant) and got.delay_s == pytest.approx(max(0, (1 - need) / rate))
 
 
 # --- discovery ----------------------------------------------------------------------
+
+def test_a_model_not_heard_from_starts_with_a_small_bucket() -> None:
+    """Configured limits, no answer yet: the buckets hold min_burst_s (0.5 s: 2.5 calls), so
+    300 free slots send 2 at once and the rest at the rate until the first answer tells
+    the provider's burst; after it, the whole 5 s."""
+    state, delays = ModelState(), []
+    for i in range(300):
+        got, state = ask(C, state, T0, grant_id=f"g{i}")
+        if isinstance(got, Grant):
+            delays.append(got.delay_s)
+    assert delays == pytest.approx([0.0, 0.0, *(0.1 + 0.2 * k for k in range(10))])
+    assert limits.effective(C, "m", state, T0).size("rpm") == 2.5
+    heard = limits.observe(C, "m", state, T0, parse_headers({}, T0))
+    assert limits.effective(C, "m", heard, T0).size("rpm") == 25.0
+    off = C.model_copy(update={"discovery_slots": 0})  # no caution at all
+    assert limits.effective(off, "m", ModelState(), T0).size("rpm") == 25.0
+
 
 def test_a_model_with_unknown_limits_gets_one_call_until_its_first_answer() -> None:
     got, state = ask(C, ModelState(), T0, model="new", grant_id="first")
