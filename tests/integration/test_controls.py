@@ -71,7 +71,7 @@ def test_a_throttle_on_a_model_without_limits_or_calls_is_refused(
         "percent of; set its limits in FARM_LIMITS, or `farm pause` its queue"]
     _, shown, _ = farm(env, "limits")
     # nothing was kept: no limits, no throttle
-    assert re.search(r"claude-haiku-4-5\s+rpm\s+-\s+-\s+-\s+0\s+-\s+closed", shown), shown
+    assert re.search(r"claude-haiku-4-5\s+rpm\s+-\s+-\s+-\s+-\s+0\s+-\s+closed", shown), shown
 
 
 def test_a_throttle_on_a_model_without_limits_acts_on_its_recent_rate(
@@ -82,6 +82,7 @@ def test_a_throttle_on_a_model_without_limits_acts_on_its_recent_rate(
     limiter = build.redis_limiter(redis.Redis.from_url(env["FARM_BROKER_URL"]), settings)
     model, ask = "claude-haiku-4-5", {"input_tokens": 100, "output_tokens": 100,
                                       "priority": Priority.NORMAL, "tenant": "acme"}
+    limiter.observe(model, {})  # answered without rate-limit headers: it has no limits
     for _ in range(40):  # its recent traffic: 40 calls, all let through (no limits)
         assert limiter.acquire(model, **ask) == Grant(model, "", "acme", 100, 100)
     code, out, _ = farm(env, "throttle", model, "1")
