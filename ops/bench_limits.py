@@ -1,7 +1,8 @@
 """`make bench-limits`: the farm's rate limiter against both kinds of provider ("matrix",
-ops/bench_rates.py, ~5 min), against plain Celery's per-task `rate_limit` ("rates", ~7 min),
-through an overload storm ("storm", ~2 min); one simulator. FARM_BENCH_LIMITS_SCENARIOS picks
-the parts (comma-separated, or "all"); default "matrix,storm": under ~10 min in all.
+ops/bench_rates.py, ~8 min for its 4 cells), against plain Celery's per-task `rate_limit`
+("rates", ~7 min), through an overload storm ("storm", ~2 min); one simulator.
+FARM_BENCH_LIMITS_SCENARIOS picks the parts (comma-separated, or "all"); default
+"matrix,storm": about 10 min in all.
 
 Rates and storm: the simulator (own process, 1 s fixed latency) limits claude-sonnet-5-5 to 600
 RPM and 100,000 OTPM. Jobs ask max_tokens 256 and get 100 tokens (``[[sim:tokens=100]]``; the
@@ -16,8 +17,8 @@ simulator is reset first and its /_sim/stats sampled at 1 Hz.
     default client (2 retries). Found: with ~100 tasks waiting per process Celery 5.7
     releases ~1/s whatever the rate (a timer entry per waiting task; kombu's hub fires
     <= 10 per loop turn, then polls up to 1 s).
-Figures: whole-run RPM (successful calls / run time, the buckets' initial burst of ~600
-included, so above the limit); steady RPM (successful calls/min from min(60 s, half the
+Figures: whole-run RPM (successful calls / run time, the buckets' initial burst included:
+plain Celery's provider bucket holds a minute, the farm's own a few seconds); steady RPM (successful calls/min from min(60 s, half the
 run) to the end, the burst long spent: held against the 95 % bar); 429 share (429s / all
 messages requests of the whole run; bar < 1 %). Open farm jobs are cancelled at the end;
 none may have failed.
