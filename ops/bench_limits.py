@@ -17,8 +17,8 @@ simulator is reset first and its /_sim/stats sampled at 1 Hz.
     default client (2 retries). Found: with ~100 tasks waiting per process Celery 5.7
     releases ~1/s whatever the rate (a timer entry per waiting task; kombu's hub fires
     <= 10 per loop turn, then polls up to 1 s).
-Figures: whole-run RPM (successful calls / run time, the buckets' initial burst included:
-plain Celery's provider bucket holds a minute, the farm's own a few seconds); steady RPM (successful calls/min from min(60 s, half the
+Figures: whole-run RPM (successful calls / run time, the initial burst included: the
+farm's buckets hold a few seconds); steady RPM (successful calls/min from min(60 s, half the
 run) to the end, the burst long spent: held against the 95 % bar); 429 share (429s / all
 messages requests of the whole run; bar < 1 %). Open farm jobs are cancelled at the end;
 none may have failed.
