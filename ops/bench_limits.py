@@ -1,8 +1,6 @@
-"""`make bench-limits`: the farm's rate limiter against both kinds of provider ("matrix",
-ops/bench_rates.py, ~8 min for its 4 cells), against plain Celery's per-task `rate_limit`
-("rates", ~7 min), through an overload storm ("storm", ~2 min); one simulator.
-FARM_BENCH_LIMITS_SCENARIOS picks the parts (comma-separated, or "all"); default
-"matrix,storm": about 10 min in all.
+"""`make bench-limits`: the farm's limiter against both kinds of provider ("matrix", ~8 min),
+against plain Celery's `rate_limit` ("rates", ~7 min), through an overload storm ("storm",
+~2 min). FARM_BENCH_LIMITS_SCENARIOS picks them (or "all"); default "matrix,storm".
 
 Rates and storm: the simulator (own process, 1 s fixed latency) limits claude-sonnet-5-5 to 600
 RPM and 100,000 OTPM. Jobs ask max_tokens 256 and get 100 tokens (``[[sim:tokens=100]]``; the
