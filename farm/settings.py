@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     hold_recheck_s: float = Field(default=30.0, gt=0, le=3600)
     # how long a worker holds a finished call's result while Postgres is unreachable
     db_patience_s: float = Field(default=300.0, ge=0, le=86_400)
+    # how long a job waits in its slot for an unreachable Redis before admission gives up
+    # (the job then comes back through its lease)
+    redis_patience_s: float = Field(default=30.0, ge=0, le=3600)
 
     # --- the provider's limits, kept cluster-wide (farm.capacity) -----------------------
     # per model: {"claude-sonnet-5-5": {"rpm": 600, "itpm": 400000, "otpm": 100000,

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from farm.capacity.circuit import Admission, BreakerDecision, BreakerState, counts_as_failure
-from farm.capacity.limits import Grant, Wait
+from farm.capacity.limits import DISCOVERY, Grant, Wait
 from farm.costs.budgets import BUDGET_EXCEEDED, Mode, Seed
 from farm.costs.estimate import DEFAULT_MAX_COST_USD, CapCheck, cost_cap, worst_case
 from farm.costs.ledger import Charge, OverBudget, budget_reason
@@ -102,6 +102,9 @@ class AdmissionConfig(BaseModel):
     max_cost_usd: Decimal = Field(default=DEFAULT_MAX_COST_USD, gt=0)
     tenant_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
     queue_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
+    # while the limiter's store (Redis) is unreachable, a job waits in its slot this long
+    # for it to come back before its task fails (its lease then brings it back)
+    outage_patience_s: float = Field(default=30.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -151,8 +154,10 @@ class Gate:
     def __init__(self, limiter: Limiter, breaker: Breaker, config: AdmissionConfig, *,
                  ledger: Ledger | None = None, prices: PriceBook | None = None,
                  sleep: Callable[[float], Any] = time.sleep,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 transient: Callable[[Exception], bool] = lambda exc: False) -> None:
         self.limiter, self.breaker, self.config = limiter, breaker, config
+        self._transient = transient  # an error of the shared store that may soon pass
         self.ledger, self.prices = ledger, prices
         self._sleep, self._rand = sleep, rand
         self._lock = threading.Lock()
@@ -161,6 +166,23 @@ class Gate:
         self._paused = Polled(limiter.paused_queues, set[str](), 1.0)
 
     def admit(self, job: StartedJob) -> Go | Later | Stop:
+        """Go (with a grant), Later (a wait, no attempt used) or Stop (no call may go). A
+        transient error of the limiter's store (Redis restarting) is waited out for up to
+        outage_patience_s: nothing was granted or reserved by the step that raised."""
+        waited = 0.0
+        while True:
+            try:
+                return self._admit(job)
+            except Exception as exc:
+                if not self._transient(exc) or waited >= self.config.outage_patience_s:
+                    raise
+                nap = min(1.0, self.config.outage_patience_s - waited)
+                log.warning("job %s: capacity cannot be checked (%s); trying again in %.1fs",
+                            job.id, type(exc).__name__, nap)
+                self._sleep(nap)
+                waited += nap
+
+    def _admit(self, job: StartedJob) -> Go | Later | Stop:
         config = self.config
         # the common answer (not paused) from the cache; "paused" is confirmed in Redis
         if job.queue in self._paused.get() and job.queue in self._paused.fresh():
@@ -235,6 +257,7 @@ class Gate:
                  ) -> Grant | Wait | Later | Stop:
         """The limiter's acquire; a budget period with no count in Redis is seeded from
         Postgres first (once per period, or after Redis lost its data)."""
+        retold = False
         for _ in range(4):
             got = self.limiter.acquire(
                 model, input_tokens=job.request.approx_input_tokens(),
@@ -244,6 +267,13 @@ class Gate:
                 if got.fail:
                     return Stop(got.explain(), BUDGET_EXCEEDED)
                 return Later(got.wait_s, got.explain())
+            if (isinstance(got, Wait) and got.reason == DISCOVERY and not retold
+                    and self._heard(model)):
+                # this process has had answers from the model, Redis does not know it (it
+                # lost its last writes): tell it again rather than wait for a lost grant
+                retold = True
+                self._safely(self.limiter.observe, model, {})
+                continue
             if not isinstance(got, Seed):
                 return got
             assert charge is not None and self.ledger is not None
@@ -299,6 +329,10 @@ class Gate:
                      output_tokens=output_tokens)
         if go.grant.charge is not None and self.ledger is not None:
             self._safely(self.ledger.settle, go.grant.charge, cost)
+
+    def _heard(self, model: str) -> bool:
+        with self._lock:
+            return model in self._observed
 
     def _observe(self, model: str, ratelimit: dict[str, str], answered: bool = False) -> None:
         """Follow the provider's rate-limit headers, at most once a second per model. An

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from sqlalchemy.engine import Engine
 
 from farm.capacity.admission import AdmissionConfig, Gate
@@ -45,7 +46,8 @@ def admission_config(settings: Settings) -> AdmissionConfig:
         defer_max_s=settings.defer_max_s, max_cost_usd=settings.max_cost_usd,
         tenant_max_cost_usd=settings.tenant_max_cost_usd,
         queue_max_cost_usd={q.name: q.max_cost_usd for q in settings.queues
-                            if q.max_cost_usd is not None})
+                            if q.max_cost_usd is not None},
+        outage_patience_s=settings.redis_patience_s)
 
 
 def ledger_config(settings: Settings) -> LedgerConfig:
@@ -77,4 +79,9 @@ def redis_gate(redis_client: Any, settings: Settings, engine: Engine | None = No
     database's ``engine``, the budgets too."""
     return Gate(redis_limiter(redis_client, settings), redis_breaker(redis_client, settings),
                 admission_config(settings), ledger=redis_ledger(redis_client, settings, engine),
-                prices=default_pricebook())
+                prices=default_pricebook(), transient=redis_outage)
+
+
+def redis_outage(exc: Exception) -> bool:
+    """Redis unreachable (restarting, a cut link), not a script or data error."""
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))

@@ -61,6 +61,10 @@ PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 LN2 = 0.6931471805599453  # written out: the Lua script uses the very same constant
 OVER_SHARE_RESERVE = 1.0  # a tenant over its fair share leaves the whole span: a full bucket
 EPS = 1e-9  # floor(10 * 0.95) must not become 9 through 9.4999999
+# the wait of a model in discovery whose slots are taken: the worker that has had an answer
+# from it tells it again (Redis lost the answer, or a grant whose release it lost holds the
+# slot until grant_ttl_s)
+DISCOVERY = "discovery"
 MIN_BASE_RPM = 1.0  # a throttle base below one call a minute is no traffic at all
 
 
@@ -112,6 +116,7 @@ class Effective:
     concurrency: int | None
     throttle: float
     burst_s: float = 60.0  # the buckets hold this many seconds of their rate
+    discovering: bool = False  # concurrency is discovery_slots until the first answer
 
     def size(self, kind: str) -> float:
         """The bucket's capacity: burst_s seconds of the rate."""
@@ -167,15 +172,16 @@ def effective(config: LimiterConfig, model: str, state: ModelState, now: float) 
             base = state.throttle_base
         if base:
             caps[kind] = base * (thr / 100) * config.target
-    conc = None
+    conc, discovering = None, False
     if limits.max_concurrency is not None:
         conc = max(1, math.floor(limits.max_concurrency * thr / 100 + EPS))
     elif not caps and config.discovery_slots and not state.answered:
         conc = config.discovery_slots  # nothing known yet: wait for the first answer
+        discovering = True
     burst = burst_now(config, state.burst, now)
     if config.discovery_slots and not state.answered:  # nothing heard yet: start small
         burst = min(burst, config.min_burst_s)
-    return Effective(caps, conc, thr, burst)
+    return Effective(caps, conc, thr, burst, discovering)
 
 
 def refill(eff: Effective, state: ModelState, now: float) -> dict[str, float]:
@@ -269,7 +275,8 @@ def acquire(config: LimiterConfig, model: str, state: ModelState, now: float, *,
         slots = max(1, math.floor(eff.concurrency * config.concurrency_share[prio] + EPS))
         if len(inflight) >= slots:
             return starving(config, state, now, tenant,
-                            Wait(config.slot_wait_s, "concurrency", over_share=over))
+                            Wait(config.slot_wait_s, DISCOVERY if eff.discovering
+                                 else "concurrency", over_share=over))
     levels = refill(eff, state, now)
     costs = {"rpm": 1, "itpm": input_tokens, "otpm": output_tokens}
     share = OVER_SHARE_RESERVE if over else config.reserve[prio]
@@ -365,8 +372,7 @@ def describe(config: LimiterConfig, model: str, state: ModelState, now: float
         "bucket": {k: eff.size(k) for k in eff.caps},
         "burst_s": eff.burst_s,
         # the limits are not known yet: discovery_slots calls until the first answer
-        "discovering": (not eff.caps and limits.max_concurrency is None
-                        and eff.concurrency is not None),
+        "discovering": eff.discovering,
         "levels": refill(eff, state, now),
         "in_flight": len(live),
         "paused_for_s": max(0.0, (state.paused_until or now) - now),

@@ -95,12 +95,13 @@ local refused = ledger_check(now, 13, 26)
 if refused then return refused end
 local target = tonumber(ARGV[11])
 local caps, any, thr = caps_of(KEYS[2], KEYS[4], KEYS[9], ARGV[7], ARGV[8], ARGV[9], target)
-local mc, conc = num(ARGV[10]), nil
+local mc, conc, slots_full = num(ARGV[10]), nil, 'concurrency'
 local answered = redis.call('EXISTS', KEYS[12]) == 1
 local window, ttl = tonumber(ARGV[18]), tonumber(ARGV[19])
 if mc then conc = math.max(1, math.floor(mc * thr / 100 + EPS))
 elseif not any and tonumber(ARGV[26]) > 0 and not answered then
   conc = tonumber(ARGV[26])  -- nothing known yet: wait for the first answer
+  slots_full = 'discovery'
 end
 if not any and conc == nil then
   count(KEYS[10], now, window)
@@ -140,7 +141,7 @@ if conc then
   if n_active > 1 and redis.call('ZCARD', KEYS[8]) >= math.ceil(conc / n_active) then
     return refuse('tenant-concurrency', tonumber(ARGV[20]))
   end
-  if redis.call('ZCARD', KEYS[6]) >= cap then return refuse('concurrency', tonumber(ARGV[20])) end
+  if redis.call('ZCARD', KEYS[6]) >= cap then return refuse(slots_full, tonumber(ARGV[20])) end
 end
 local burst = burst_of(KEYS[11], now, tonumber(ARGV[23]), tonumber(ARGV[24]),
                       tonumber(ARGV[25]))

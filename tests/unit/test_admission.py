@@ -276,6 +276,70 @@ def test_a_tenant_over_its_share_gives_its_slot_back_instead_of_waiting() -> Non
     assert isinstance(r.gate.admit(job(tenant="bulk")), Go) and r.slept > slept
 
 
+def test_a_worker_that_had_answers_ends_a_discovery_redis_forgot() -> None:
+    """Redis restarted without its last writes: the model is not known to have answered,
+    and a discovery grant whose release was lost holds the one slot until grant_ttl_s. A
+    worker that had an answer says so again and goes at once; a fresh one waits."""
+    r = rig({}, discovery_slots=1)
+    r.gate.done(admitted(r), Usage(input_tokens=1, output_tokens=1), {})
+    assert not r.limiter.snapshot(SONNET)["discovering"]
+    lost = MemoryLimiter(r.limiter.config, clock=r.clock)  # the restarted Redis
+    stale = lost.acquire(SONNET, input_tokens=1, output_tokens=1, priority=Priority.NORMAL,
+                         tenant="gone")
+    assert isinstance(stale, Grant)
+    assert lost.acquire(SONNET, input_tokens=1, output_tokens=1, priority=Priority.NORMAL,
+                        tenant="x") == Wait(lost.config.slot_wait_s, limits.DISCOVERY)
+    fresh = Gate(lost, MemoryBreaker(BreakerConfig(), clock=r.clock), ADMISSION,
+                 sleep=sleeper(r.clock), rand=lambda: 0.0)
+    waited = fresh.admit(job())
+    assert isinstance(waited, Later) and waited.reason == f"{SONNET}: discovery"
+    slept = r.slept
+    r.gate.limiter = lost
+    assert isinstance(r.gate.admit(job()), Go) and r.slept == slept  # no wait
+    assert not lost.snapshot(SONNET)["discovering"]
+
+
+class Flaky:
+    """A limiter whose store is unreachable for its first ``down`` acquires."""
+
+    def __init__(self, inner: MemoryLimiter, down: int, error: Exception) -> None:
+        self.inner, self.down, self.error, self.calls = inner, down, error, 0
+
+    def acquire(self, model: str, **ask: Any) -> Any:
+        self.calls += 1
+        if self.calls <= self.down:
+            raise self.error
+        return self.inner.acquire(model, **ask)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def outage_gate(r: Rig, down: int, error: Exception, patience_s: float) -> Gate:
+    config = ADMISSION.model_copy(update={"outage_patience_s": patience_s})
+    return Gate(Flaky(r.limiter, down, error), r.breaker, config,  # type: ignore[arg-type]
+                sleep=sleeper(r.clock), rand=lambda: 0.0,
+                transient=lambda exc: isinstance(exc, ConnectionError))
+
+
+def test_a_short_outage_of_the_store_is_waited_out_in_the_slot() -> None:
+    r = rig()
+    gate = outage_gate(r, 3, ConnectionError("restarting"), 30.0)
+    assert isinstance(gate.admit(job()), Go)
+    assert r.slept == 3.0  # three naps of a second, then the grant
+    assert len(r.state().inflight) == 1  # granted once
+
+
+def test_a_long_outage_or_any_other_error_raises() -> None:
+    r = rig()
+    with pytest.raises(ConnectionError):
+        outage_gate(r, 100, ConnectionError("down"), 2.5).admit(job())
+    assert r.slept == 2.5 and r.state().inflight == {}
+    with pytest.raises(ValueError):  # a bug is not waited out
+        outage_gate(r, 1, ValueError("script error"), 30.0).admit(job())
+    assert r.slept == 2.5
+
+
 def test_a_half_open_probe_is_marked() -> None:
     r = rig()
     r.open_circuit(SONNET)

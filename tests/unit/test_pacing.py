@@ -208,7 +208,7 @@ def test_a_model_not_heard_from_starts_with_a_small_bucket() -> None:
 def test_a_model_with_unknown_limits_gets_one_call_until_its_first_answer() -> None:
     got, state = ask(C, ModelState(), T0, model="new", grant_id="first")
     assert isinstance(got, Grant) and got.grant_id == "first"  # held: to be released
-    assert ask(C, state, T0, model="new")[0] == Wait(C.slot_wait_s, "concurrency")
+    assert ask(C, state, T0, model="new")[0] == Wait(C.slot_wait_s, limits.DISCOVERY)
     # the answer's headers tell the limits: from now on the bucket paces it
     headers = {"anthropic-ratelimit-requests-limit": "300",
                "anthropic-ratelimit-requests-remaining": "299"}
