@@ -71,13 +71,18 @@ def limited(e2e_env: dict[str, str], sim_url: str, limited_logs: list[Path]
 def test_workers_together_stay_inside_the_rate_limit(
         limited: dict[str, str], farm: Farm, sim_url: str,
         sim_stats: Callable[[], dict[str, object]]) -> None:
-    # the simulator enforces 120 RPM on haiku (a full bucket of 120, then 2 per second)
-    httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {HAIKU: {"rpm": RPM}}})
-    jobs = 170
-    ids = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] limited {i}?",
-                             "complexity": "simple"} for i in range(jobs)])
-    views = farm.wait(ids, timeout=180)
-    stats = sim_stats()
+    # the simulator enforces 120 RPM on haiku over 5 s (a bucket of 10, then 2 per second):
+    # 50 jobs on 40 slots would get ~30 429s if the workers did not pace them together
+    httpx2.post(f"{sim_url}/_sim/config", json={"model_limits": {HAIKU: {"rpm": RPM}},
+                                                "burst_s": 5})
+    jobs = 50
+    try:
+        ids = farm.submit_many([{"prompt": f"[[sim:latency=0.5]] limited {i}?",
+                                 "complexity": "simple"} for i in range(jobs)])
+        views = farm.wait(ids, timeout=180)
+        stats = sim_stats()
+    finally:
+        httpx2.post(f"{sim_url}/_sim/config", json={"burst_s": None})
     assert [v.status for v in views] == [JobStatus.SUCCEEDED] * jobs
     assert all(v.attempts == 1 for v in views)  # waiting for capacity used no attempt
     assert stats["rate_limited_by_model"] == {}, stats["rate_limited_by_model"]  # no 429
