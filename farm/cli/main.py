@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from farm.cli import budgets, controls, dlq, jobs, observe, reports
+from farm.cli import budgets, controls, dlq, jobs, observe, reports, router
 from farm.cli.context import settings_of
 from farm.cli.errors import FarmGroup
 from farm.settings import Settings
@@ -170,7 +170,7 @@ def flower_env(settings: Settings, environ: Mapping[str, str], broker_url: str
 
 
 for _command in (*jobs.COMMANDS, *reports.COMMANDS, dlq.dlq, *controls.COMMANDS,
-                 *budgets.COMMANDS,
+                 *budgets.COMMANDS, *router.COMMANDS,
                  *observe.COMMANDS):
     main.add_command(_command)
 

@@ -2,7 +2,10 @@
 no settings object, no Celery.
 
 ``route`` honours explicit choices (model, queue, complexity), else it asks
-``farm.routing.classify`` and takes the queue configured for that complexity.
+``farm.routing.classify`` and takes the queue configured for that complexity. With a
+second-opinion band (FARM_ROUTER_SECOND_OPINION), a job whose score falls inside it goes
+to the simple queue marked ``second_opinion``: its worker asks the simple model first
+(farm.routing.second_opinion) and moves it to the complex queue if the answer says so.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from farm.jobs import Complexity, FieldError, JobRequest, Route
-from farm.routing.classify import classify
+from farm.routing.classify import decide
 from farm.settings import QueueSpec
 
 
@@ -44,15 +47,27 @@ def queue_for_model(model: str, queues: Sequence[QueueSpec], prefer: str = "") -
     return next((q for q in matches if q.complexity == prefer), matches[0])
 
 
-def parse_and_route(raw: Any, queues: Sequence[QueueSpec]) -> tuple[JobRequest, Route]:
+Band = tuple[float, float]  # (low, high) scores sent to a second opinion, both inclusive
+
+
+def parse_and_route(raw: Any, queues: Sequence[QueueSpec], band: Band | None = None
+                    ) -> tuple[JobRequest, Route]:
     """A job as given (a JobRequest or a mapping), validated, checked against the context
     window and routed. Raises pydantic's ValidationError or a FieldError ("field: …")."""
     request = raw if isinstance(raw, JobRequest) else JobRequest.model_validate(raw)
     request.check_fits_context()
-    return request, route(request, queues)
+    return request, route(request, queues, band)
 
 
-def route(request: JobRequest, queues: Sequence[QueueSpec]) -> Route:
+def _queue_for(wanted: Complexity, queues: Sequence[QueueSpec]) -> QueueSpec:
+    found = next((q for q in queues if q.complexity == wanted.value), None)
+    if found is None:
+        raise UnknownQueueError(f"for complexity {wanted.value!r}", [q.name for q in queues])
+    return found
+
+
+def route(request: JobRequest, queues: Sequence[QueueSpec], band: Band | None = None
+          ) -> Route:
     """Explicit model (and queue), else explicit queue, else explicit complexity, else classify;
     UnknownModelError / UnknownQueueError ("model: …" / "queue: …") name unknown choices."""
     wanted, model, queue = request.complexity, request.model, request.queue
@@ -66,10 +81,16 @@ def route(request: JobRequest, queues: Sequence[QueueSpec]) -> Route:
         explicit = " and ".join(k for k, v in (("model", model), ("queue", queue)) if v)
         return Route(queue=spec.name, model=model or spec.model, complexity=wanted,
                      reason=f"explicit {explicit}")
-    reason = "explicit complexity"
-    if wanted is Complexity.AUTO:
-        wanted, reason = classify(request)
-    found = next((q for q in queues if q.complexity == wanted.value), None)
-    if found is None:
-        raise UnknownQueueError(f"for complexity {wanted.value!r}", [q.name for q in queues])
-    return Route(queue=found.name, model=found.model, complexity=wanted, reason=reason)
+    if wanted is not Complexity.AUTO:
+        found = _queue_for(wanted, queues)
+        return Route(queue=found.name, model=found.model, complexity=wanted,
+                     reason="explicit complexity")
+    got = decide(request)
+    if band is not None and got.score is not None and band[0] <= got.score <= band[1]:
+        found = _queue_for(Complexity.SIMPLE, queues)
+        return Route(queue=found.name, model=found.model, complexity=Complexity.SIMPLE,
+                     reason=f"{got.reason}; uncertain ({band[0]:.2f}-{band[1]:.2f}): "
+                            "second opinion", score=got.score, second_opinion=True)
+    found = _queue_for(got.complexity, queues)
+    return Route(queue=found.name, model=found.model, complexity=got.complexity,
+                 reason=got.reason, score=got.score)

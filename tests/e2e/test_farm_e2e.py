@@ -39,8 +39,10 @@ HAIKU_SLOTS = 30  # the haiku worker's concurrency (the `workers` fixture)
 def test_mixed_jobs_are_routed_run_and_accounted(workers: list[Path], farm: Farm,
                                                  sim_stats: Stats) -> None:
     jobs = [{"prompt": f"What is {i} + {i}?", "tenant": "a"} for i in range(30)]
-    jobs += [{"prompt": f"Debug this step by step and explain:\n```python\ndef f{i}(x):\n"
-              f"    return x / 0\n```", "max_tokens": 2000, "tenant": "b"} for i in range(20)]
+    jobs += [{"prompt": f"Our checkout service's p99 went from 180 ms to 2.4 s after deploy {i}; "
+              "CPU is flat and the database pool shows 40 waiting connections. What is the "
+              "likely cause, and how do we confirm it?", "max_tokens": 2000, "tenant": "b"}
+             for i in range(20)]
     ids = farm.submit_many(jobs)
     views = farm.wait(ids, timeout=120)
     assert [v.status for v in views] == [JobStatus.SUCCEEDED] * len(ids)

@@ -54,8 +54,8 @@ def test_the_router_routes_to_the_configured_queues() -> None:
     try:
         app.send_task(RUN_JOB_TASK, kwargs={"request": {"prompt": "What is 2 + 2?"}})
         app.send_task(RUN_JOB_TASK, kwargs={"request": {
-            "prompt": "Design a distributed system architecture step by step, with the "
-                      "trade-offs of each choice.", "max_tokens": 8000}})
+            "prompt": "Design a distributed job queue with exactly-once delivery across three "
+                      "regions, and weigh the trade-offs of each choice.", "max_tokens": 8000}})
         app.send_task(RUN_JOB_TASK, kwargs={"request": {"prompt": ""}})
     finally:
         before_task_publish.disconnect(capture)

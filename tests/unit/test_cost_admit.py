@@ -108,7 +108,8 @@ def test_the_most_specific_cap_decides(job: str | None, tenant: str | None,
 
 
 def test_validate_refuses_an_over_cap_job_naming_the_field() -> None:
-    jobs = [{"prompt": "fine"}, {"prompt": "hi", "max_tokens": 64_000, "max_cost_usd": "0.01"}]
+    jobs = [{"prompt": "fine"}, {"prompt": "hi", "max_tokens": 64_000, "max_cost_usd": "0.01",
+                                     "complexity": "complex"}]
     with pytest.raises(InvalidJobError) as refused:
         validate(jobs, Settings())
     [(index, field, message)] = refused.value.problems

@@ -1,20 +1,20 @@
-"""Routing (farm.routing): signals, the classifier on a labelled set, route() overrides, and the
-Celery router route_task (queue choice and prompt redaction)."""
+"""Routing (farm.routing): what decides before the learned model (hints, tools), route()
+overrides and the second-opinion band, and the Celery router route_task (queue choice and
+prompt redaction)."""
 
 from __future__ import annotations
 
-import dataclasses
+import re
 import subprocess
 import sys
 import uuid
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from farm.broker.layout import INTAKE_QUEUE
 from farm.jobs import MAX_PROMPT_CHARS, Complexity, JobRequest, Route
-from farm.routing.classify import COMPLEX_THRESHOLD, Signals, classify, signals
+from farm.routing.classify import Decision, classify, decide
 from farm.routing.route import (
     UnknownModelError,
     UnknownQueueError,
@@ -24,14 +24,16 @@ from farm.routing.route import (
 )
 from farm.routing.router import redact_kwargs, route_task
 from farm.settings import DEFAULT_QUEUES, QueueSpec
-from tests.unit.routing_cases import CASES, accuracy, misclassified
 
 SIMPLE_Q, COMPLEX_Q = "haiku-simple", "sonnet-complex"
 HAIKU, SONNET = "claude-haiku-4-5", "claude-sonnet-5-5"
 JOB_ID = "0b0e3c9e-4a53-4f53-9a0e-1b2f3c4d5e6f"
 SECRET = "The launch code for Project Nightingale is 7741-ALPHA; summarize the memo."
 SECRET_SYSTEM = "You are the private assistant of the CFO of Example Corp."
-BUGGY = "Debug this please:\n```python\ndef f(xs):\n    return xs[0] / len(xs)\n```\nIt crashes."
+BUGGY = ("This worker deadlocks under load about once a day:\n```python\nimport threading\n"
+         "lock_a, lock_b = threading.Lock(), threading.Lock()\ndef transfer(a, b):\n"
+         "    with lock_a:\n        with lock_b:\n            a.balance -= 1; b.balance += 1\n"
+         "```\nFind the cause and fix it.")
 TRIVIAL = "What is the capital of France?"
 
 
@@ -43,126 +45,39 @@ def tool(name: str) -> dict[str, Any]:
     return {"name": name, "input_schema": {"type": "object"}}
 
 
-# --- the labelled set ---------------------------------------------------------------------
+# --- the classifier (the learned model itself: tests/unit/test_classifier.py) --------------
 
 
-def test_labelled_set_is_large_and_mixed() -> None:
-    labels = Counter(case.expected for case in CASES)
-    assert len(CASES) >= 60
-    assert set(labels) == {"simple", "complex"}
-    assert min(labels.values()) >= 25, labels
-    assert len({case.prompt for case in CASES}) == len(CASES), "duplicate prompts"
-
-
-def test_classifier_accuracy_on_labelled_set() -> None:
-    confusion: Counter[tuple[str, str]] = Counter()
-    for case in CASES:
-        confusion[(case.expected, classify(case.request())[0].value)] += 1
-    score = accuracy()
-    print(f"\nrouting classifier accuracy: {score:.1%} on n={len(CASES)}")
-    print("  expected -> predicted: " + ", ".join(f"{e}->{p}: {n}" for (e, p), n in
-                                                   sorted(confusion.items())))
-    for case, predicted, reason in misclassified():
-        print(f"  MISS expected {case.expected}, got {predicted} ({reason}): {case.prompt[:70]!r}")
-    assert score == pytest.approx(sum(n for (e, p), n in confusion.items() if e == p) / len(CASES))
-    assert score >= 0.9
-
-
-def test_classify_never_returns_auto_and_always_gives_a_reason() -> None:
-    for case in CASES:
-        complexity, reason = classify(case.request())
-        assert complexity in (Complexity.SIMPLE, Complexity.COMPLEX)
-        assert reason and len(reason) < 200
-        assert f"{COMPLEX_THRESHOLD})" in reason
-
-
-# --- signals ------------------------------------------------------------------------------
-
-
-def test_signals_measure_size_and_code() -> None:
-    s = signals(req(BUGGY, system="Be terse."))
-    assert s.prompt_chars == len(BUGGY)
-    assert s.approx_tokens == req(BUGGY, system="Be terse.").approx_input_tokens()
-    assert s.code_fences == 2 and s.code_present
-    assert "debug" in s.reasoning_cues
-
-
-def test_code_without_fences_is_detected_by_tokens() -> None:
-    code = "def total(xs):\n    return sum(x.price for x in xs)\n\nimport os\nconsole.log(a);"
-    s = signals(req(f"why is this wrong\n{code}"))
-    assert s.code_fences == 0 and s.code_token_kinds >= 2 and s.code_present
-    assert not signals(req("I like to return home for the holidays.")).code_present
-
-
-def test_signals_reasoning_cues() -> None:
-    cues = signals(req("Prove it step by step, then analyze the trade-offs of the architecture "
-                       "and refactor the module.")).reasoning_cues
-    assert {"proof", "step-by-step", "trade-offs", "architecture", "refactor", "analysis"} <= set(
-        cues
-    )
-    assert signals(req("A leak-proof bottle, please.")).reasoning_cues == ()
-
-
-def test_signals_questions_lists_and_requested_size() -> None:
-    s = signals(req("1. Why?\n2. How?\n3. When?\n4. Where?"))
-    assert s.questions == 4 and s.list_items == 4
-    assert signals(req("Write a 2000-word essay on tides.")).requested_words == 2000
-    assert signals(req("Write about 1,500 words on tides.")).requested_words == 1500
-    assert signals(req("A story, 5 pages long.")).requested_words == 2000
-    assert signals(req("Write a detailed report.")).long_form
-    assert signals(req("hi", max_tokens=9000)).max_tokens == 9000
-
-
-def test_signals_tools_hint_and_simple_cues() -> None:
-    s = signals(req(tools=(tool("a"), tool("b")), metadata={"complexity": "Complex"}))
-    assert s.tools == 2 and s.hint is Complexity.COMPLEX
-    assert signals(req(metadata={"complexity": "auto"})).hint is None
-    assert signals(req("Translate 'cat' into German.")).simple_task
-    assert signals(req("Answer in one word: is it red?")).brevity
-
-
-def test_signals_are_frozen() -> None:
-    s = signals(req())
-    assert isinstance(s, Signals)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        s.tools = 3  # type: ignore[misc]
-
-
-def test_signals_handle_hostile_max_size_input() -> None:
-    # correctness only; how fast this is belongs in a benchmark, not a timed assertion
-    for text in ("a" * MAX_PROMPT_CHARS, "1," * (MAX_PROMPT_CHARS // 2),
-                 "x" + "\n" * (MAX_PROMPT_CHARS - 1), "O(" * (MAX_PROMPT_CHARS // 2)):
-        complexity, reason = classify(req(text, system=text, max_tokens=1))
-        assert complexity in (Complexity.SIMPLE, Complexity.COMPLEX) and reason
-
-
-# --- the classifier -----------------------------------------------------------------------
-
-
-def test_classifier_reason_names_the_deciding_features() -> None:
+def test_classifier_reason_names_the_score_and_signals() -> None:
     complexity, reason = classify(req(BUGGY))
     assert complexity is Complexity.COMPLEX
-    assert "code block" in reason and "debug" in reason
+    assert re.fullmatch(r"score 0\.\d\d >= 0\.\d\d: .+", reason), reason
     complexity, reason = classify(req("Translate 'good night' into Italian."))
-    assert complexity is Complexity.SIMPLE and "simple task" in reason
-    assert classify(req("Hello there"))[1].startswith("no complexity signals")
+    assert complexity is Complexity.SIMPLE
+    assert re.fullmatch(r"score 0\.\d\d < 0\.\d\d: .+", reason), reason
 
 
-def test_classifier_uses_output_size_and_tools() -> None:
-    assert classify(req("Write about whales."))[0] is Complexity.SIMPLE
-    assert classify(req("Write a 3000-word essay about whales.", max_tokens=8000))[0] is (
-        Complexity.COMPLEX
-    )
+def test_a_job_with_tools_is_complex() -> None:
     agent = req("Find and book a table for four tonight.", tools=(tool("search"), tool("book")))
-    assert classify(agent)[0] is Complexity.COMPLEX
+    assert decide(agent) == Decision(Complexity.COMPLEX, "2 tools (an agent job)")
+    assert decide(req(TRIVIAL, tools=(tool("search"),))).reason == "1 tool (an agent job)"
 
 
 def test_metadata_hint_decides_outright() -> None:
     assert classify(req(BUGGY, metadata={"complexity": "simple"})) == (
         Complexity.SIMPLE, "metadata hint simple"
     )
-    assert classify(req(TRIVIAL, metadata={"complexity": "complex"}))[0] is Complexity.COMPLEX
+    assert classify(req(TRIVIAL, metadata={"complexity": " Complex "}))[0] is Complexity.COMPLEX
     assert classify(req(TRIVIAL, metadata={"complexity": "weird"}))[0] is Complexity.SIMPLE
+    assert decide(req(TRIVIAL, metadata={"complexity": "simple"})).score is None
+
+
+def test_classify_handles_hostile_max_size_input() -> None:
+    half = MAX_PROMPT_CHARS // 2
+    for text in ("?" * MAX_PROMPT_CHARS, "a " * half, "x\n" * half):
+        got = decide(req(text))
+        assert got.complexity in (Complexity.SIMPLE, Complexity.COMPLEX)
+        assert got.score is not None and 0 <= got.score <= 1
 
 
 # --- route() ------------------------------------------------------------------------------
@@ -175,6 +90,21 @@ def test_route_classifies_auto_jobs() -> None:
     assert isinstance(hard, Route)
     assert (hard.queue, hard.model, hard.complexity) == (COMPLEX_Q, SONNET, Complexity.COMPLEX)
     assert hard.reason == classify(req(BUGGY))[1]
+
+
+def test_the_uncertain_band_sends_a_job_to_the_simple_queue_for_a_second_opinion() -> None:
+    got = decide(req(BUGGY))
+    assert got.score is not None
+    inside = route(req(BUGGY), DEFAULT_QUEUES, (got.score - 0.01, got.score + 0.01))
+    assert (inside.queue, inside.complexity, inside.second_opinion) == (
+        SIMPLE_Q, Complexity.SIMPLE, True)
+    assert inside.score == got.score and inside.reason.endswith("second opinion")
+    outside = route(req(BUGGY), DEFAULT_QUEUES, (0.0, got.score - 0.01))
+    assert (outside.queue, outside.second_opinion) == (COMPLEX_Q, False)
+    # a hint, tools or an explicit choice has no score: never a second opinion
+    for job in (req(BUGGY, metadata={"complexity": "complex"}), req(BUGGY, tools=(tool("t"),)),
+                req(BUGGY, complexity=Complexity.COMPLEX), req(BUGGY, model=SONNET)):
+        assert not route(job, DEFAULT_QUEUES, (0.0, 1.0)).second_opinion
 
 
 def test_explicit_model_picks_its_queue() -> None:
@@ -386,7 +316,7 @@ def test_celery_uses_the_router_by_name_with_redacted_reprs() -> None:
         app.close()
     assert [p[0] for p in published] == [SIMPLE_Q, COMPLEX_Q, INTAKE_QUEUE, COMPLEX_Q]
     assert all(p[1] == "()" for p in published)
-    assert all(SECRET not in p[2] and "Debug this" not in p[2] for p in published)
+    assert all(SECRET not in p[2] and "deadlocks" not in p[2] for p in published)
 
 
 def test_importing_routing_pulls_in_neither_celery_nor_settings_loading() -> None:
