@@ -114,6 +114,13 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # routing: why this queue (with "; escalated: …" or "; second opinion: …" appended when
+    # a worker moved the job), the classifier's score, a second opinion still to be asked,
+    # the simple model the job escalated from
+    route_reason: str | None = None
+    route_score: float | None = None
+    second_opinion: bool = False
+    escalated_from: str | None = None
 
     @property
     def done(self) -> bool:
@@ -130,7 +137,8 @@ def validate(jobs: Sequence[JobLike], settings: Settings, prices: PriceBook | No
     out: list[tuple[JobRequest, Route]] = []
     for index, job in enumerate(jobs):
         try:
-            request, chosen = parse_and_route(job, settings.queues)
+            request, chosen = parse_and_route(job, settings.queues,
+                                              band=settings.router_second_opinion)
             if check_caps:
                 check_cost_cap(request, chosen, settings, book)
             out.append((request, chosen))

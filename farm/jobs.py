@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
+from farm.routing.json_subset import schema_problem
 
 MAX_PROMPT_CHARS = 800_000  # ~200k tokens at ~4 chars/token: the context window
 MAX_OUTPUT_TOKENS = 64_000
@@ -101,6 +103,15 @@ class JobRequest(BaseModel):
     # else the farm's default (FARM_MAX_COST_USD, $2.00): farm.costs.estimate.cost_cap
     max_cost_usd: Decimal | None = Field(default=None, gt=0, le=10_000, max_digits=12,
                                          decimal_places=6)
+    # the answer must be JSON (json_schema implies it): the farm asks for it and checks it
+    # (farm.routing.json_subset: a documented subset of JSON Schema)
+    response_format: Literal["json"] | None = None
+    json_schema: dict[str, Any] | None = None
+    # the model is asked to verify its answer and end with "SELF-CHECK: PASS" or "FAIL"
+    self_check: bool = False
+    # escalation to the complex model when the simple one was out of its depth
+    # (farm.routing.escalation): True asks for it, False opts out, None: the queue's policy
+    escalate: bool | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -109,7 +120,18 @@ class JobRequest(BaseModel):
             raise ValueError("is blank (whitespace only)")
         return value
 
-    @field_validator("prompt", "system", "model", "queue", "tools", "metadata")
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_in_subset(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and (problem := schema_problem(value)):
+            raise ValueError(problem)
+        return value
+
+    @property
+    def wants_json(self) -> bool:
+        return self.response_format == "json" or self.json_schema is not None
+
+    @field_validator("prompt", "system", "model", "queue", "tools", "metadata", "json_schema")
     @classmethod
     def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
         if holds_nul(value):  # the value itself is never repeated in the error
@@ -179,6 +201,11 @@ class Route(BaseModel):
     model: str
     complexity: Complexity
     reason: str
+    # the learned classifier's score (farm.routing.learned), None when it was not asked
+    score: float | None = None
+    # the score fell in the uncertain band: the simple model's worker asks it first
+    # (farm.routing.second_opinion) and moves the job to the complex queue if it says so
+    second_opinion: bool = False
 
 
 class Usage(BaseModel):

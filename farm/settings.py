@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import (
     AliasChoices,
@@ -18,8 +19,9 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from farm.broker.layout import INTAKE_QUEUE
 from farm.capacity.config import ModelLimits
@@ -37,6 +39,10 @@ class QueueSpec(BaseModel):
     fallback_model: str | None = None
     # the cost cap of this queue's jobs that set none (and whose tenant has none)
     max_cost_usd: Decimal | None = Field(default=None, gt=0)
+    # escalation (farm.routing.escalation): a simple queue's jobs (escalate unset) whose
+    # answer shows the model out of its depth run again on this queue; None: only jobs that
+    # ask (escalate=True) escalate, to the first complex queue
+    escalate_to: str | None = Field(default=None, min_length=1)
 
 
 DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
@@ -52,6 +58,23 @@ def default_data_dir() -> Path:
     (``$XDG_DATA_HOME/farm``, else ``~/.local/share/farm``)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "farm"
+
+
+def parse_band(value: Any) -> tuple[float, float] | None:
+    """FARM_ROUTER_SECOND_OPINION: None or "" (off), "LO,HI" or a pair, 0 <= LO < HI <= 1.
+    A ValueError names the variable and says what is accepted."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    usage = ("FARM_ROUTER_SECOND_OPINION must be empty (off) or 'LO,HI' with "
+             "0 <= LO < HI <= 1, e.g. '0.35,0.65'")
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        low, high = (float(part) for part in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"{usage}; got {str(value)[:40]!r}") from None
+    if not 0 <= low < high <= 1:  # NaN fails this too
+        raise ValueError(f"{usage}; got {low:g},{high:g}")
+    return low, high
 
 
 def normalize_database_url(url: str) -> str:
@@ -172,6 +195,14 @@ class Settings(BaseSettings):
     cost_breaker_window_s: float = Field(default=60.0, ge=5, le=3600)
     cost_breaker_close_share: float = Field(default=0.8, gt=0, le=1)
 
+    # --- routing (farm.routing) ------------------------------------------------------
+    # escalation's signal (a): a simple model that stops at max_tokens escalates only when
+    # the job's max_tokens is at most this (it expected a short answer)
+    escalate_short_budget: int = Field(default=1024, ge=1, le=64_000)
+    # FARM_ROUTER_SECOND_OPINION: "LO,HI" (0 <= LO < HI <= 1), the band of the classifier's
+    # score whose jobs go to the simple queue with a second opinion first; empty: off
+    router_second_opinion: Annotated[tuple[float, float] | None, NoDecode] = None
+
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     flower_port: int = 5555
@@ -191,6 +222,23 @@ class Settings(BaseSettings):
             raise ValueError(f"FARM_LIMIT_MIN_BURST_S ({value:g}) must not exceed "
                              f"FARM_LIMIT_BURST_S ({burst:g})")
         return value
+
+    @field_validator("router_second_opinion", mode="before")
+    @classmethod
+    def _band(cls, value: Any) -> tuple[float, float] | None:
+        return parse_band(value)
+
+    @model_validator(mode="after")
+    def _escalate_to_known(self) -> Settings:
+        names = self.queue_names
+        for spec in self.queues:
+            if spec.escalate_to is not None and (spec.escalate_to not in names
+                                                 or spec.escalate_to == spec.name):
+                raise ValueError(
+                    f"FARM_QUEUES: queue {spec.name!r} escalates to {spec.escalate_to!r}, "
+                    f"which is {'itself' if spec.escalate_to == spec.name else 'not configured'}"
+                    f"; configured: {', '.join(names)}")
+        return self
 
     @field_validator("data_dir")
     @classmethod

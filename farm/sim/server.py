@@ -11,7 +11,11 @@ Markers in the last user message: ``[[sim:status=N]]`` error N (400 401 403 404 
 529; 429 sends retry-after: 1, 5xx x-should-retry: true); ``[[sim:spend_limit]]`` 429 naming
 enforced_spend_limit_reached (retry-after: 60, futile); ``[[sim:refusal]]`` 200 with
 stop_reason "refusal"; ``[[sim:latency=S]]`` success after S s; ``[[sim:tokens=N]]`` N
-output tokens. Checks in order: api key, body, markers, storms (529: overload_until for
+output tokens; ``[[sim:weak=refusal|max_tokens|bad_json|self_check_fail]]`` that failure,
+only on models whose id contains one of ``weak_models`` (default "haiku"), others answer
+well; ``[[sim:opinion=complex]]`` the farm's second-opinion call answers complex (else
+simple). JSON and self-check requests get valid JSON and a "SELF-CHECK: PASS" line
+(farm.sim.answers). Checks in order: api key, body, markers, storms (529: overload_until for
 every model, overload_models[model] for one), faults (one seeded draw: 529 below
 fault_529_rate, else 500 below both rates' sum; no quota used), rate limits (429). Limits
 (farm.sim.limits): token buckets per model refilling limit/60 per s, of capacity the
@@ -41,6 +45,7 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
+from farm.sim import answers
 from farm.sim import limits as lim
 from farm.sim.content import (
     REQ_OVERHEAD,
@@ -75,6 +80,8 @@ class SimConfig(pydantic.BaseModel):
     model_limits: dict[str, dict[str, int]] = pydantic.Field(default_factory=dict)
     seed: int = 0
     require_api_key: bool = True
+    # [[sim:weak=…]] applies to models whose id contains one of these (farm.sim.answers)
+    weak_models: tuple[str, ...] = ("haiku",)
 
     _check_limits = pydantic.field_validator("model_limits", mode="before")(lim.check_model_limits)
 
@@ -226,9 +233,15 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
     digest, refusal = request_digest(cfg.seed, body), "refusal" in marks
     out, stop = (min(8, max_tokens), "refusal") if refusal else plan_output(
         prompt, digest, max_tokens, int(marks["tokens"]) if "tokens" in marks else None)
+    shaped = None if refusal else answers.shape(model, body.get("system"), prompt, max_tokens,
+                                                 digest, (out, stop), cfg.weak_models)
+    if shaped is not None:
+        out, stop = shaped.output_tokens, shaped.stop_reason
+        refusal = stop == "refusal"
     delay = (marks["latency"] if "latency" in marks else cfg.fixed_latency_s
              if cfg.fixed_latency_s is not None else cfg.ttft_s + out / cfg.output_tokens_per_s)
-    text = "I can't help with that request." if refusal else make_text(digest, out)
+    text = shaped.text if shaped is not None else (
+        answers.REFUSAL_TEXT if refusal else make_text(digest, out))
     usage = {"input_tokens": total_in - read - write_5m - write_1h, "cache_creation_input_tokens":
              write_5m + write_1h, "cache_read_input_tokens": read, "cache_creation": {
                  "ephemeral_5m_input_tokens": write_5m, "ephemeral_1h_input_tokens": write_1h},

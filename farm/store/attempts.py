@@ -22,6 +22,20 @@ from farm.store.jobs import StartedJob, fetch_one
 
 
 @dataclass(frozen=True)
+class Move:
+    """What a current routing call changes on its job besides the usual (a second opinion, an
+    escalation, an escalation the cost cap stopped): each field None/False/"" changes
+    nothing."""
+
+    queue: str | None = None  # the job's new queue and model
+    model: str | None = None
+    note: str = ""  # appended to route_reason
+    escalated_from: str | None = None
+    routing_call: bool = False  # the attempt routed the job: routing_calls + 1
+    clear_second_opinion: bool = False
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One provider call's outcome and the job status it leads to."""
 
@@ -38,6 +52,8 @@ class Outcome:
     response_text: str | None = None
     stop_reason: str | None = None
     retry_in_s: float | None = None  # with status queued: when the retry is due
+    wait_reason: str | None = None  # with retry_in_s: why it waits (default: the backoff)
+    move: Move = field(default_factory=Move)
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,20 @@ RECORD_SQL = """
                            WHEN %(retry_in_s)s::float8 IS NULL THEN NULL
                            ELSE now() + make_interval(secs => %(retry_in_s)s) END,
         wait_reason = CASE WHEN ins.current THEN CAST(%(wait_reason)s AS text)
-                           ELSE jobs.wait_reason END
+                           ELSE jobs.wait_reason END,
+        queue = CASE WHEN ins.current THEN coalesce(CAST(%(to_queue)s AS text), jobs.queue)
+                     ELSE jobs.queue END,
+        model = CASE WHEN ins.current THEN coalesce(CAST(%(to_model)s AS text), jobs.model)
+                     ELSE jobs.model END,
+        route_reason = CASE WHEN ins.current AND CAST(%(note)s AS text) <> ''
+                            THEN coalesce(jobs.route_reason, '') || %(note)s
+                            ELSE jobs.route_reason END,
+        escalated_from = CASE WHEN ins.current
+                              THEN coalesce(CAST(%(escalated_from)s AS text), jobs.escalated_from)
+                              ELSE jobs.escalated_from END,
+        second_opinion = jobs.second_opinion AND NOT (ins.current AND %(clear_opinion)s),
+        routing_calls = jobs.routing_calls
+                        + CASE WHEN ins.current AND %(routing_call)s THEN 1 ELSE 0 END
     FROM ins
     WHERE jobs.id = ins.job_id
     RETURNING jobs.status, ins.current
@@ -110,7 +139,7 @@ def record(engine: Engine, job: StartedJob, outcome: Outcome, *,
            patience_s: float = 0.0) -> Recorded | None:
     """Record the attempt and, if it is current, move the job on. None when this attempt
     had been recorded already (nothing changed)."""
-    usage = outcome.usage
+    usage, move = outcome.usage, outcome.move
     params = {
         "job_id": job.id, "attempt": job.attempt, "queue": job.queue, "model": outcome.model,
         "outcome": outcome.outcome, "http_status": outcome.http_status,
@@ -123,12 +152,17 @@ def record(engine: Engine, job: StartedJob, outcome: Outcome, *,
         "finished_at": outcome.started_at + timedelta(seconds=outcome.latency_s),
         "status": outcome.status.value, "response_text": outcome.response_text,
         "stop_reason": outcome.stop_reason,
-        "served_model": outcome.model if outcome.http_status == 200 else None,
+        # an answer moved to another model (escalated) serves nothing yet
+        "served_model": outcome.model if outcome.http_status == 200
+        and outcome.status is not JobStatus.QUEUED else None,
         "job_error": outcome.error if outcome.status is not JobStatus.SUCCEEDED else None,
         "terminal": outcome.status.terminal,
         "retry_in_s": outcome.retry_in_s,
         "wait_reason": None if outcome.retry_in_s is None
-        else f"retry after {outcome.outcome} (backoff)",
+        else outcome.wait_reason or f"retry after {outcome.outcome} (backoff)",
+        "to_queue": move.queue, "to_model": move.model,
+        "note": move.note, "escalated_from": move.escalated_from,
+        "clear_opinion": move.clear_second_opinion, "routing_call": move.routing_call,
     }
     row = fetch_one(engine, RECORD_SQL, params, patience_s)
     if row is None:
@@ -136,4 +170,4 @@ def record(engine: Engine, job: StartedJob, outcome: Outcome, *,
     return Recorded(JobStatus(row[0]), Verdict.CURRENT if row[1] else Verdict.SUPERSEDED)
 
 
-__all__ = ["SUPERSEDED", "Outcome", "Recorded", "record"]
+__all__ = ["SUPERSEDED", "Move", "Outcome", "Recorded", "record"]

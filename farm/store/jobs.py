@@ -40,6 +40,17 @@ class StartedJob:
     attempt: int
     created_at: datetime | None = None
     spent: Decimal = Decimal(0)  # what its calls so far cost (unknown costs as 0)
+    # routing at the worker (farm.worker.reroute): a second opinion to ask first; the
+    # simple model it escalated from; the attempts spent routing it (not counted against
+    # its retry policy or as deliveries)
+    second_opinion: bool = False
+    escalated_from: str | None = None
+    routing_calls: int = 0
+
+    @property
+    def deliveries(self) -> int:
+        """Its attempts but those spent routing it (a second opinion, an escalated answer)."""
+        return self.attempt - self.routing_calls
 
 
 def new_job_row(job_id: uuid.UUID, request: JobRequest, route: Route) -> dict[str, Any]:
@@ -53,6 +64,8 @@ def new_job_row(job_id: uuid.UUID, request: JobRequest, route: Route) -> dict[st
         "tenant": request.tenant,
         "route_reason": route.reason,
         "request": request.model_dump(mode="json", exclude_defaults=True),
+        "route_score": route.score,
+        "second_opinion": route.second_opinion,
     }
 
 
@@ -93,7 +106,8 @@ START_SQL = """
         wait_reason = NULL
     WHERE id = %(job_id)s
       AND (status = 'queued' OR (status = 'running' AND lease_until < now()))
-    RETURNING request, queue, model, attempts, created_at, coalesce(cost_usd, 0)
+    RETURNING request, queue, model, attempts, created_at, coalesce(cost_usd, 0),
+              second_opinion, escalated_from, routing_calls
 """
 
 
@@ -145,10 +159,11 @@ def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
     row = fetch_one(engine, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
     if row is None:
         return None
-    request, queue, model, attempt, created_at, spent = row
+    request, queue, model, attempt, created_at, spent, opinion, escalated_from, routing = row
     return StartedJob(
         id=job_id, request=JobRequest.model_validate(request), queue=queue, model=model,
         attempt=attempt, created_at=created_at, spent=Decimal(spent),
+        second_opinion=opinion, escalated_from=escalated_from, routing_calls=routing,
     )
 
 

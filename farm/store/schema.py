@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -80,6 +81,15 @@ class Job(Base):
     next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # why a queued job waits until next_run_at (held, paused, capacity, circuit, retry)
     wait_reason: Mapped[str | None] = mapped_column(Text)
+    # routing (migration 0007): the classifier's score; a second opinion still to ask
+    # (farm.routing.second_opinion); the simple model a job escalated from
+    # (farm.routing.escalation); the calls made to route it (a second opinion, an
+    # escalated answer), which the retry policy and the poison count leave out
+    route_score: Mapped[float | None] = mapped_column(Float)
+    second_opinion: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                 server_default=text("false"))
+    escalated_from: Mapped[str | None] = mapped_column(String(128))
+    routing_calls: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
     __table_args__ = (
         CheckConstraint(
@@ -178,6 +188,24 @@ class BudgetRow(Base):
         CheckConstraint("mode IN ('hard','soft')", name="ck_budgets_mode"),
         CheckConstraint("on_exceed IN ('wait','fail')", name="ck_budgets_on_exceed"),
         CheckConstraint("limit_usd > 0", name="ck_budgets_limit"),
+    )
+
+
+class RouteFeedback(Base):
+    """What a job turned out to need, for the router to learn from (farm.routing)."""
+
+    __tablename__ = "route_feedback"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String(16), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint("label IN ('simple','complex')", name="ck_route_feedback_label"),
     )
 
 

@@ -13,25 +13,25 @@ import random
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import Ignore, Retry
-from sqlalchemy import exc as sa_exc
+from celery.exceptions import Ignore
 
-from farm.broker.layout import DEAD_LETTER_TASK, INTAKE_QUEUE, RUN_JOB_TASK
+from farm.broker.layout import DEAD_LETTER_TASK, RUN_JOB_TASK
 from farm.capacity.admission import Later, Stop
-from farm.costs.admit import check_cost_cap
-from farm.jobs import JobStatus, describe_problems
+from farm.jobs import JobStatus
 from farm.provider import messages as llm
 from farm.provider.errors import ErrorKind, ProviderError
 from farm.reliability import dlq, policies
 from farm.reliability.policies import Action
-from farm.routing.route import parse_and_route
 from farm.store import attempts
 from farm.store import jobs as store
-from farm.worker import events, outcome
+from farm.worker import events, outcome, reroute
 from farm.worker import runtime as rt
+from farm.worker.endings import dead as _dead
+from farm.worker.endings import finished as _finished
+from farm.worker.intake import intake
 from farm.worker.outcome import Ending, JobFailed
 from farm.worker.request import RedactedRequest
 
@@ -76,7 +76,7 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
         log.error("dropped malformed message %s: job_id %r is not a UUID", task.request.id,
                   job_id)
         raise JobFailed(str(task.request.id), outcome.DROPPED, outcome.MALFORMED)
-    if (request is not None or unexpected) and not _intake(
+    if (request is not None or unexpected) and not intake(
             task, runtime, job_uuid, request, unexpected, task.request.delivery_info):
         raise JobFailed(str(job_uuid), JobStatus.FAILED, "invalid")
     settings = runtime.settings
@@ -94,8 +94,8 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
                           patience_s=patience)
     if job is None:
         return _not_runnable(task, runtime, job_uuid)
-    if job.attempt > settings.max_deliveries:
-        reason = f"started {job.attempt} times without finishing (poison message?)"
+    if job.deliveries > settings.max_deliveries:
+        reason = f"started {job.deliveries} times without finishing (poison message?)"
         store.kill_job(runtime.engine, job.id, reason)
         _dead(task, runtime, job.id, job.queue, "poison", reason)
         _finished(job, job.model, JobStatus.DEAD.value)
@@ -109,7 +109,9 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
 
 def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, Any]:
     patience = runtime.settings.db_patience_s
-    admitted = runtime.gate.admit(job)
+    opinion = reroute.asks_opinion(job)  # the rubric call first (farm.worker.reroute)
+    sent = reroute.call_job(job, opinion)
+    admitted = runtime.gate.admit(sent)
     if isinstance(admitted, Later):
         # waiting for capacity, a healthy model or a resumed queue uses no attempt
         store.unstart(runtime.engine, job, admitted.wait_s, admitted.reason,
@@ -121,27 +123,27 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     if isinstance(admitted, Stop):
         return _stopped(task, runtime, job, admitted)
     started = store.now()
-    result, cost = _call(runtime, admitted.model, job)
+    result, cost = _call(runtime, admitted.model, sent)
     if isinstance(result, ProviderError):
         runtime.gate.failed(admitted, result.kind, retry_after_s=result.retry_after_s,
                             ratelimit=result.ratelimit, cost=cost)
         return _failed(task, runtime, job, result, started, admitted.model, cost)
     runtime.gate.done(admitted, result.usage, result.ratelimit, cost)
-    refused = result.stop_reason == "refusal"
-    intended = JobStatus.FAILED if refused else JobStatus.SUCCEEDED
-    recorded = attempts.record(runtime.engine, job, attempts.Outcome(
-        status=intended,
-        model=result.model, outcome="refusal" if refused else "ok", started_at=started,
-        latency_s=result.latency_s, usage=result.usage, cost=cost, http_status=200,
-        request_id=result.request_id, response_text=result.text,
-        stop_reason=result.stop_reason, error="the model refused" if refused else None,
-    ), patience_s=patience)
+    step = (reroute.opinion_given if opinion else reroute.answered)(
+        runtime, job, result, cost, started)
+    recorded = attempts.record(runtime.engine, job, step.outcome, patience_s=patience)
     if recorded is not None and not recorded.current:
         return _superseded(task, runtime, job, recorded)
+    if step.goes_on(recorded):
+        if step.republish is not None:  # recorded first, published after
+            raise _again(task, job.id, 0, queue=step.republish)
+        again = reroute.restart(runtime, job)
+        return _run(task, runtime, again) if again else _not_runnable(task, runtime, job.id)
+    refused = step.outcome.outcome == "refusal"
     if refused:
         _dead(task, runtime, job.id, job.queue, "refusal", "the model refused")
     # None: this attempt was recorded already (a write retried after an outage)
-    status = intended.value if recorded is None else recorded.status.value
+    status = step.outcome.status.value if recorded is None else recorded.status.value
     _finished(job, admitted.model, status)
     return _end(task, runtime, job.id, status, "refusal" if refused else None, {
         "job_id": str(job.id), "status": status,
@@ -243,89 +245,14 @@ def _not_runnable(task: Task, runtime: rt.Runtime, job_id: uuid.UUID) -> dict[st
                 {"job_id": str(job_id), "status": status, "repeated_delivery": True})
 
 
-def _again(task: Task, job_id: uuid.UUID, countdown: float) -> Exception:
-    """The job's message again, later. It carries the job id only: an inline job's request
-    is recorded by then, so a later delivery does not validate and route it again."""
-    exc: Exception = task.retry(countdown=countdown, kwargs={"job_id": str(job_id)})
+def _again(task: Task, job_id: uuid.UUID, countdown: float,
+           queue: str | None = None) -> Exception:
+    """The job's message again, later (on ``queue``: the one it moved to). It carries the
+    job id only: an inline job's request is recorded by then, so a later delivery does not
+    validate and route it again."""
+    exc: Exception = task.retry(countdown=countdown, kwargs={"job_id": str(job_id)},
+                                queue=queue)
     return exc
-
-
-# An intake write that fails on the data (Postgres cannot store it) fails the job; one that
-# fails on the database (down, overloaded, not migrated) is tried again later
-_UNSTORABLE = (sa_exc.DataError, sa_exc.IntegrityError)
-_DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError)
-
-
-def db_error(exc: BaseException) -> str:
-    """A database error by its kind and SQLSTATE only: its text can quote the data (the
-    server's DETAIL and CONTEXT lines do), so it is never logged or recorded."""
-    orig = getattr(exc, "orig", None) or exc
-    code = getattr(orig, "sqlstate", None)
-    return type(orig).__name__ + (f" (SQLSTATE {code})" if code else "")
-
-
-def _intake(
-    task: Task,
-    runtime: rt.Runtime,
-    job_id: uuid.UUID,
-    request: dict[str, Any] | None,
-    unexpected: dict[str, Any],
-    delivery_info: dict[str, Any] | None,
-) -> bool:
-    """A job sent inline with plain send_task: validate, route, record the row. False when
-    the job is invalid or cannot be stored (recorded as failed and dead-lettered). While the
-    database cannot take the row, the message comes back later, request and all."""
-    queue = (delivery_info or {}).get("routing_key") or INTAKE_QUEUE
-    try:
-        if unexpected:
-            raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
-        job_request, chosen = parse_and_route(request, runtime.settings.queues)
-        check_cost_cap(job_request, chosen, runtime.settings, runtime.prices)
-    except ValueError as exc:  # a pydantic ValidationError is a ValueError too
-        return _refuse(task, runtime, job_id, request, queue,
-                       f"invalid job: {describe_problems(exc)}")
-    try:
-        with runtime.engine.begin() as conn:
-            store.insert_job_once(conn, store.new_job_row(job_id, job_request, chosen))
-    except _UNSTORABLE as exc:
-        return _refuse(task, runtime, job_id, request, queue,
-                       f"the job could not be stored: {db_error(exc)}")
-    except _DATABASE_ERRORS as exc:
-        _intake_later(task, runtime, job_id, exc)
-    return True
-
-
-def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue: str,
-            reason: str) -> bool:
-    """Record an inline job that cannot run as failed, with the reason, and dead-letter it.
-    Its request is kept as sent if Postgres can store it, else left out."""
-    reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
-    try:
-        try:
-            with runtime.engine.begin() as conn:
-                store.insert_failed_job(conn, job_id, raw, queue, reason)
-        except _UNSTORABLE as exc:
-            with runtime.engine.begin() as conn:
-                store.insert_failed_job(conn, job_id, {"not_stored": db_error(exc)}, queue,
-                                        reason)
-        _dead(task, runtime, job_id, queue, "invalid", reason)
-    except _DATABASE_ERRORS as exc:
-        _intake_later(task, runtime, job_id, exc)
-    return False
-
-
-def _intake_later(task: Task, runtime: rt.Runtime, job_id: uuid.UUID,
-                  exc: BaseException) -> NoReturn:
-    """The database cannot take an inline job now: its message (the request in it: there is
-    no row yet to run it from) comes back after a growing delay, for as long as it takes."""
-    delay = min(runtime.settings.defer_max_s, 2.0 ** min(task.request.retries, 10))
-    log.warning("job %s: the database cannot record the inline job (%s); it comes back in "
-                "%.0fs", job_id, db_error(exc), delay)
-    try:
-        task.retry(countdown=delay)  # no exc=: its text would travel with the retry
-    except Retry as again:
-        raise again from None  # nor as the retry's context (its traceback goes to Flower)
-    raise AssertionError("Task.retry returned")
 
 
 def _failed(
@@ -333,8 +260,8 @@ def _failed(
     model: str, cost: Decimal | None,
 ) -> dict[str, Any]:
     policy = runtime.policy(job.queue)
-    decision = policies.decide_retry(
-        policy, exc.kind, job.attempt, retry_after_s=exc.retry_after_s, rand=random.random()
+    decision = policies.decide_retry(  # the attempts spent routing the job do not count
+        policy, exc.kind, job.deliveries, retry_after_s=exc.retry_after_s, rand=random.random()
     )
     next_status = {
         Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
@@ -362,25 +289,3 @@ def _failed(
     _finished(job, model, status)
     return _end(task, runtime, job.id, status, exc.kind.value,
                 {"job_id": str(job.id), "status": status, "error": exc.kind.value})
-
-
-def _dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, queue: str, error_class: str,
-          message: str) -> None:
-    """Dead-letter a job: its DLQ row (once), then a message on its queue's dead-letter
-    destination (the retry policy's `dead_letter_queue`)."""
-    if dlq.record(runtime.engine, job_id, error_class, message):
-        events.job_dead.send(None, queue=queue, error_class=error_class)
-        task.app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
-                           kwargs={"job_id": str(job_id), "error_class": error_class})
-
-
-def _finished(job: store.StartedJob, model: str, status: str) -> None:
-    """This delivery ended the job (``status`` is final): tell the listeners."""
-    if status in _FINAL:
-        created = job.created_at
-        events.job_finished.send(
-            None, queue=job.queue, model=model, outcome=status,
-            duration_s=None if created is None else (store.now() - created).total_seconds())
-
-
-_FINAL = frozenset(s.value for s in JobStatus if s.terminal)

@@ -1,0 +1,102 @@
+"""The intake of a job sent inline with plain ``send_task``: validate, route (with the
+second-opinion band), record its row; an invalid job is recorded as failed and
+dead-lettered; while the database cannot take the row, the message comes back later."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Retry
+from sqlalchemy import exc as sa_exc
+
+from farm.broker.layout import INTAKE_QUEUE
+from farm.costs.admit import check_cost_cap
+from farm.jobs import describe_problems
+from farm.routing.route import parse_and_route
+from farm.store import jobs as store
+from farm.worker import runtime as rt
+from farm.worker.endings import dead
+
+log = logging.getLogger("farm.tasks")
+
+# An intake write that fails on the data (Postgres cannot store it) fails the job; one that
+# fails on the database (down, overloaded, not migrated) is tried again later
+_UNSTORABLE = (sa_exc.DataError, sa_exc.IntegrityError)
+_DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+
+
+def db_error(exc: BaseException) -> str:
+    """A database error by its kind and SQLSTATE only: its text can quote the data (the
+    server's DETAIL and CONTEXT lines do), so it is never logged or recorded."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlstate", None)
+    return type(orig).__name__ + (f" (SQLSTATE {code})" if code else "")
+
+
+def intake(
+    task: Task,
+    runtime: rt.Runtime,
+    job_id: uuid.UUID,
+    request: dict[str, Any] | None,
+    unexpected: dict[str, Any],
+    delivery_info: dict[str, Any] | None,
+) -> bool:
+    """A job sent inline with plain send_task: validate, route, record the row. False when
+    the job is invalid or cannot be stored (recorded as failed and dead-lettered). While the
+    database cannot take the row, the message comes back later, request and all."""
+    queue = (delivery_info or {}).get("routing_key") or INTAKE_QUEUE
+    settings = runtime.settings
+    try:
+        if unexpected:
+            raise ValueError(f"unexpected task arguments: {', '.join(sorted(unexpected))}")
+        job_request, chosen = parse_and_route(request, settings.queues,
+                                              band=settings.router_second_opinion)
+        check_cost_cap(job_request, chosen, settings, runtime.prices)
+    except ValueError as exc:  # a pydantic ValidationError is a ValueError too
+        return _refuse(task, runtime, job_id, request, queue,
+                       f"invalid job: {describe_problems(exc)}")
+    try:
+        with runtime.engine.begin() as conn:
+            store.insert_job_once(conn, store.new_job_row(job_id, job_request, chosen))
+    except _UNSTORABLE as exc:
+        return _refuse(task, runtime, job_id, request, queue,
+                       f"the job could not be stored: {db_error(exc)}")
+    except _DATABASE_ERRORS as exc:
+        _intake_later(task, runtime, job_id, exc)
+    return True
+
+
+def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue: str,
+            reason: str) -> bool:
+    """Record an inline job that cannot run as failed, with the reason, and dead-letter it.
+    Its request is kept as sent if Postgres can store it, else left out."""
+    reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
+    try:
+        try:
+            with runtime.engine.begin() as conn:
+                store.insert_failed_job(conn, job_id, raw, queue, reason)
+        except _UNSTORABLE as exc:
+            with runtime.engine.begin() as conn:
+                store.insert_failed_job(conn, job_id, {"not_stored": db_error(exc)}, queue,
+                                        reason)
+        dead(task, runtime, job_id, queue, "invalid", reason)
+    except _DATABASE_ERRORS as exc:
+        _intake_later(task, runtime, job_id, exc)
+    return False
+
+
+def _intake_later(task: Task, runtime: rt.Runtime, job_id: uuid.UUID,
+                  exc: BaseException) -> NoReturn:
+    """The database cannot take an inline job now: its message (the request in it: there is
+    no row yet to run it from) comes back after a growing delay, for as long as it takes."""
+    delay = min(runtime.settings.defer_max_s, 2.0 ** min(task.request.retries, 10))
+    log.warning("job %s: the database cannot record the inline job (%s); it comes back in "
+                "%.0fs", job_id, db_error(exc), delay)
+    try:
+        task.retry(countdown=delay)  # no exc=: its text would travel with the retry
+    except Retry as again:
+        raise again from None  # nor as the retry's context (its traceback goes to Flower)
+    raise AssertionError("Task.retry returned")
