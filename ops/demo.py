@@ -46,8 +46,11 @@ SIMPLE = [
     "Is 97 a prime number?",
 ]
 COMPLEX = [
-    "Debug this function and explain each fix step by step:\n```python\ndef mean(xs):\n"
-    "    return sum(xs) / len(xs) if xs else None\n```",
+    "This worker deadlocks under load about once a day; find the cause and fix it:\n"
+    "```python\nlock_a, lock_b = threading.Lock(), threading.Lock()\ndef transfer(a, b):\n"
+    "    with lock_a:\n        with lock_b:\n            a.balance -= 1; b.balance += 1\n"
+    "def audit(a, b):\n    with lock_b:\n        with lock_a:\n"
+    "            return a.balance + b.balance\n```",
     "Design the architecture of a multi-region event-sourced billing system; analyze the "
     "trade-offs of each storage option and outline a migration plan.",
     "Prove that there are infinitely many primes, then generalise the argument to primes of "
