@@ -17,7 +17,6 @@ import click
 from farm.cli.context import farm_client, settings_of
 from farm.routing import feedback as labels
 from farm.routing import train as training
-from farm.routing.features import features
 from farm.routing.model import MODEL_PATH, Model, load
 
 DATA = Path(__file__).resolve().parents[1] / "routing" / "data"
@@ -124,7 +123,7 @@ def report(ctx: click.Context, split: str, with_feedback: bool, data: Path, path
         click.echo(f"as routed when submitted: {right}/{len(routed)} right (explicit choices "
                    "left out)")
     started = time.perf_counter()
-    scored = [(model.score(features(str(r["prompt"]), r.get("system"))), r) for r in rows]
+    scored = [(training.score(model, r), r) for r in rows]
     per_job_ms = (time.perf_counter() - started) * 1000 / len(rows)
     wrong = [(s, r) for s, r in scored if (s >= model.threshold) != (r["label"] == "complex")]
     for s, r in wrong[:misroutes]:

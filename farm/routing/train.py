@@ -29,6 +29,11 @@ def split_of(row_id: str) -> str:
     return "train" if bucket < 6 else "dev" if bucket < 8 else "test"
 
 
+def score(model: Model, row: Row) -> float:
+    """The model's score of a labelled row."""
+    return model.score(features(str(row["prompt"]), row.get("system")))
+
+
 def vector(row: Row, dim: int = DIM) -> dict[int, float]:
     out: dict[int, float] = {}
     for name, value in features(str(row["prompt"]), row.get("system")).items():
@@ -64,7 +69,7 @@ def measure(model: Model, rows: Iterable[Row], threshold: float | None = None) -
     cut = model.threshold if threshold is None else threshold
     n, right, complex_, caught, sent = 0, 0, 0, 0, 0
     for r in rows:
-        said = model.score(features(str(r["prompt"]), r.get("system"))) >= cut
+        said = score(model, r) >= cut
         truth = r["label"] == "complex"
         n, right, sent = n + 1, right + (said == truth), sent + said
         complex_, caught = complex_ + truth, caught + (said and truth)
@@ -82,8 +87,7 @@ def calibrate(model: Model, rows: Sequence[Row], *, recall: float | None = None,
     one that sends closest to ``share`` of them to the complex model."""
     if (recall is None) == (share is None):
         raise ValueError("calibrate for a target complex recall or a target share, not both")
-    scored = sorted(((model.score(features(str(r["prompt"]), r.get("system"))),
-                      r["label"] == "complex") for r in rows), reverse=True)
+    scored = sorted(((score(model, r), r["label"] == "complex") for r in rows), reverse=True)
     if not scored:
         raise ValueError("no rows to calibrate on")
     if share is not None:
