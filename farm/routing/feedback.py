@@ -12,7 +12,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-LABELS = ("simple", "complex")
+from farm.jobs import Complexity
+
+LABELS = (Complexity.SIMPLE.value, Complexity.COMPLEX.value)  # what the router decides
 
 STORE_SQL = text(
     """
