@@ -52,6 +52,9 @@ event_serializer = "json"
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# the prefetch is the worker's elastic slots (farm.worker.pool_step): after a reconnect it
+# starts again from the slots, not from Celery's own figure of the pool's size
+worker_enable_prefetch_count_reduction = False
 task_ignore_result = True  # results live in Postgres, not in a result backend
 broker_connection_retry_on_startup = True
 broker_transport_options = {

@@ -7,9 +7,10 @@ Environment variables use the prefix ``FARM_``; the SDK's own ``ANTHROPIC_API_KE
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -25,6 +26,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from farm.broker.layout import INTAKE_QUEUE
 from farm.capacity.config import ModelLimits
+from farm.pool.slots import FIXED, SlotPolicy, parse_slots
 
 
 class QueueSpec(BaseModel):
@@ -43,6 +45,9 @@ class QueueSpec(BaseModel):
     # answer shows the model out of its depth run again on this queue; None: only jobs that
     # ask (escalate=True) escalate, to the first complex queue
     escalate_to: str | None = Field(default=None, min_length=1)
+    # the elastic slots of this queue's workers (farm.pool.slots): "fixed" or a policy; None:
+    # FARM_SLOTS
+    slots: SlotPolicy | Literal["fixed"] | None = None
 
 
 DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
@@ -115,6 +120,17 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
     worker_pool: str = Field(default="threads", pattern="^(threads|gevent|prefork|solo)$")
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # FARM_SLOTS: a worker process's elastic slots (farm.pool.slots) within its -c threads:
+    # a JSON object of SlotPolicy fields, or "fixed" (None here: -c slots, always)
+    slots: Annotated[SlotPolicy | None, NoDecode] = Field(default_factory=SlotPolicy)
+    # a worker past this resident memory (MB) or this many jobs drains and exits 0, for its
+    # supervisor to start a fresh one (farm.pool.recycle); 0: never
+    worker_max_rss_mb: int = Field(default=0, ge=0, le=1_000_000)
+    worker_max_jobs: int = Field(default=0, ge=0)
+    # each worker process serves /livez and /readyz on the first free port of
+    # [health_port, health_port + 63] on health_host (farm.pool.probes); 0: none
+    health_port: int = Field(default=0, ge=0, le=65_535 - 63)
+    health_host: str = "127.0.0.1"
     # a running job's lease: renewed by its worker every lease_s/4; once it runs out (the
     # worker died) any live worker re-queues the job, so it runs again within lease_s plus
     # reaper_interval_s
@@ -223,6 +239,11 @@ class Settings(BaseSettings):
                              f"FARM_LIMIT_BURST_S ({burst:g})")
         return value
 
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _slots(cls, value: Any) -> SlotPolicy | None:
+        return parse_slots(value)
+
     @field_validator("router_second_opinion", mode="before")
     @classmethod
     def _band(cls, value: Any) -> tuple[float, float] | None:
@@ -264,6 +285,24 @@ class Settings(BaseSettings):
     @property
     def queue_names(self) -> tuple[str, ...]:
         return tuple(q.name for q in self.queues)
+
+    def slot_policy(self, queues: Sequence[str], threads: int) -> SlotPolicy:
+        """The slots of a worker process of ``threads`` threads consuming ``queues``: their
+        policy (FARM_SLOTS unless a queue has its own) within the threads. ValueError when the
+        queues disagree: one process has one number of slots."""
+        own = {spec.name: spec.slots for spec in self.queues}
+        chosen: dict[str, SlotPolicy | None] = {}
+        for queue in queues:
+            found = own.get(queue)
+            chosen[queue] = (self.slots if found is None
+                             else None if found == FIXED else found)  # type: ignore[assignment]
+        policies = set(chosen.values())
+        if len(policies) > 1:
+            raise ValueError(
+                f"queues {', '.join(sorted(chosen))} have different slot policies "
+                "(FARM_QUEUES' slots, FARM_SLOTS): run them in separate workers")
+        policy = next(iter(policies), self.slots)
+        return SlotPolicy.pinned(threads) if policy is None else policy.within(threads)
 
     @property
     def servable_queues(self) -> tuple[str, ...]:

@@ -78,6 +78,9 @@ def e2e_env(broker_url: str, database_url: str, sim_url: str,
         "FARM_DATA_DIR": str(data_dir),
         "ANTHROPIC_API_KEY": tests_e2e.API_KEY,
         "ANTHROPIC_BASE_URL": sim_url,
+        # the tests that count concurrency get the -c they ask for; the elastic slots' own
+        # tests (e2e/test_elastic.py) set FARM_SLOTS
+        "FARM_SLOTS": "fixed",
     })
     return env
 

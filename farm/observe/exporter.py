@@ -25,9 +25,11 @@ def _gauge(name: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
 def families(snap: Snapshot) -> list[GaugeMetricFamily]:
     """The cluster metrics of one snapshot."""
     depth = _gauge("farm_queue_depth", ("queue",))
+    demand = _gauge("farm_queue_demand", ("queue",))
     oldest = _gauge("farm_queue_oldest_wait_seconds", ("queue",))
     for q in snap.queues:
         depth.add_metric([q.queue], q.depth)
+        demand.add_metric([q.queue], q.demand)
         oldest.add_metric([q.queue], q.oldest_wait_s or 0.0)
     jobs = _gauge("farm_jobs", ("status",))
     counts = dict(snap.jobs_by_status)
@@ -41,7 +43,7 @@ def families(snap: Snapshot) -> list[GaugeMetricFamily]:
         use.add_metric([u.model, u.kind], u.ratio)
     hold = _gauge("farm_hold")
     hold.add_metric([], 1.0 if snap.hold is not None else 0.0)
-    families = [depth, oldest, circuit, use, hold]
+    families = [depth, demand, oldest, circuit, use, hold]
     if not any(p.startswith("Postgres") for p in snap.problems):
         families.insert(2, jobs)  # no job counts rather than zeros while Postgres is away
     return families + spend_families(snap)

@@ -44,6 +44,12 @@ class QueueFigures:
         return self.waiting + self.unacked
 
     @property
+    def demand(self) -> int:
+        """Jobs that hold or want a worker slot: every priority list and the unacknowledged
+        messages not waiting for an ETA (the pod autoscaler's signal, ops/k8s)."""
+        return self.waiting + max(0, self.unacked - self.delayed)
+
+    @property
     def utilisation(self) -> float | None:
         return self.busy / self.slots if self.slots else None
 

@@ -75,6 +75,10 @@ CLUSTER = (
     Metric("farm_queue_depth", Kind.GAUGE,
            "Messages waiting: every priority list, delayed and unacknowledged.", ("queue",),
            where="cluster"),
+    Metric("farm_queue_demand", Kind.GAUGE,
+           "Jobs that hold or want a worker slot: every priority list and the "
+           "unacknowledged messages not waiting for an ETA (the pod autoscaler's signal).",
+           ("queue",), where="cluster"),
     Metric("farm_queue_oldest_wait_seconds", Kind.GAUGE,
            "Age of the oldest queued job.", ("queue",), where="cluster"),
     Metric("farm_jobs", Kind.GAUGE, "Jobs by status.", ("status",), where="cluster"),

@@ -34,17 +34,18 @@ class Observing:
             self.server.close()
 
 
-def pool_view(queues: Sequence[str], slots: int, busy: Callable[[], Mapping[str, int]]
-              ) -> Callable[[], dict[str, tuple[int, int]]]:
-    """queue -> (slots, busy): every slot of the process serves each queue it consumes."""
+def pool_view(queues: Sequence[str], slots: Callable[[], int],
+              busy: Callable[[], Mapping[str, int]]) -> Callable[[], dict[str, tuple[int, int]]]:
+    """queue -> (slots, busy): every slot of the process (its elastic slots now) serves each
+    queue it consumes."""
     def view() -> dict[str, tuple[int, int]]:
-        running = busy()
-        return {queue: (slots, running.get(queue, 0)) for queue in queues}
+        running, now = busy(), slots()
+        return {queue: (now, running.get(queue, 0)) for queue in queues}
 
     return view
 
 
-def start(settings: Settings, queues: Sequence[str], slots: int,
+def start(settings: Settings, queues: Sequence[str], slots: Callable[[], int],
           busy: Callable[[], Mapping[str, int]]) -> Observing:
     pool = pool_view(queues, slots, busy)
     metrics: WorkerMetrics | None = None

@@ -14,6 +14,7 @@ from celery import signals
 
 from farm.observe import worker as observe
 from farm.observe.worker import Observing
+from farm.pool.process import ProcessPool
 from farm.reliability import leases
 from farm.settings import Settings
 from farm.worker import runtime as rt
@@ -58,17 +59,17 @@ def bound_the_grace(how: Any) -> None:
     threading.Thread(target=expire, name="farm-shutdown-grace", daemon=True).start()
 
 
-def pool_of(consumer: Any) -> tuple[tuple[str, ...], int] | None:
-    """The queues the worker consumes and its slots, from its consumer (worker_ready's
-    sender); None under prefork, whose jobs run in child processes (no metrics there)."""
+def pool_of(consumer: Any) -> ProcessPool | None:
+    """The worker's pool (farm.worker.pool_step), from its consumer (worker_ready's sender);
+    None under prefork, whose jobs run in child processes (no metrics there)."""
     if consumer is None:
         return None
     kind = type(consumer.pool).__module__.rsplit(".", 1)[-1]
     if kind == "prefork":
         log.warning("metrics and the pool heartbeat are not kept under the prefork pool")
         return None
-    queues = tuple(q.name for q in consumer.task_consumer.queues)
-    return queues, 1 if kind == "solo" else int(consumer.controller.concurrency)
+    found: ProcessPool | None = getattr(consumer, "farm_pool", None)
+    return found
 
 
 def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
@@ -88,7 +89,8 @@ def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
         built = runtime()
         pool = pool_of(sender)
         if pool is not None:
-            observing.append(observe.start(settings, *pool, built.running.per_queue))
+            observing.append(observe.start(settings, pool.queues, lambda: pool.slots,
+                                           built.running.per_queue))
 
     def on_shutting_down(how: Any = None, **_: Any) -> None:
         bound_the_grace(how)

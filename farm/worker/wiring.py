@@ -13,7 +13,7 @@ from farm.app import create_app, send_job
 from farm.jobs import Priority
 from farm.reliability.policies import RetryPolicy
 from farm.settings import Settings
-from farm.worker import lifecycle, tasks
+from farm.worker import lifecycle, pool_step, tasks
 from farm.worker import runtime as rt
 
 
@@ -28,6 +28,7 @@ def install(app: Celery, settings: Settings, policies: Mapping[str, RetryPolicy]
 
     tasks.register(app, runtime)
     lifecycle.connect(settings, runtime)
+    app.steps["consumer"].add(pool_step.make_step(settings))
 
 
 def worker_app(settings: Settings | None = None) -> Celery:

@@ -327,7 +327,8 @@ def test_two_exporters_serve_the_same_cluster_metrics_and_post_alerts(
     broker.rpush(queue_keys(a)[0], "m1", "m2")
     broker.rpush(queue_keys(a)[2], "m3")
     unack(broker, a)
-    hooked = {**env, "FARM_ALERT_QUEUE_DEPTH": "4", "FARM_ALERT_FOR_S": "0"}
+    unack(broker, a, eta=datetime.now(UTC) + timedelta(minutes=5))  # waits for its ETA
+    hooked = {**env, "FARM_ALERT_QUEUE_DEPTH": "5", "FARM_ALERT_FOR_S": "0"}
     one, port_one = exporter(env, tmp_path / "one.log")
     two, port_two = exporter(hooked, tmp_path / "two.log", "--webhook", url, "--every", "0.2")
     try:
@@ -335,17 +336,19 @@ def test_two_exporters_serve_the_same_cluster_metrics_and_post_alerts(
         wait_port(port_two)
         pages = [httpx2.get(f"http://127.0.0.1:{p}/metrics").text for p in (port_one, port_two)]
         for page in pages:
-            assert f'farm_queue_depth{{queue="{a}"}} 4.0' in page
+            assert f'farm_queue_depth{{queue="{a}"}} 5.0' in page
+            # the autoscaler's demand: not the message waiting for its ETA
+            assert f'farm_queue_demand{{queue="{a}"}} 4.0' in page
             assert "farm_hold 0.0" in page and 'farm_jobs{status="queued"}' in page
             assert 'farm_circuit_open{model="claude-haiku-4-5",state="closed"} 0.0' in page
-        assert got == []  # 4 is not over 4
-        broker.rpush(queue_keys(a)[1], "m4")  # 5 now
+        assert got == []  # 5 is not over 5
+        broker.rpush(queue_keys(a)[1], "m4")  # 6 now
         wait_until(lambda: None if got else "a firing payload", 20)
         firing = got[0]
         assert firing["version"] == "4" and firing["status"] == "firing"
         assert [x["labels"] for x in firing["alerts"]] == [
             {"alertname": "FarmQueueDepthHigh", "severity": "warning", "queue": a}]
-        assert firing["alerts"][0]["annotations"]["value"] == "5"
+        assert firing["alerts"][0]["annotations"]["value"] == "6"
         broker.delete(*queue_keys(a))
         wait_until(lambda: None if len(got) >= 2 else "a resolved payload", 20)
         resolved = got[1]

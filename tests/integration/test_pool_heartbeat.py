@@ -49,7 +49,7 @@ def test_a_worker_process_beats_at_start_serves_its_port_and_clears_at_close(
         base = probe.getsockname()[1]
     settings = Settings(broker_url=broker_url, database_url=database_url, metrics_port=base)
     running = {"haiku-simple": 1}
-    observing = observe.start(settings, ("haiku-simple",), 4, lambda: running)
+    observing = observe.start(settings, ("haiku-simple",), lambda: 4, lambda: running)
     key = observing.heartbeat.key
     try:
         assert observing.server is not None and observing.server.port == base
@@ -66,7 +66,7 @@ def test_a_worker_process_beats_at_start_serves_its_port_and_clears_at_close(
 def test_without_a_metrics_port_the_heartbeat_has_no_port_field(
         client: redis.Redis, broker_url: str, database_url: str) -> None:
     settings = Settings(broker_url=broker_url, database_url=database_url)
-    observing = observe.start(settings, ("sonnet-complex",), 3, dict)
+    observing = observe.start(settings, ("sonnet-complex",), lambda: 3, dict)
     try:
         assert observing.server is None and observing.metrics is None
         key = observing.heartbeat.key
@@ -86,7 +86,7 @@ def test_no_free_port_is_one_error_line_and_the_heartbeat_goes_on(
     monkeypatch.setattr(observe, "serve", functools.partial(observe.serve, span=1))
     settings = Settings(broker_url=broker_url, database_url=database_url, metrics_port=base)
     try:
-        observing = observe.start(settings, ("haiku-simple",), 2, dict)
+        observing = observe.start(settings, ("haiku-simple",), lambda: 2, dict)
     finally:
         taken.close()
     try:

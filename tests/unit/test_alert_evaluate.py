@@ -199,6 +199,7 @@ def test_the_exporter_serves_the_cluster_metrics_of_the_snapshot() -> None:
     registry.register(ClusterCollector(lambda: BUSY))
     text = generate_latest(registry).decode()
     assert 'farm_queue_depth{queue="haiku-simple"} 10.0' in text
+    assert 'farm_queue_demand{queue="haiku-simple"} 9.0' in text  # not the delayed one
     assert 'farm_queue_oldest_wait_seconds{queue="haiku-simple"} 42.0' in text
     assert 'farm_jobs{status="queued"} 9.0' in text and 'farm_jobs{status="dead"} 0.0' in text
     assert 'farm_circuit_open{model="claude-sonnet-5-5",state="open"} 1.0' in text

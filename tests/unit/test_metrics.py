@@ -228,19 +228,17 @@ def test_heartbeat_fields_round_trip() -> None:
 
 # --- which processes keep metrics ---------------------------------------------------------
 
-def _consumer(pool_module: str, concurrency: int) -> SimpleNamespace:
+def _consumer(pool_module: str) -> SimpleNamespace:
     pool = type("TaskPool", (), {"__module__": f"celery.concurrency.{pool_module}"})()
-    queues = [SimpleNamespace(name="haiku-simple"), SimpleNamespace(name="farm-intake")]
-    return SimpleNamespace(pool=pool, controller=SimpleNamespace(concurrency=concurrency),
-                           task_consumer=SimpleNamespace(queues=queues))
+    return SimpleNamespace(pool=pool, farm_pool=f"the pool of a {pool_module} worker")
 
 
 def test_the_pool_of_a_worker_by_its_pool_kind(caplog: pytest.LogCaptureFixture) -> None:
-    assert pool_of(_consumer("thread", 100)) == (("haiku-simple", "farm-intake"), 100)
-    assert pool_of(_consumer("gevent", 50)) == (("haiku-simple", "farm-intake"), 50)
-    assert pool_of(_consumer("solo", 8)) == (("haiku-simple", "farm-intake"), 1)
-    assert pool_of(_consumer("prefork", 8)) is None
+    for kind in ("thread", "gevent", "solo"):
+        assert pool_of(_consumer(kind)) == f"the pool of a {kind} worker"
+    assert pool_of(_consumer("prefork")) is None
     assert "not kept under the prefork pool" in caplog.text
+    assert pool_of(None) is None
 
 
 def test_the_readme_lists_every_worker_metric() -> None:
