@@ -199,7 +199,10 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env.update({"ANTHROPIC_API_KEY": "sim-bench-key",
                 "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{sim_port}",
-                "PYTHONPATH": str(ROOT), "FARM_TASK_EVENTS": "true" if EVENTS else "false"})
+                "PYTHONPATH": str(ROOT), "FARM_TASK_EVENTS": "true" if EVENTS else "false",
+                # the same slots as the plain Celery worker's pool: a comparison of costs
+                # per job, not of the elastic ramp (make bench-spread measures that)
+                "FARM_SLOTS": os.environ.get("FARM_SLOTS", "fixed")})
     settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
                         anthropic_base_url=env["ANTHROPIC_BASE_URL"])
     upgrade(settings)

@@ -359,6 +359,7 @@ def main() -> int:
     (base.data_dir / "run").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["PYTHONPATH"], port = str(ROOT), services.free_port()
+    env.setdefault("FARM_SLOTS", "fixed")  # CONCURRENCY slots, as the plain Celery worker's
     sim = procs.spawn(
         [sys.executable, "-m", "farm.cli", "sim", "--port", str(port), "--latency", "1.0"],
         env=env)

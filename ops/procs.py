@@ -111,7 +111,11 @@ def _wait_until_ready(proc: subprocess.Popen[bytes], ready: str, log: Path, offs
     raise NotStarted(f"not ready after {READY_TIMEOUT_S:.0f}s:\n{tail()}")
 
 
-def stop(name: str, grace: float = 20.0, *, quiet: bool = False) -> None:
+def stop(name: str, grace: float | None = None, *, quiet: bool = False) -> None:
+    """SIGTERM to the process group; SIGKILL after ``grace`` (default: a worker's shutdown
+    grace, FARM_SHUTDOWN_GRACE_S, plus 15 s: running jobs get their time to end)."""
+    if grace is None:
+        grace = float(os.environ.get("FARM_SHUTDOWN_GRACE_S", "90")) + 15
     pid = _pid(name)
     (RUN / f"{name}.pid").unlink(missing_ok=True)
     if pid is None:

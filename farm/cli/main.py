@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from farm.cli import budgets, controls, dlq, jobs, observe, reports, router
+from farm.cli import budgets, controls, dlq, jobs, observe, reports, router, workers
 from farm.cli.context import settings_of
 from farm.cli.errors import FarmGroup
 from farm.settings import Settings
@@ -80,7 +80,9 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
            pool: str | None, loglevel: str) -> None:
-    """Run a Celery worker (same as `celery -A farm worker`)."""
+    """Run a Celery worker (same as `celery -A farm worker`): -c threads (default
+    FARM_WORKER_CONCURRENCY), of which its elastic slots (FARM_SLOTS) use between min and
+    max."""
     settings = settings_of(ctx)
     if settings.anthropic_api_key is None:
         raise click.ClickException(
@@ -93,10 +95,15 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
         if name not in known:
             raise click.ClickException(f"unknown queue {name!r}; known: {', '.join(known)}")
     names = ",".join(queues or known)
+    threads = concurrency or settings.worker_concurrency
+    try:  # the worker would refuse to start; say why here
+        settings.slot_policy(names.split(","), threads)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     from farm.worker.command import worker_argv
 
-    argv = worker_argv(names, concurrency=concurrency or settings.worker_concurrency,
-                       pool=pool or settings.worker_pool, loglevel=loglevel)
+    argv = worker_argv(names, concurrency=threads, pool=pool or settings.worker_pool,
+                       loglevel=loglevel)
     os.execvp(argv[0], argv)
 
 
@@ -171,7 +178,7 @@ def flower_env(settings: Settings, environ: Mapping[str, str], broker_url: str
 
 for _command in (*jobs.COMMANDS, *reports.COMMANDS, dlq.dlq, *controls.COMMANDS,
                  *budgets.COMMANDS, *router.COMMANDS,
-                 *observe.COMMANDS):
+                 *observe.COMMANDS, *workers.COMMANDS):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def pool_view(queues: Sequence[str], slots: Callable[[], int],
 
 
 def start(settings: Settings, queues: Sequence[str], slots: Callable[[], int],
-          busy: Callable[[], Mapping[str, int]]) -> Observing:
+          busy: Callable[[], Mapping[str, int]],
+          info: Callable[[], Mapping[str, str]] | None = None) -> Observing:
+    """``info``: the pool's own heartbeat fields (farm.pool.process.ProcessPool.info)."""
     pool = pool_view(queues, slots, busy)
     metrics: WorkerMetrics | None = None
     server: MetricsServer | None = None
@@ -61,5 +63,6 @@ def start(settings: Settings, queues: Sequence[str], slots: Callable[[], int],
     # bounded waits: a Redis out of reach must not hang the worker's shutdown (the delete)
     client = redis.Redis.from_url(resolve_urls(settings).broker_url, socket_timeout=5,
                                   socket_connect_timeout=5)
-    heartbeat = Heartbeat(client, pool, None if server is None else server.port).start()
+    heartbeat = Heartbeat(client, pool, None if server is None else server.port,
+                          info=info).start()
     return Observing(heartbeat, metrics, server)

@@ -90,7 +90,7 @@ def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
         pool = pool_of(sender)
         if pool is not None:
             observing.append(observe.start(settings, pool.queues, lambda: pool.slots,
-                                           built.running.per_queue))
+                                           built.running.per_queue, info=pool.info))
 
     def on_shutting_down(how: Any = None, **_: Any) -> None:
         bound_the_grace(how)

@@ -60,3 +60,14 @@ def test_a_missing_file_and_a_busy_port(e2e_env: dict[str, str], tmp_path: Path)
         port = busy.getsockname()[1]
         line = one_line_error(farm(e2e_env, "sim", "--port", str(port)))
     assert "address already in use" in line and "--port" in line
+
+
+def test_bad_worker_slots_are_named_before_the_worker_starts(e2e_env: dict[str, str]) -> None:
+    queues = ('[{"name": "a", "model": "claude-haiku-4-5", "complexity": "simple", '
+              '"slots": "fixed"}, {"name": "b", "model": "claude-sonnet-5-5", '
+              '"complexity": "complex", "slots": {"max": 30}}]')
+    line = one_line_error(farm({**e2e_env, "FARM_QUEUES": queues}, "worker", "-Q", "a,b"))
+    assert "queues a, b have different slot policies" in line
+    done = farm({**e2e_env, "FARM_SLOTS": '{"min": 50, "max": 20}'}, "worker")
+    assert done.returncode != 0 and "min (50) must not exceed max (20)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -118,10 +118,22 @@ def test_the_workers_metrics_show_its_jobs(metrics_worker: tuple[str, int, Path]
         keys = [k.decode() for k in client.scan_iter(f"{heartbeat.PREFIX}*:{pid}")]
         assert len(keys) == 1
         pool, port = heartbeat.parse(client.hgetall(keys[0]))
+        beats: list[heartbeat.WorkerBeat] = []
+
+        def counted() -> str | None:  # a beat every 5 s: the next one counts the jobs
+            beats.append({b.pid: b for b in heartbeat.read_all(client)}[pid])
+            done = beats[-1].jobs_done
+            return None if done is not None and done >= len(ids) else f"jobs_done {done}"
+
+        wait_until(counted, 15)
+        beat = beats[-1]
     finally:
         client.close()
     assert port == int(url.rsplit(":", 1)[1].split("/")[0])
     assert pool == {"haiku-simple": (SLOTS, 0)}
+    # what `farm workers` shows of it: its pool's bounds, state, jobs done, memory
+    assert (beat.slots_min, beat.slots_max, beat.state) == (SLOTS, SLOTS, "ready")
+    assert beat.rss_mb is not None and beat.rss_mb > 10 and beat.metrics_port == port
     assert "Signal handler" not in log.read_text()  # no handler raised
 
 
