@@ -12,7 +12,7 @@ SIM_URL ?= http://127.0.0.1:$(SIM_PORT)
 FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
-        test-integration test-e2e test-ops bench bench-limits partition lint typecheck check clean dlq-list \
+        test-integration test-e2e test-ops bench bench-limits bench-spread partition lint typecheck check clean dlq-list \
         dlq-replay-all dlq-purge limits throttle pause resume estimate report report-html \
         budgets budget-set budget-rm
 
@@ -36,13 +36,12 @@ migrate: up            ## create/upgrade the schema
 sim: install           ## run the simulator in the background on :8787
 	$(PROCS) start sim --ready port:$(SIM_PORT) -- $(FARM) sim --port $(SIM_PORT)
 
-workers: migrate       ## one worker per queue (needs ANTHROPIC_API_KEY; for the sim any value)
-	$(PROCS) start worker-haiku-simple --ready worker -- $(FARM) worker -Q haiku-simple
-	$(PROCS) start worker-sonnet-complex --ready worker -- $(FARM) worker -Q sonnet-complex
-	$(PROCS) start worker-intake --ready worker -- $(FARM) worker -Q farm-intake -c 8
+workers: migrate       ## one worker per queue + the intake worker, under a supervisor that restarts them (needs ANTHROPIC_API_KEY; for the sim any value)
+	$(PROCS) start workers --ready worker -- $(FARM) supervise --strict-start \
+	    --worker haiku-simple --worker sonnet-complex --worker 'farm-intake -c 8'
 
-stop-workers:
-	$(PROCS) stop worker-haiku-simple worker-sonnet-complex worker-intake
+stop-workers:          ## stop the supervisor and its workers (warm shutdown)
+	$(PROCS) stop workers
 
 flower: up             ## Flower on :5555 (needs FARM_FLOWER_USER / FARM_FLOWER_PASSWORD)
 	$(PROCS) start flower --ready port:$(FLOWER_PORT) -- $(FARM) flower --port $(FLOWER_PORT)
@@ -129,6 +128,9 @@ bench: install         ## farm vs plain Celery at 100 concurrency, 1 s simulated
 
 bench-limits: install  ## pacing vs full-minute and 10 s-burst providers; storm (FARM_BENCH_LIMITS_SCENARIOS=all: + plain Celery)
 	$(BIN)/python ops/bench_limits.py
+
+bench-spread: install  ## per-worker job counts of 3 workers of one queue, elastic slots on and off (~7 min)
+	$(BIN)/python ops/bench_spread.py
 
 partition: install     ## issue 17: a worker host cut off for 75 s (network namespaces; needs root)
 	$(BIN)/python ops/partition.py

@@ -34,8 +34,8 @@ class SlotPolicy(BaseModel):
     down_at: float = Field(default=0.2, ge=0, lt=1)  # utilisation below which they shrink
     step_up: int = Field(default=10, ge=1, le=2000)
     step_down: int = Field(default=5, ge=1, le=2000)
-    window_s: float = Field(default=10.0, gt=0, le=3600)
-    up_cooldown_s: float = Field(default=5.0, ge=0, le=3600)
+    window_s: float = Field(default=4.0, gt=0, le=3600)
+    up_cooldown_s: float = Field(default=2.0, ge=0, le=3600)
     down_cooldown_s: float = Field(default=30.0, ge=0, le=3600)
 
     @model_validator(mode="after")

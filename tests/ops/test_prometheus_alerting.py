@@ -298,3 +298,24 @@ def test_pausing_a_queue_fires_the_queue_depth_alert_and_resuming_resolves_it(
     print(f"\n{ALERT} (threshold {THRESHOLD}) at the webhook {fired_after:.1f}s after "
           f"`farm pause {PAUSED}`: {fired['annotations']}; resolved {resolved_after:.1f}s "
           f"after `farm resume`; {len(ids)} jobs submitted, all succeeded")
+
+
+def test_the_keda_triggers_queries_read_each_queues_demand_from_prometheus(stack: Stack
+                                                                           ) -> None:
+    """ops/k8s's ScaledObjects ask Prometheus for each queue's demand: on this real
+    Prometheus scraping the real exporter, each query is valid and gives one value."""
+    triggers = {}
+    for path in sorted((ROOT / "ops" / "k8s").glob("queue-*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "ScaledObject":
+                meta = doc["spec"]["triggers"][0]["metadata"]
+                triggers[path.stem.removeprefix("queue-")] = meta["query"]
+    assert {PAUSED, OTHER, "farm-intake"} <= set(triggers), triggers
+    for queue, expr in triggers.items():
+        def answered(expr: str = expr) -> str | None:
+            found = query(stack.prometheus, expr)
+            return None if len(found) == 1 else f"{expr!r} gave {found}"
+
+        wait_until(answered, timeout=60, interval=1)
+        value = float(query(stack.prometheus, expr)[0]["value"][1])
+        assert value >= 0, (queue, value)

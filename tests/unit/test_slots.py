@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from farm.pool.slots import Change, Sample, SlotPolicy, clamp, decide, parse_slots, utilisation
 from farm.settings import QueueSpec, Settings
 
-P = SlotPolicy()  # 10-100, up above 80 %, down below 20 %, +10/-5, window 10 s, 5 s / 30 s
+P = SlotPolicy(window_s=10, up_cooldown_s=5)  # 10-100, 80 %/20 %, +10/-5; 10 s; 5 s / 30 s
 
 
 def busy(share: float, slots: int, since: float, until: float, every: float = 1.0
@@ -22,8 +22,11 @@ def busy(share: float, slots: int, since: float, until: float, every: float = 1.
 
 
 def test_the_issue_defaults() -> None:
-    assert (P.min, P.max, P.up_at, P.down_at, P.step_up, P.step_down) == (10, 100, 0.8, 0.2,
+    d = SlotPolicy()
+    assert (d.min, d.max, d.up_at, d.down_at, d.step_up, d.step_down) == (10, 100, 0.8, 0.2,
                                                                            10, 5)
+    # growth quick, shrinking patient: 10 -> 100 in 9 steps 2 s apart
+    assert (d.window_s, d.up_cooldown_s, d.down_cooldown_s) == (4, 2, 30)
 
 
 def test_busy_slots_grow_by_a_step_once_the_up_cooldown_has_passed() -> None:
