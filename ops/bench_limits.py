@@ -141,20 +141,11 @@ def rate_bars(r: RateResult) -> list[Bar]:
 
 def start_workers(ctx: Ctx, app: str, env: dict[str, str], tag: str, queue: str = QUEUE
                   ) -> list[subprocess.Popen[bytes]]:
-    started: list[subprocess.Popen[bytes]] = []
     logs = [ctx.settings.data_dir / "run" / f"bench-limits-{tag}-{i}.log"
             for i in range(PROCESSES)]
-    try:
-        for i, log in enumerate(logs):
-            argv = worker_argv(queue, concurrency=CONCURRENCY, app=app, events=False,
-                               name=f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h")
-            started.append(procs.spawn(argv, env=env, log=log, cwd=ROOT))
-        for proc, log in zip(started, logs, strict=True):
-            procs.wait_ready(proc, log, timeout=90)
-    except BaseException:
-        procs.stop_all(started)
-        raise
-    return started
+    argvs = [worker_argv(queue, concurrency=CONCURRENCY, app=app, events=False,
+                         name=f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h") for i in range(PROCESSES)]
+    return procs.start_ready(argvs, logs, env=env, cwd=ROOT, timeout=90)
 
 
 def fresh_farm_state(ctx: Ctx, farm: Farm) -> None:

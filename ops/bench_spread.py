@@ -209,18 +209,9 @@ def peak_slots(log: Path) -> int:
 
 def start_workers(env: dict[str, str], logs: list[Path], tag: str
                   ) -> list[subprocess.Popen[bytes]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, log in enumerate(logs):
-            argv = worker_argv(QUEUE, concurrency=CONCURRENCY, events=False,
-                               name=f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h")
-            started.append(procs.spawn(argv, env=env, log=log, cwd=ROOT))
-        for proc, log in zip(started, logs, strict=True):
-            procs.wait_ready(proc, log, timeout=120)
-    except BaseException:
-        procs.stop_all(started)
-        raise
-    return started
+    argvs = [worker_argv(QUEUE, concurrency=CONCURRENCY, events=False,
+                         name=f"{tag}-{i}-{uuid.uuid4().hex[:6]}@%h") for i in range(len(logs))]
+    return procs.start_ready(argvs, logs, env=env, cwd=ROOT, timeout=120)
 
 
 def wait(farm: Farm, ids: list[uuid.UUID], workers: list[subprocess.Popen[bytes]],

@@ -154,6 +154,22 @@ def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) 
         raise SystemExit(f"a worker did not start: {exc}") from None
 
 
+def start_ready(argvs: list[list[str]], logs: list[Path], *, env: dict[str, str],
+                cwd: Path | None = None, timeout: float = 90.0) -> list[subprocess.Popen[bytes]]:
+    """Celery workers started together (``argvs[i]`` logging to ``logs[i]``), returned once
+    every one is ready; all stopped if one is not (SystemExit, as ``wait_ready``)."""
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for argv, log in zip(argvs, logs, strict=True):
+            started.append(spawn(argv, env=env, log=log, cwd=cwd))
+        for proc, log in zip(started, logs, strict=True):
+            wait_ready(proc, log, timeout=timeout)
+    except BaseException:
+        stop_all(started)
+        raise
+    return started
+
+
 def stop_all(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:
     """SIGTERM every process group at once, wait up to `grace`, SIGKILL what is left."""
     for proc in procs:

@@ -25,8 +25,9 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 @contextmanager
-def redis_client(ctx: click.Context) -> Iterator[Any]:
-    """A client of the farm's Redis, where every worker reads the operator controls."""
+def redis_client(ctx: click.Context, timeout_s: float | None = None) -> Iterator[Any]:
+    """A client of the farm's Redis, where every worker reads the operator controls;
+    ``timeout_s`` bounds each command and connection (None: redis-py's, none)."""
     import redis
 
     from farm.services import resolve_urls
@@ -35,7 +36,8 @@ def redis_client(ctx: click.Context) -> Iterator[Any]:
         broker_url = resolve_urls(settings_of(ctx)).broker_url
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
-    client = redis.Redis.from_url(broker_url)
+    client = redis.Redis.from_url(broker_url, socket_timeout=timeout_s,
+                                  socket_connect_timeout=timeout_s)
     try:
         yield client
     finally:

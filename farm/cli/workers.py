@@ -9,14 +9,13 @@ import json
 import logging
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from farm.cli.context import settings_of
+from farm.cli.context import redis_client, settings_of
 from farm.observe.heartbeat import TTL_S, WorkerBeat
 
 TIMEOUT_S = 5.0
@@ -93,25 +92,6 @@ def table(beats: Sequence[WorkerBeat]) -> Any:
     return shown
 
 
-@contextmanager
-def broker(ctx: click.Context) -> Iterator[Any]:
-    """The farm's Redis, with short timeouts (a listing ends in bounded time)."""
-    import redis
-
-    from farm.services import resolve_urls
-
-    try:
-        url = resolve_urls(settings_of(ctx)).broker_url
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
-    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT_S,
-                                  socket_connect_timeout=TIMEOUT_S)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 @click.command()
 @click.option("--json", "as_json_out", is_flag=True, help="The workers as JSON.")
 @click.pass_context
@@ -121,7 +101,7 @@ def workers(ctx: click.Context, as_json_out: bool) -> None:
     heartbeat, jobs done and state (ready, draining)."""
     from farm.observe.heartbeat import read_all
 
-    with broker(ctx) as client:
+    with redis_client(ctx, TIMEOUT_S) as client:  # a listing ends in bounded time
         beats = read_all(client)
     if as_json_out:
         click.echo(json.dumps({"workers": [as_json(b) for b in beats]}, indent=2))
