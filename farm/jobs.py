@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -112,6 +113,38 @@ class JobRequest(BaseModel):
     # escalation to the complex model when the simple one was out of its depth
     # (farm.routing.escalation): True asks for it, False opts out, None: the queue's policy
     escalate: bool | None = None
+    # sampling and tool use, sent as given (None / empty: the API's default); all of them are
+    # part of the memo key (farm.memo.key)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1, le=1000)
+    stop_sequences: tuple[str, ...] = Field(default=(), max_length=64)
+    tool_choice: dict[str, Any] | None = None
+    # long stable texts the prompt refers to, sent before it as their own content blocks, so
+    # that prompt caching can keep them (farm.costs.caching)
+    documents: tuple[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)], ...] = Field(
+        default=(), max_length=16)
+    # prompt caching of the stable prefix (tools, system, documents): "5m" or "1h" TTL, "off";
+    # None: FARM_PROMPT_CACHE
+    cache: Literal["off", "5m", "1h"] | None = None
+    # result memoization (farm.memo): True reuses an identical earlier answer, False never;
+    # None: the tenant's or the queue's policy. memo_ttl_s: how old that answer may be
+    memo: bool | None = None
+    memo_ttl_s: int | None = Field(default=None, ge=1, le=90 * 86_400)
+    # Message Batches at half price (farm.batches): True waits for a batch, False never;
+    # None: the queue's policy, or a deadline far enough away (FARM_BATCH_DEADLINE_S)
+    batch: bool | None = None
+    deadline: datetime | None = None
+    # the same key (per tenant) from any client gives the same job, never a second one
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200,
+                                        pattern=r"^[\x21-\x7e]+$")
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("needs a time zone (e.g. 2026-12-01T12:00:00Z)")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -131,7 +164,8 @@ class JobRequest(BaseModel):
     def wants_json(self) -> bool:
         return self.response_format == "json" or self.json_schema is not None
 
-    @field_validator("prompt", "system", "model", "queue", "tools", "metadata", "json_schema")
+    @field_validator("prompt", "system", "model", "queue", "tools", "metadata", "json_schema",
+                     "stop_sequences", "tool_choice", "documents")
     @classmethod
     def _no_nul(cls, value: Any, info: ValidationInfo) -> Any:
         if holds_nul(value):  # the value itself is never repeated in the error
@@ -151,11 +185,15 @@ class JobRequest(BaseModel):
         return value
 
     def messages(self) -> list[dict[str, Any]]:
-        return [{"role": "user", "content": self.prompt}]
+        """The user turn: the prompt, after the documents (each its own text block)."""
+        if not self.documents:
+            return [{"role": "user", "content": self.prompt}]
+        blocks = [{"type": "text", "text": text} for text in (*self.documents, self.prompt)]
+        return [{"role": "user", "content": blocks}]
 
     def approx_input_tokens(self) -> int:
         """A cheap estimate (4 chars/token, rounded up), no I/O."""
-        chars = len(self.prompt) + len(self.system or "")
+        chars = len(self.prompt) + len(self.system or "") + sum(map(len, self.documents))
         return max(1, -(-chars // 4))
 
     def check_fits_context(self, window: int = CONTEXT_WINDOW_TOKENS) -> None:

@@ -41,7 +41,7 @@ def from_nano(amount: int | float) -> Decimal:
 
 def input_tokens_bound(request: JobRequest) -> int:
     """The input tokens a request is reserved for: prompt, system and tools by their text."""
-    chars = len(request.prompt) + len(request.system or "")
+    chars = len(request.prompt) + len(request.system or "") + sum(map(len, request.documents))
     if request.tools:
         chars += len(json.dumps(list(request.tools)))
     return max(1, math.ceil(chars / 4)) + FRAMING_TOKENS

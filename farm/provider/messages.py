@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from farm.jobs import JobRequest, Usage
 from farm.provider.abort import Calls, tracked_transport
+from farm.provider.body import wire_body
 from farm.provider.errors import ErrorKind, MissingApiKey, ProviderError, kind_for_status
 from farm.settings import Settings
 
@@ -104,15 +105,7 @@ def ratelimit_headers(headers: Any) -> dict[str, str]:
 
 def call(client: anthropic.Anthropic, model: str, request: JobRequest) -> CallResult:
     """One provider call; raises ProviderError with a classified kind on failure."""
-    params: dict[str, Any] = {
-        "model": model,
-        "max_tokens": request.max_tokens,
-        "messages": request.messages(),
-    }
-    if request.system:
-        params["system"] = request.system
-    if request.tools:
-        params["tools"] = list(request.tools)
+    params = wire_body(model, request)
     started = time.monotonic()
     try:
         # the raw response, read as JSON: the farm needs five fields, and skipping the SDK's
