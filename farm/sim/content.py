@@ -7,7 +7,8 @@ media 1600). Output tokens: a target from the last user message ("N words"/"N to
 long-form or short-answer words, else 160) times a 0.6..1.4 hash jitter, in [min(16,
 max_tokens), max_tokens]. A block with ``cache_control`` ends a cacheable prefix (tools,
 system, messages): a prefix seen within its ttl ("5m" default, "1h") is read, the rest
-written.
+written. As with the real API, a prefix shorter than the model's minimum cacheable length
+(``min_cacheable_tokens``) is neither written nor read, and no error is raised.
 """
 
 from __future__ import annotations
@@ -44,13 +45,30 @@ def prompt_segments(body: dict[str, Any]) -> list[Segment]:
 def estimate_input_tokens(body: dict[str, Any]) -> int:
     return REQ_OVERHEAD + sum(seg[0] for seg in prompt_segments(body))
 
+# The simulator's own table (it models the API, independently of the farm's data), from
+# the prompt caching docs; a dated snapshot id counts as its base model.
+_MINIMUMS = {"claude-haiku-4-5": 4096, "claude-opus-4-5": 4096, "claude-opus-4-6": 4096,
+             "claude-opus-4-1": 1024, "claude-opus-4": 1024, "claude-3-haiku": 2048,
+             "claude-3-5-haiku": 2048}
+_SONNET_4 = re.compile(r"claude-sonnet-4(-\d+)?")
+_SNAPSHOT = re.compile(r"(.+)-\d{8}")
+UNKNOWN_MINIMUM = 4096  # the largest: an unknown model caches nothing a known one would not
+
+def min_cacheable_tokens(model: str) -> int:
+    """The shortest prefix ``model`` caches: 1024 for the Sonnet 4.x family and Opus 4/4.1,
+    2048 for Haiku 3.x, 4096 for Haiku 4.5, Opus 4.5/4.6 and any model not listed."""
+    base = found.group(1) if (found := _SNAPSHOT.fullmatch(model)) else model
+    return 1024 if _SONNET_4.fullmatch(base) else _MINIMUMS.get(base, UNKNOWN_MINIMUM)
+
 def cache_points(model: str, segs: list[Segment]) -> list[CachePoint]:
-    """One point per block carrying cache_control: (prefix hash, prefix tokens, ttl)."""
+    """One point per block carrying cache_control whose prefix reaches the model's minimum:
+    (prefix hash, prefix tokens, ttl)."""
     digest, total, points = hashlib.blake2b(model.encode(), digest_size=16), 0, []
+    least = min_cacheable_tokens(model)
     for tokens, cc, block in segs:
         digest.update(json.dumps(block, sort_keys=True).encode())
         total += tokens
-        if isinstance(cc, dict):
+        if isinstance(cc, dict) and total >= least:
             points.append((digest.hexdigest(), total, 3600.0 if cc.get("ttl") == "1h" else 300.0))
     return points
 

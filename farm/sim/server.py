@@ -1,12 +1,17 @@
 """SIMULATED Anthropic Messages API (aiohttp) for tests and benchmarks; no network needed.
 
 Point the SDK at it with ``base_url``/``ANTHROPIC_BASE_URL``. Routes: POST /v1/messages (JSON
-or SSE), POST /v1/messages/count_tokens, GET /_sim/stats, POST /_sim/reset (zero counters;
-clear buckets, prompt cache, fault RNG), GET|POST /_sim/config (POST RUNTIME_FIELDS as JSON;
-a change reseeds the fault RNG and restarts the buckets).
+or SSE), POST /v1/messages/count_tokens, the Message Batches under /v1/messages/batches
+(farm.sim.batches), GET /_sim/stats (counters; "billed_usd" / "billed_batch_usd": what the
+sim billed at farm.costs prices, sync successes at list price, batch results at half;
+"batches": created, requests and results by type), POST /_sim/reset (zero counters and the
+bill; clear buckets, prompt cache, batches, fault RNG), GET|POST /_sim/config (POST
+RUNTIME_FIELDS as JSON; a change reseeds the fault RNG and restarts the buckets).
 Deterministic: usage and text depend only on (seed, model, system, messages, max_tokens);
 token estimates, prompt caching and the output's size (farm.sim.content): reaching max_tokens
-gives stop_reason "max_tokens". No minimum cacheable length.
+gives stop_reason "max_tokens". A cache_control prefix below the model's minimum cacheable
+length (1024 Sonnet 4.x, Opus 4/4.1; 2048 Haiku 3.x; 4096 Haiku 4.5, Opus 4.5/4.6, unknown
+models) is neither written nor read, without error, as with the real API.
 Markers in the last user message: ``[[sim:status=N]]`` error N (400 401 403 404 413 429 500
 529; 429 sends retry-after: 1, 5xx x-should-retry: true); ``[[sim:spend_limit]]`` 429 naming
 enforced_spend_limit_reached (retry-after: 60, futile); ``[[sim:refusal]]`` 200 with
@@ -36,148 +41,39 @@ import contextlib
 import json
 import math
 import random
-import re
-import secrets
 import time
-from collections import Counter
 from typing import Any
 
-import pydantic
 from aiohttp import web
 
-from farm.sim import answers
+from farm.sim import batches
 from farm.sim import limits as lim
-from farm.sim.content import (
-    REQ_OVERHEAD,
-    cache_lookup,
-    cache_points,
-    estimate_input_tokens,
-    last_user_text,
-    make_text,
-    plan_output,
-    prompt_segments,
-    request_digest,
+from farm.sim.content import cache_lookup, estimate_input_tokens
+from farm.sim.generate import compose, read_prompt
+from farm.sim.limits import TokenBucket, ratelimit_headers
+from farm.sim.state import RUNTIME_FIELDS, STATE, SimConfig, SimState
+from farm.sim.wire import (
+    SPEND_LIMIT,
+    SimError,
+    check_api_key,
+    error_response,
+    new_request_id,
+    parse_markers,
+    validate_body,
 )
-from farm.sim.limits import TokenBucket as TokenBucket
-from farm.sim.limits import ratelimit_headers as ratelimit_headers
 
-
-class SimConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-    host: str = "127.0.0.1"
-    port: int = 8787
-    ttft_s: float = pydantic.Field(0.2, ge=0)
-    output_tokens_per_s: float = pydantic.Field(200.0, gt=0)
-    fixed_latency_s: float | None = pydantic.Field(None, ge=0)
-    rpm_limit: int | None = pydantic.Field(None, ge=1)
-    itpm_limit: int | None = pydantic.Field(None, ge=1)
-    otpm_limit: int | None = pydantic.Field(None, ge=1)
-    burst_s: float | None = pydantic.Field(None, gt=0, le=60)  # None: full-minute buckets
-    fault_529_rate: float = pydantic.Field(0.0, ge=0, le=1)
-    fault_500_rate: float = pydantic.Field(0.0, ge=0, le=1)
-    overload_until: float | None = None  # every model answers 529 until then (epoch s)
-    overload_models: dict[str, float] = pydantic.Field(default_factory=dict)  # model → until
-    model_limits: dict[str, dict[str, int]] = pydantic.Field(default_factory=dict)
-    seed: int = 0
-    require_api_key: bool = True
-    # [[sim:weak=…]] applies to models whose id contains one of these (farm.sim.answers)
-    weak_models: tuple[str, ...] = ("haiku",)
-
-    _check_limits = pydantic.field_validator("model_limits", mode="before")(lim.check_model_limits)
-
-    def overloaded(self, model: str, now: float) -> bool:
-        return max(self.overload_until or 0.0, self.overload_models.get(model, 0.0)) > now
-
-
-RUNTIME_FIELDS = frozenset(SimConfig.model_fields) - {"host", "port"}
-ERRORS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-          500: "api_error", 529: "overloaded_error"}
-SPEND_LIMIT = ("This request would exceed your organization's monthly spend limit "
-               "(enforced_spend_limit_reached). Raise it in the Console or wait for it to reset.")
-STATS = ("requests_total", "messages_requests", "count_tokens_requests", "successful_calls",
-         "streamed_calls", "input_tokens", "output_tokens", "in_flight", "max_in_flight")
-_MARKER = re.compile(r"\[\[sim:(status|latency|tokens|refusal|spend_limit)(?:=(\d*\.?\d+))?\]\]")
-
-def parse_markers(text: str) -> dict[str, float]:
-    """The ``[[sim:…]]`` markers in ``text`` (flags are 1.0); malformed ones are ignored."""
-    return {k: float(v or 1) for k, v in _MARKER.findall(text)} if "[[sim:" in text else {}
-
-def validate_body(body: Any, need_max_tokens: bool = True) -> tuple[int, str] | None:
-    """(status, message) of the first problem the real API would report, else None."""
-    if not isinstance(body, dict):
-        return 400, "Request body must be a JSON object"
-    required = ("model", "max_tokens", "messages") if need_max_tokens else ("model", "messages")
-    if missing := next((name for name in required if name not in body), None):
-        return 400, f"{missing}: Field required"
-    model, max_tokens, messages = body["model"], body.get("max_tokens", 1), body["messages"]
-    problem = (
-        "model: Input should be a valid string" if not isinstance(model, str)
-        else "max_tokens: Input should be a valid integer" if type(max_tokens) is not int
-        else "max_tokens: Input should be greater than or equal to 1" if max_tokens < 1
-        else "messages: Input should be a valid list" if not isinstance(messages, list)
-        else "messages: at least one message is required" if not messages
-        else "system: Input should be a valid list"
-        if not isinstance(body.get("system", ""), (str, list)) else None)
-    if problem:
-        return 400, problem
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
-            return 400, f"messages.{i}.role: Input should be 'user' or 'assistant'"
-        if not isinstance(msg.get("content"), (str, list)):
-            why = "Input should be a valid list" if "content" in msg else "Field required"
-            return 400, f"messages.{i}.content: {why}"
-    return None if model.startswith("claude-") else (404, f"model: {model}")
-
-class SimState:
-    """The app's mutable holder: current config, counters, rate-limit buckets, prompt cache."""
-
-    def __init__(self, config: SimConfig) -> None:
-        self.config, self.counts = config, Counter[str]()
-        self.reset()
-
-    def reset(self) -> None:
-        self.counts = Counter({**dict.fromkeys(STATS, 0), "in_flight": self.counts["in_flight"]})
-        self.by_status, self.by_model = Counter[int](), Counter[str]()
-        self.ok_by_model, self.cache = Counter[str](), dict[str, float]()
-        self.limited_by_model, self.overloaded_by_model = Counter[str](), Counter[str]()
-        self.rng = random.Random(self.config.seed)
-        self.buckets: dict[str, dict[str, TokenBucket]] = {}
-
-    def buckets_for(self, model: str, now: float) -> dict[str, TokenBucket]:
-        if model not in self.buckets:
-            c = self.config
-            default = {"rpm": c.rpm_limit, "itpm": c.itpm_limit, "otpm": c.otpm_limit}
-            limits = lim.limits_for(model, c.model_limits, default)
-            self.buckets[model] = lim.make_buckets(limits, now, c.burst_s)
-        return self.buckets[model]
-
-    def count_error(self, model: str, status: int) -> None:
-        if status == 429:
-            self.limited_by_model[model] += 1
-        elif status == 529:
-            self.overloaded_by_model[model] += 1
-
-STATE = web.AppKey("farm_sim_state", SimState)
-
-class SimError(Exception):
-    def __init__(self, status: int, message: str | None = None, **headers: str) -> None:
-        default = {500: "Internal server error", 529: "Overloaded"}.get(status, "Simulated error")
-        self.status, self.message = status, message or default
-        self.headers = {k.replace("_", "-"): v for k, v in headers.items()}
+__all__ = ["RUNTIME_FIELDS", "SimConfig", "SimState", "TokenBucket", "make_app", "parse_markers",
+           "ratelimit_headers", "run", "validate_body"]
 
 async def _endpoint(request: web.Request) -> web.StreamResponse:
-    state, rid = request.app[STATE], "req_" + secrets.token_hex(12)
+    state, rid = request.app[STATE], new_request_id()
     counts, messages = state.counts, request.path == "/v1/messages"
     counts.update(("requests_total", "in_flight",
                    "messages_requests" if messages else "count_tokens_requests"))
     counts["max_in_flight"] = max(counts["max_in_flight"], counts["in_flight"])
     model: str | None = None
     try:
-        bearer = request.headers.get("authorization", "")
-        if state.config.require_api_key and not (request.headers.get("x-api-key") or (
-                bearer.startswith("Bearer ") and bearer[7:].strip())):
-            raise SimError(401, "x-api-key header is required")
+        check_api_key(request, state.config.require_api_key)
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -193,9 +89,7 @@ async def _endpoint(request: web.Request) -> web.StreamResponse:
     except SimError as e:
         if model:
             state.count_error(model, e.status)
-        error = {"type": ERRORS.get(e.status, "api_error"), "message": e.message}
-        resp = web.json_response({"type": "error", "error": error, "request_id": rid},
-                                 status=e.status, headers={**e.headers, "request-id": rid})
+        resp = error_response(e, rid)
     finally:
         counts["in_flight"] -= 1
     state.by_status[resp.status] += 1
@@ -205,8 +99,8 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
                     ) -> web.StreamResponse:
     model, max_tokens, cfg, now = body["model"], body["max_tokens"], state.config, time.time()
     state.by_model[model] += 1
-    marks = parse_markers(prompt := last_user_text(body["messages"]))
-    buckets = state.buckets_for(model, now)
+    prompt = read_prompt(body)
+    marks, buckets = prompt.marks, state.buckets_for(model, now)
     if "spend_limit" in marks:
         raise SimError(429, SPEND_LIMIT, retry_after="60", **lim.current_headers(buckets, now))
     p529, p500 = cfg.fault_529_rate, cfg.fault_500_rate
@@ -216,11 +110,8 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
     if status != 200:  # a 429 tells when to come back and how the limits stand, like the API
         limited = {"retry_after": "1", **lim.current_headers(buckets, now)} if status == 429 else {}
         raise SimError(status, **limited, **({"x_should_retry": "true"} if status >= 500 else {}))
-    segs = prompt_segments(body)
-    total_in = REQ_OVERHEAD + sum(seg[0] for seg in segs)
-    points = cache_points(model, segs) if any(seg[1] for seg in segs) else []
-    read, write_5m, write_1h = cache_lookup(state.cache, points, now)
-    costs = {"requests": 1, "input-tokens": total_in - read, "output-tokens": max_tokens}
+    read, _, _ = cache_lookup(state.cache, prompt.points, now)
+    costs = {"requests": 1, "input-tokens": prompt.total_in - read, "output-tokens": max_tokens}
     wait, kind = lim.admission_wait(buckets, costs, now)
     if wait > 0:
         raise SimError(429, f"This request would exceed your organization's rate limit of "
@@ -229,29 +120,11 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
                        **ratelimit_headers(buckets, now))
     for k, b in buckets.items():
         b.level -= costs[k]
-    cache_lookup(state.cache, points, now, commit=True)
-    digest, refusal = request_digest(cfg.seed, body), "refusal" in marks
-    out, stop = (min(8, max_tokens), "refusal") if refusal else plan_output(
-        prompt, digest, max_tokens, int(marks["tokens"]) if "tokens" in marks else None)
-    shaped = None if refusal else answers.shape(model, body.get("system"), prompt, max_tokens,
-                                                 digest, (out, stop), cfg.weak_models)
-    if shaped is not None:
-        out, stop = shaped.output_tokens, shaped.stop_reason
-        refusal = stop == "refusal"
+    cached = cache_lookup(state.cache, prompt.points, now, commit=True)
+    message = compose(body, prompt, cached, cfg.seed, cfg.weak_models)
+    out = message["usage"]["output_tokens"]
     delay = (marks["latency"] if "latency" in marks else cfg.fixed_latency_s
              if cfg.fixed_latency_s is not None else cfg.ttft_s + out / cfg.output_tokens_per_s)
-    text = shaped.text if shaped is not None else (
-        answers.REFUSAL_TEXT if refusal else make_text(digest, out))
-    usage = {"input_tokens": total_in - read - write_5m - write_1h, "cache_creation_input_tokens":
-             write_5m + write_1h, "cache_read_input_tokens": read, "cache_creation": {
-                 "ephemeral_5m_input_tokens": write_5m, "ephemeral_1h_input_tokens": write_1h},
-             "output_tokens": out, "service_tier": "standard"}
-    message: dict[str, Any] = {
-        "id": "msg_" + secrets.token_hex(12), "type": "message", "role": "assistant",
-        "model": model, "content": [{"type": "text", "text": text}], "stop_reason": stop,
-        "stop_sequence": None, "usage": usage}
-    if refusal:
-        message["stop_details"] = {"type": "refusal", "category": None, "explanation": None}
     headers = {"request-id": rid, **ratelimit_headers(buckets, now)}
     try:
         if body.get("stream"):
@@ -263,8 +136,10 @@ async def _generate(request: web.Request, state: SimState, body: dict[str, Any],
     finally:
         if bucket := buckets.get("output-tokens"):  # refund the unused part of max_tokens
             bucket.level = min(bucket.capacity, bucket.level + max_tokens - out)
-    state.counts.update({"successful_calls": 1, "input_tokens": total_in, "output_tokens": out})
+    state.counts.update({"successful_calls": 1, "input_tokens": prompt.total_in,
+                         "output_tokens": out})
     state.ok_by_model[model] += 1
+    state.charge(model, message["usage"])
     return resp
 
 def _sse(*events: dict[str, Any]) -> bytes:
@@ -312,10 +187,7 @@ async def _admin(request: web.Request) -> web.Response:
         state.config, state.rng, state.buckets = new, random.Random(new.seed), {}
     if request.path == "/_sim/config":
         return web.json_response(state.config.model_dump())
-    return web.json_response({**state.counts, "by_status": state.by_status,
-                              "by_model": state.by_model, "successful_by_model": state.ok_by_model,
-                              "rate_limited_by_model": state.limited_by_model,
-                              "overloaded_by_model": state.overloaded_by_model})
+    return web.json_response(state.stats())
 
 def make_app(config: SimConfig) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -323,7 +195,8 @@ def make_app(config: SimConfig) -> web.Application:
     app.add_routes([web.post("/v1/messages", _endpoint),
                     web.post("/v1/messages/count_tokens", _endpoint),
                     web.get("/_sim/stats", _admin), web.post("/_sim/reset", _admin),
-                    web.route("*", "/_sim/config", _admin)])
+                    web.route("*", "/_sim/config", _admin), *batches.routes()])
+    app.on_cleanup.append(batches.stop_tasks)
     return app
 
 def run(config: SimConfig) -> None:

@@ -125,18 +125,19 @@ def test_count_tokens(client: anthropic.Anthropic) -> None:
 
 
 def test_prompt_cache_write_then_read(client: anthropic.Anthropic) -> None:
-    system = [{"type": "text", "text": "rules " * 400, "cache_control": {"type": "ephemeral"}}]
+    # 4500 tokens: above claude-haiku-4-5's minimum cacheable length (4096)
+    system = [{"type": "text", "text": "rules " * 3000, "cache_control": {"type": "ephemeral"}}]
     first = client.messages.create(**ask("q1", system=system))
     second = client.messages.create(**ask("q2", system=system))
-    assert first.usage.cache_creation_input_tokens == 600 == second.usage.cache_read_input_tokens
+    assert first.usage.cache_creation_input_tokens == 4500 == second.usage.cache_read_input_tokens
     assert first.usage.cache_creation is not None
-    assert first.usage.cache_creation.ephemeral_5m_input_tokens == 600
+    assert first.usage.cache_creation.ephemeral_5m_input_tokens == 4500
     assert second.usage.cache_creation_input_tokens == 0
-    hour = [{"type": "text", "text": "other " * 400, "cache_control": {"type": "ephemeral",
-                                                                        "ttl": "1h"}}]
+    hour = [{"type": "text", "text": "other " * 3000, "cache_control": {"type": "ephemeral",
+                                                                         "ttl": "1h"}}]
     third = client.messages.create(**ask("q3", system=hour))
     assert third.usage.cache_creation is not None
-    assert third.usage.cache_creation.ephemeral_1h_input_tokens == 600
+    assert third.usage.cache_creation.ephemeral_1h_input_tokens == 4500
 
 
 def test_bad_requests(client: anthropic.Anthropic) -> None:

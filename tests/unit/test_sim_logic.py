@@ -15,6 +15,7 @@ from farm.sim.content import (
     estimate_input_tokens,
     last_user_text,
     make_text,
+    min_cacheable_tokens,
     plan_output,
     prompt_segments,
     request_digest,
@@ -133,23 +134,55 @@ def test_validate_body() -> None:
 
 
 def test_prompt_cache_write_read_and_ttl() -> None:
-    system = [{"type": "text", "text": "a" * 400, "cache_control": {"type": "ephemeral"}}]
-    long_hist = body("b" * 800, system=system)
+    system = [{"type": "text", "text": "a" * 4400, "cache_control": {"type": "ephemeral"}}]
+    long_hist = body("b" * 8000, system=system)
     long_hist["messages"][0]["content"] = [
-        {"type": "text", "text": "b" * 800, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
-    points = cache_points("m", prompt_segments(long_hist))
-    assert [(tokens, ttl) for _, tokens, ttl in points] == [(100, 300.0), (304, 3600.0)]
+        {"type": "text", "text": "b" * 8000, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    model = "claude-sonnet-4-5"  # caches prefixes of 1024 tokens and more
+    points = cache_points(model, prompt_segments(long_hist))
+    assert [(tokens, ttl) for _, tokens, ttl in points] == [(1100, 300.0), (3104, 3600.0)]
     cache: dict[str, float] = {}
-    assert cache_lookup(cache, points, 1000.0) == (0, 100, 204)
+    assert cache_lookup(cache, points, 1000.0) == (0, 1100, 2004)
     assert cache == {}  # a lookup alone stores nothing
     cache_lookup(cache, points, 1000.0, commit=True)
-    assert cache_lookup(cache, points, 1001.0) == (304, 0, 0)
+    assert cache_lookup(cache, points, 1001.0) == (3104, 0, 0)
     # the 5-minute prefix expires before the 1-hour one; the longest live prefix is read
-    assert cache_lookup(cache, points, 1000.0 + 301) == (304, 0, 0)
-    assert cache_lookup(cache, points, 1000.0 + 3601) == (0, 100, 204)
-    only_system = cache_points("m", prompt_segments(body("other", system=system)))
-    assert cache_lookup(cache, only_system, 1001.0) == (100, 0, 0)
-    assert cache_points("other-model", prompt_segments(long_hist))[0][0] != points[0][0]
+    assert cache_lookup(cache, points, 1000.0 + 301) == (3104, 0, 0)
+    assert cache_lookup(cache, points, 1000.0 + 3601) == (0, 1100, 2004)
+    only_system = cache_points(model, prompt_segments(body("other", system=system)))
+    assert cache_lookup(cache, only_system, 1001.0) == (1100, 0, 0)
+    assert cache_points("claude-sonnet-4", prompt_segments(long_hist))[0][0] != points[0][0]
+
+
+@pytest.mark.parametrize(("model", "least"), [
+    ("claude-haiku-4-5", 4096), ("claude-haiku-4-5-20251001", 4096), ("claude-opus-4-5", 4096),
+    ("claude-opus-4-6", 4096), ("claude-sonnet-4", 1024), ("claude-sonnet-4-20250514", 1024),
+    ("claude-sonnet-4-5", 1024), ("claude-sonnet-4-6", 1024), ("claude-opus-4-1", 1024),
+    ("claude-opus-4", 1024), ("claude-opus-4-20250514", 1024), ("claude-3-haiku-20240307", 2048),
+    ("claude-3-5-haiku", 2048), ("claude-sonnet-5-5", 4096), ("claude-opus-4-8", 4096),
+    ("claude-sonnet-45", 4096), ("m", 4096)])
+def test_minimum_cacheable_length_per_model(model: str, least: int) -> None:
+    assert min_cacheable_tokens(model) == least
+
+
+def test_a_prefix_below_the_minimum_is_neither_written_nor_read() -> None:
+    def system(tokens: int) -> list[dict[str, Any]]:
+        return [{"type": "text", "text": "s" * (4 * tokens),
+                 "cache_control": {"type": "ephemeral"}}]
+
+    assert cache_points("claude-sonnet-4", prompt_segments(body(system=system(1023)))) == []
+    assert [p[1] for p in cache_points("claude-sonnet-4",
+                                       prompt_segments(body(system=system(1024))))] == [1024]
+    assert cache_points("claude-haiku-4-5", prompt_segments(body(system=system(4095)))) == []
+    # a breakpoint below the minimum is skipped, a later one that reaches it still counts
+    short = body("q" * 20_000, system=system(100))
+    short["messages"][0]["content"] = [
+        {"type": "text", "text": "q" * 20_000, "cache_control": {"type": "ephemeral"}}]
+    points = cache_points("claude-haiku-4-5", prompt_segments(short))
+    assert [p[1] for p in points] == [5104]
+    cache: dict[str, float] = {}
+    assert cache_lookup(cache, points, 0.0, commit=True) == (0, 5104, 0)
+    assert cache_lookup(cache, points, 1.0) == (5104, 0, 0)
 
 
 def test_token_bucket_arithmetic() -> None:
