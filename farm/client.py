@@ -21,110 +21,38 @@ from pathlib import Path
 from typing import Any, overload
 
 import redis
-from pydantic import BaseModel, ConfigDict
 
 from farm.app import create_app, send_job
+from farm.batches import submit as batch_submit
 from farm.broker import layout
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.costs import forecast, html, reports, savings
 from farm.costs.admit import check_cost_cap
 from farm.costs.controls import Budgets
 from farm.costs.forecast import Estimates
-from farm.costs.money import ExactUsd
 from farm.costs.pricing import PriceBook, default_pricebook
 from farm.jobs import JobRequest, JobStatus, Priority, Route, new_job_id
 from farm.jobs import problems as job_problems
-from farm.reliability import dlq
+from farm.reliability import dlq, idempotency
 from farm.routing.route import parse_and_route
 from farm.services import resolve_urls
 from farm.settings import Settings
 from farm.store import jobs as store
+from farm.store import keyed
 from farm.store.schema import make_engine
+from farm.views import (
+    InvalidJobError,
+    JobFinishedError,
+    JobView,
+    SubmitError,
+    WaitTimeoutError,
+)
+
+__all__ = ["Farm", "InvalidJobError", "JobFinishedError", "JobView", "SubmitError",
+           "WaitTimeoutError", "validate"]
 
 JobLike = JobRequest | Mapping[str, Any]
 SUBMIT_CHUNK = 100
-
-
-class InvalidJobError(ValueError):
-    """One or more jobs failed validation; `problems` lists (job index, field, message)."""
-
-    def __init__(self, problems: list[tuple[int, str, str]]) -> None:
-        self.problems = problems
-        lines = [f"job {i}: {field}: {msg}" for i, field, msg in problems]
-        super().__init__("invalid job(s), nothing was enqueued:\n  " + "\n  ".join(lines))
-
-
-class SubmitError(RuntimeError):
-    """Publishing stopped part-way: the first `published` jobs are enqueued; the rest of
-    their chunk (`failed`, their ids) is recorded as failed, never to run, and later
-    chunks were never recorded. The message says all three."""
-
-    def __init__(self, published: int, reason: str,
-                 failed: Sequence[uuid.UUID] = ()) -> None:
-        self.published, self.failed = published, list(failed)
-        left = (f"; recorded as failed, not run: {', '.join(map(str, self.failed))}"
-                if self.failed else "")
-        super().__init__(f"{reason}; {published} job(s) were enqueued before it{left}")
-
-
-class JobFinishedError(ValueError):
-    """Farm.cancel(strict=True) on a job that had already finished: nothing was cancelled."""
-
-    def __init__(self, job_id: uuid.UUID | str, status: JobStatus) -> None:
-        self.status = status
-        super().__init__(f"job {job_id} had already finished ({status.value}): "
-                         "nothing to cancel")
-
-
-class WaitTimeoutError(TimeoutError):
-    """Farm.wait's timeout passed first; `pending` lists the jobs not finished, in the order
-    they were given."""
-
-    def __init__(self, pending: list[uuid.UUID], total: int, timeout: float) -> None:
-        self.pending = pending
-        super().__init__(f"{len(pending)} of {total} jobs not finished in {timeout}s")
-
-
-class JobView(BaseModel):
-    """A job as stored in Postgres."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: uuid.UUID
-    status: JobStatus
-    queue: str
-    model: str
-    served_model: str | None
-    complexity: str
-    priority: str
-    tenant: str
-    response_text: str | None
-    stop_reason: str | None
-    input_tokens: int
-    output_tokens: int
-    cache_creation_input_tokens: int
-    cache_read_input_tokens: int
-    cost_usd: ExactUsd | None  # None: no call yet, or a call on a model with no price row
-    cost_unknown: bool  # a call ran on a model with no price row
-    attempts: int
-    error: str | None
-    # a queued job waiting on a countdown: why, and when it is looked at again
-    wait_reason: str | None = None
-    next_run_at: datetime | None = None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    # routing: why this queue (with "; escalated: …" or "; second opinion: …" appended when
-    # a worker moved the job), the classifier's score, a second opinion still to be asked,
-    # the simple model the job escalated from
-    route_reason: str | None = None
-    route_score: float | None = None
-    second_opinion: bool = False
-    escalated_from: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status.terminal
 
 
 def validate(jobs: Sequence[JobLike], settings: Settings, prices: PriceBook | None = None,
@@ -144,7 +72,7 @@ def validate(jobs: Sequence[JobLike], settings: Settings, prices: PriceBook | No
             out.append((request, chosen))
         except ValueError as exc:  # pydantic's ValidationError too
             problems.extend((index, field, message) for field, message in job_problems(exc))
-    if problems:
+    if problems := problems or idempotency.batch_conflicts([r for r, _ in out]):
         raise InvalidJobError(problems)
     return out
 
@@ -188,18 +116,20 @@ class Farm:
         return self.submit_many([job if job is not None else fields])[0]
 
     def submit_many(self, jobs: Iterable[JobLike]) -> list[uuid.UUID]:
-        """Validate and route all (nothing is written if any job is invalid), then, chunk by
-        chunk, record the rows in one transaction and publish their messages, so the first
-        jobs start while later chunks are still being recorded."""
+        """Validate and route all (nothing is written if any is invalid or has an idempotency
+        key held with another request: IdempotencyConflictError), then record and publish
+        chunk by chunk. A key held already gives its job's id, never published twice."""
         routed = validate(list(jobs), self.settings)
+        keyed.check_held(self.engine, [request for request, _ in routed])
         ids = [new_job_id() for _ in routed]
         with self.app.producer_or_acquire() as producer:
             for first in range(0, len(ids), SUBMIT_CHUNK):
                 chunk = list(zip(ids[first:first + SUBMIT_CHUNK],
                                  routed[first:first + SUBMIT_CHUNK], strict=True))
-                with self.engine.begin() as conn:
-                    store.insert_jobs(conn, [store.new_job_row(i, r, rt) for i, (r, rt) in chunk])
-                self._publish(chunk, producer, submitted=first)
+                with self.engine.begin() as conn:  # each job's id, or its key's holder's
+                    ids[first:first + SUBMIT_CHUNK] = taken = keyed.record(conn, chunk)
+                    new = batch_submit.record(conn, keyed.inserted(chunk, taken), self.settings)
+                self._publish(new, producer, submitted=first)  # batch jobs are not
         return ids
 
     def estimate(self, jobs: Iterable[JobLike]) -> Estimates:

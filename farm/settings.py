@@ -48,6 +48,17 @@ class QueueSpec(BaseModel):
     # the elastic slots of this queue's workers (farm.pool.slots): "fixed" or a policy; None:
     # FARM_SLOTS
     slots: SlotPolicy | Literal["fixed"] | None = None
+    # prompt caching of this queue's jobs that set no `cache` (farm.costs.prompt_cache):
+    # "off", "5m" or "1h" TTL; None: FARM_PROMPT_CACHE
+    prompt_cache: Literal["off", "5m", "1h"] | None = None
+    # result memoization (farm.memo) of this queue's jobs that set no `memo`: True / False;
+    # None: FARM_MEMO_TENANTS decides. memo_ttl_s: how old a reused answer may be (None:
+    # FARM_MEMO_TTL_S)
+    memo: bool | None = None
+    memo_ttl_s: int | None = Field(default=None, ge=1, le=90 * 86_400)
+    # Message Batches (farm.batches): True: this queue's jobs that say nothing wait for a
+    # batch at half price; False: never; None: only jobs that ask, or whose deadline is far
+    batch: bool | None = None
 
 
 DEFAULT_QUEUES: tuple[QueueSpec, ...] = (
@@ -210,6 +221,35 @@ class Settings(BaseSettings):
     cost_breaker_model_usd_per_min: dict[str, Decimal] = Field(default_factory=dict)
     cost_breaker_window_s: float = Field(default=60.0, ge=5, le=3600)
     cost_breaker_close_share: float = Field(default=0.8, gt=0, le=1)
+    # FARM_PROMPT_CACHE: prompt caching of the stable prefix (tools, system, documents) of
+    # jobs whose request and queue say nothing (farm.costs.prompt_cache): "5m" or "1h"
+    # TTL, or "off"
+    prompt_cache: Literal["off", "5m", "1h"] = "5m"
+    # --- result memoization (farm.memo) -------------------------------------------------
+    # FARM_MEMO_TENANTS: tenants whose jobs memoize unless the job or its queue says (comma
+    # list); FARM_MEMO_TTL_S: how old a reused answer may be unless the job or queue says;
+    # FARM_MEMO_WAIT_S: how long a job waits for an identical one in flight, then calls
+    memo_tenants: Annotated[tuple[str, ...], NoDecode] = ()
+    memo_ttl_s: int = Field(default=86_400, ge=1, le=90 * 86_400)
+    memo_wait_s: float = Field(default=120.0, gt=0, le=3600)
+
+    # --- Message Batches (farm.batches): half price, answered within 24 h -------------
+    # a job whose deadline is at least this far away goes into a batch (unless batch=False)
+    batch_deadline_s: float = Field(default=86_400.0, gt=0)
+    # a model's waiting jobs are sent as a batch once this many wait (the API's limit per
+    # batch: 10,000 requests and 256 MB; a larger flush is split), or once the oldest has
+    # waited batch_max_age_s
+    batch_max_requests: int = Field(default=10_000, ge=1, le=10_000)
+    batch_max_bytes: int = Field(default=256_000_000, ge=10_000, le=256_000_000)
+    batch_max_age_s: float = Field(default=60.0, ge=0, le=86_400)
+    # a batch in flight is polled after batch_poll_s, then twice as long each time, up to
+    # batch_poll_max_s; the worker's batch loop looks for work every batch_tick_s
+    batch_poll_s: float = Field(default=10.0, gt=0, le=3600)
+    batch_poll_max_s: float = Field(default=300.0, gt=0, le=86_400)
+    batch_tick_s: float = Field(default=2.0, gt=0, le=600)
+    # a batch whose creator died while creating it is looked for at the provider; when none
+    # is found this long after, its jobs wait for a later batch
+    batch_reconcile_s: float = Field(default=120.0, ge=0, le=86_400)
 
     # --- routing (farm.routing) ------------------------------------------------------
     # escalation's signal (a): a simple model that stops at max_tokens escalates only when
@@ -243,6 +283,12 @@ class Settings(BaseSettings):
     @classmethod
     def _slots(cls, value: Any) -> SlotPolicy | None:
         return parse_slots(value)
+
+    @field_validator("memo_tenants", mode="before")
+    @classmethod
+    def _tenant_list(cls, value: Any) -> tuple[str, ...]:
+        parts = value.split(",") if isinstance(value, str) else (value or ())
+        return tuple(p.strip() for p in parts if str(p).strip())
 
     @field_validator("router_second_opinion", mode="before")
     @classmethod

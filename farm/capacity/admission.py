@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from farm.capacity.circuit import Admission, BreakerDecision, BreakerState, counts_as_failure
 from farm.capacity.limits import DISCOVERY, Grant, Wait
 from farm.costs.budgets import BUDGET_EXCEEDED, Mode, Seed
+from farm.costs.caching import CacheSetting, resolve_ttl
 from farm.costs.estimate import DEFAULT_MAX_COST_USD, CapCheck, cost_cap, worst_case
 from farm.costs.ledger import Charge, OverBudget, budget_reason
 from farm.costs.pricing import PriceBook
@@ -102,6 +103,10 @@ class AdmissionConfig(BaseModel):
     max_cost_usd: Decimal = Field(default=DEFAULT_MAX_COST_USD, gt=0)
     tenant_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
     queue_max_cost_usd: dict[str, Decimal] = Field(default_factory=dict)
+    # prompt caching (farm.costs.prompt_cache): the farm's TTL and the queues' own, for
+    # the cache writes a call's worst case includes
+    prompt_cache: CacheSetting = "5m"
+    queue_prompt_cache: dict[str, CacheSetting] = Field(default_factory=dict)
     # while the limiter's store (Redis) is unreachable, a job waits in its slot this long
     # for it to come back before its task fails (its lease then brings it back)
     outage_patience_s: float = Field(default=30.0, ge=0)
@@ -233,7 +238,9 @@ class Gate:
         if self.prices is None:
             return None
         price = self.prices.price(model)
-        worst = None if price is None else worst_case(price, job.request)
+        ttl = resolve_ttl(job.request.cache, self.config.queue_prompt_cache.get(job.queue),
+                          self.config.prompt_cache)
+        worst = None if price is None else worst_case(price, job.request, ttl)
         if worst is not None:
             c = self.config
             check = CapCheck(cost_cap(job.request, job.queue, default=c.max_cost_usd,

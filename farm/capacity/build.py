@@ -17,6 +17,7 @@ from farm.costs.book import BudgetBook
 from farm.costs.budgets import Budget
 from farm.costs.ledger import Ledger, LedgerConfig
 from farm.costs.pricing import default_pricebook
+from farm.costs.prompt_cache import queue_ttls
 from farm.reliability.hold import Polled
 from farm.settings import Settings
 
@@ -47,6 +48,7 @@ def admission_config(settings: Settings) -> AdmissionConfig:
         tenant_max_cost_usd=settings.tenant_max_cost_usd,
         queue_max_cost_usd={q.name: q.max_cost_usd for q in settings.queues
                             if q.max_cost_usd is not None},
+        prompt_cache=settings.prompt_cache, queue_prompt_cache=queue_ttls(settings),
         outage_patience_s=settings.redis_patience_s)
 
 

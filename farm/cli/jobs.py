@@ -46,6 +46,12 @@ def _metadata(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
                    "farm's); a job whose one call can cost more is refused.")
 @click.option("--allow-fallback", is_flag=True,
               help="While the model's circuit is open, run on the queue's fallback model.")
+@click.option("--batch/--no-batch", default=None,
+              help="Wait for a Message Batch (half price, answered within 24 h), or never; "
+                   "default: the queue's policy, or a far deadline.")
+@click.option("--idempotency-key", default=None, metavar="KEY",
+              help="Submitting again with the same key (per tenant) prints the same job id "
+                   "and enqueues nothing; with a different job it is an error.")
 @click.option("--file", "path", type=click.Path(dir_okay=False, allow_dash=True),
               help="JSONL: one job per line, with the Python API's field names.")
 @click.option("--dry-run", is_flag=True,
@@ -57,6 +63,7 @@ def submit(ctx: click.Context, /, prompt: str | None, prompt_file: str | None,
            path: str | None, dry_run: bool, as_json: bool, **fields: Any) -> None:
     """Submit one job (--prompt TEXT or --prompt-file PATH) or many (--file jobs.jsonl)."""
     from farm.client import InvalidJobError
+    from farm.reliability.idempotency import IdempotencyConflictError
 
     if sum(x is not None for x in (prompt, prompt_file, path)) != 1:
         raise click.UsageError("give exactly one of --prompt, --prompt-file or --file")
@@ -86,6 +93,11 @@ def submit(ctx: click.Context, /, prompt: str | None, prompt_file: str | None,
             ids = farm.submit_many(jobs)
         except InvalidJobError as exc:
             raise click.ClickException(render.invalid_jobs(exc.problems, where)) from None
+        except IdempotencyConflictError as exc:  # the first job with the key says where
+            first = next((i for i, job in enumerate(jobs) if job.get("idempotency_key")
+                          == exc.key and job.get("tenant", "default") == exc.tenant), None)
+            raise click.ClickException(f"{'' if first is None else where(first)}{exc}"
+                                       ) from None
     if as_json:
         click.echo(json.dumps({"job_ids": [str(i) for i in ids]}))
     else:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from farm.cli import budgets, controls, dlq, jobs, observe, reports, router, workers
+from farm.cli import batches, budgets, controls, dlq, jobs, observe, reports, router, workers
 from farm.cli.context import settings_of
 from farm.cli.errors import FarmGroup
 from farm.settings import Settings
@@ -123,6 +123,9 @@ def worker(ctx: click.Context, queues: tuple[str, ...], concurrency: int | None,
 @click.option("--fault-529", "fault_529_rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--fault-500", "fault_500_rate", type=click.FloatRange(0, 1), default=0.0)
 @click.option("--seed", type=int, default=0)
+@click.option("--batch-processing-s", "batch_processing_s", type=click.FloatRange(min=0),
+              default=2.0, show_default=True,
+              help="A Message Batch ends this many seconds after its creation.")
 @click.pass_context
 def sim(ctx: click.Context, /, port: int | None, **options: Any) -> None:
     """Serve the simulated Claude Messages API (for demos, tests and benchmarks)."""
@@ -178,7 +181,7 @@ def flower_env(settings: Settings, environ: Mapping[str, str], broker_url: str
 
 for _command in (*jobs.COMMANDS, *reports.COMMANDS, dlq.dlq, *controls.COMMANDS,
                  *budgets.COMMANDS, *router.COMMANDS,
-                 *observe.COMMANDS, *workers.COMMANDS):
+                 *observe.COMMANDS, *workers.COMMANDS, *batches.COMMANDS):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ none of whose models has a price is not refused (nothing can be said of its cost
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from farm.costs.estimate import CapCheck, WorstCase, cost_cap, worst_case
+from farm.batches.policy import batch_ttl, wants_batch
+from farm.costs.estimate import CapCheck, WorstCase, at_batch_price, cost_cap, worst_case
 from farm.costs.pricing import PriceBook
+from farm.costs.prompt_cache import cache_ttl
 from farm.jobs import FieldError, JobRequest, Route
 from farm.settings import Settings
 
@@ -36,13 +39,26 @@ def call_models(request: JobRequest, route: Route, settings: Settings) -> tuple[
     return tuple(models)
 
 
+def batched(request: JobRequest, route: Route, settings: Settings) -> bool:
+    """Whether the job waits for a Message Batch (farm.batches.policy.wants_batch)."""
+    spec = next((q for q in settings.queues if q.name == route.queue), None)
+    return wants_batch(request, None if spec is None else spec.batch, datetime.now(UTC),
+                       settings.batch_deadline_s)
+
+
 def dearest_call(request: JobRequest, route: Route, settings: Settings,
                  prices: PriceBook) -> WorstCase | None:
     """The largest worst case of one call over the models the job may call that have a
-    price; None when none has one."""
-    worst = [worst_case(price, request) for model in call_models(request, route, settings)
+    price (at half price, with the hour's cache TTL, for a job that waits for a Message
+    Batch); None when none has one."""
+    ttl = cache_ttl(request, route.queue, settings)
+    in_batch = batched(request, route, settings)
+    if in_batch:
+        ttl = batch_ttl(ttl)
+    worst = [worst_case(price, request, ttl) for model in call_models(request, route, settings)
              if (price := prices.price(model)) is not None]
-    return max(worst, key=lambda w: w.usd, default=None)
+    dearest = max(worst, key=lambda w: w.usd, default=None)
+    return at_batch_price(dearest) if in_batch and dearest is not None else dearest
 
 
 def check_cost_cap(request: JobRequest, route: Route, settings: Settings,

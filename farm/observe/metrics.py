@@ -138,10 +138,11 @@ class WorkerMetrics:
 
     def on_call_finished(self, model: str, queue: str, tenant: str, outcome: str,
                          latency_s: float, usage: Usage | None, cost: Decimal | None,
-                         **_: Any) -> None:
-        self.in_flight.labels(model).dec()
+                         batch: bool = False, **_: Any) -> None:
+        if not batch:  # a batch result was never in flight here, and took the batch's time
+            self.in_flight.labels(model).dec()
+            self.latency.labels(model).observe(latency_s)
         self.calls.labels(model, outcome).inc()
-        self.latency.labels(model).observe(latency_s)
         label = self.tenants.label(tenant)
         if cost is not None:
             self.cost.labels(queue, model, label).inc(float(cost))

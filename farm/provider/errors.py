@@ -22,6 +22,8 @@ class ErrorKind(StrEnum):
     TOO_LARGE = "request_too_large"  # 413
     VALIDATION = "validation"  # the job itself is invalid
     REFUSAL = "refusal"  # stop_reason == refusal
+    EXPIRED = "expired"  # a Message Batch request the API did not process within 24 h
+    CANCELED = "canceled"  # a Message Batch request canceled before it was processed
     UNKNOWN = "unknown"
 
 

@@ -7,4 +7,6 @@
 - ``loops``: the renewal, reaper and orphan-sweep threads of a worker process.
 - ``hold``: the farm-wide hold (spend limit reached) and the ``Polled`` Redis value.
 - ``dlq``: the dead-letter queue's rows and what operators do with them.
+- ``idempotency``: one idempotency key of a tenant is one job (the request hash, the
+  conflict rule; pure).
 """

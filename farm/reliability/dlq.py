@@ -74,9 +74,10 @@ def error_class(engine: Engine, job_id: uuid.UUID) -> str | None:
 
 
 def replayable(engine: Engine, job_ids: Sequence[uuid.UUID] | None) -> list[dict[str, Any]]:
-    """Dead jobs not yet replayed (all of them when job_ids is None), with their requests."""
-    sql = ("SELECT d.job_id, j.request FROM dead_letters d JOIN jobs j ON j.id = d.job_id "
-           "WHERE d.replayed_as IS NULL")
+    """Dead jobs not yet replayed (all of them when job_ids is None), with their requests;
+    without their idempotency key: a replay is a new job, the key stays with the dead one."""
+    sql = ("SELECT d.job_id, j.request - 'idempotency_key' AS request FROM dead_letters d "
+           "JOIN jobs j ON j.id = d.job_id WHERE d.replayed_as IS NULL")
     params: dict[str, Any] = {}
     if job_ids is not None:
         sql += " AND d.job_id = ANY(:ids)"

@@ -7,7 +7,8 @@ publishing. So one worker of the cluster at a time (a Redis lock) sweeps for orp
 queued in Postgres (never started for a while, or due a while ago: a retry, a hold, a
 deferral, a re-queue) whose message is in no queue list and not held by any worker; it
 publishes them again. A job that merely waits behind a backlog is in a list, so it is not
-published twice.
+published twice. A job waiting for a Message Batch (``batched``) has no message to lose: the
+batch collector (farm.batches) takes it from Postgres.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ log = logging.getLogger("farm.orphans")
 CANDIDATES_SQL = text(
     """
     SELECT id, queue FROM jobs
-    WHERE status = 'queued'
+    WHERE status = 'queued' AND NOT batched
       AND ((next_run_at IS NULL AND created_at < now() - make_interval(secs => :age_s))
            OR next_run_at < now() - make_interval(secs => :grace_s))
     ORDER BY created_at LIMIT :limit

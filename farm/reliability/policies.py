@@ -23,6 +23,9 @@ RETRYABLE_DEFAULT = frozenset(
         ErrorKind.TIMEOUT,
         ErrorKind.CONNECTION,
         ErrorKind.ABANDONED,
+        # a Message Batch request not processed (farm.batches): a later batch may be
+        ErrorKind.EXPIRED,
+        ErrorKind.CANCELED,
     }
 )
 

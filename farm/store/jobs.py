@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from farm.jobs import JobRequest, JobStatus, Route
+from farm.reliability.idempotency import keyed_hash
 from farm.store.schema import Attempt, Job
 
 log = logging.getLogger("farm.store")
@@ -66,6 +67,9 @@ def new_job_row(job_id: uuid.UUID, request: JobRequest, route: Route) -> dict[st
         "request": request.model_dump(mode="json", exclude_defaults=True),
         "route_score": route.score,
         "second_opinion": route.second_opinion,
+        # a keyed row goes in through farm.store.keyed (the unique index decides)
+        "idempotency_key": request.idempotency_key,
+        "request_hash": keyed_hash(request),
     }
 
 
@@ -99,12 +103,13 @@ def insert_failed_job(
 # statement than a SQLAlchemy execution (measured); everything else uses SQLAlchemy Core.
 # A job runs when it is queued, or running under a lease that has run out (its worker
 # died): a second copy of its message finds a live lease or a final status and is skipped.
+# A batch job (farm.batches) never runs from a message: its batch carries its call.
 START_SQL = """
     UPDATE jobs
     SET status = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()),
         lease_until = now() + make_interval(secs => %(lease_s)s), next_run_at = NULL,
         wait_reason = NULL
-    WHERE id = %(job_id)s
+    WHERE id = %(job_id)s AND NOT batched
       AND (status = 'queued' OR (status = 'running' AND lease_until < now()))
     RETURNING request, queue, model, attempts, created_at, coalesce(cost_usd, 0),
               second_opinion, escalated_from, routing_calls

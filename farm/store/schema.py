@@ -90,6 +90,20 @@ class Job(Base):
                                                  server_default=text("false"))
     escalated_from: Mapped[str | None] = mapped_column(String(128))
     routing_calls: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    # idempotent submit (migration 0008, farm.reliability.idempotency): the caller's key,
+    # unique per tenant (ux_jobs_idempotency), and the hash of the request it came with
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    # result memoization (migration 0009, farm.memo): the hash of the body the provider got
+    # (or would have got); a job served from an earlier identical job's answer without a
+    # call; that answer's cost, which this job did not pay
+    memo_key: Mapped[str | None] = mapped_column(String(64))
+    cache_hit: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                            server_default=text("false"))
+    saved_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    # Message Batches (migration 0010, farm.batches): the job waits for a batch (queued,
+    # never published); batch_items says which batch carries each of its attempts
+    batched: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
 
     __table_args__ = (
         CheckConstraint(
@@ -105,6 +119,14 @@ class Job(Base):
         ),
         # a filter on the report views' day
         Index("ix_jobs_created_day", JOBS_DAY),
+        Index("ux_jobs_idempotency", "tenant", "idempotency_key", unique=True,
+              postgresql_where=text("idempotency_key IS NOT NULL")),
+        # the answers a memoizing job may reuse (farm.memo.store.lookup)
+        Index("ix_jobs_memo", "tenant", "memo_key", "finished_at", postgresql_where=text(
+            "memo_key IS NOT NULL AND status = 'succeeded' AND NOT cache_hit")),
+        # the batch collector's claim: a model's waiting jobs, oldest first
+        Index("ix_jobs_batch_pending", "model", "created_at",
+              postgresql_where=text("batched AND status = 'queued'")),
     )
 
 
@@ -207,6 +229,56 @@ class RouteFeedback(Base):
     __table_args__ = (
         CheckConstraint("label IN ('simple','complex')", name="ck_route_feedback_label"),
     )
+
+
+class Batch(Base):
+    """One Message Batch (farm.batches): its row exists, status creating, before the
+    provider is asked; the provider's id is kept as soon as it is known."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    provider_id: Mapped[str | None] = mapped_column(Text, unique=True)
+    model: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    request_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    request_counts: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_poll_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    polls: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('creating','in_progress','canceling','ended','done','failed')",
+            name="ck_batches_status",
+        ),
+        Index("ix_batches_open", "next_poll_at", postgresql_where=text(
+            "status IN ('creating', 'in_progress', 'canceling', 'ended')")),
+        Index("ix_batches_created_at", "created_at"),
+    )
+
+
+class BatchItem(Base):
+    """One request of a batch: its job (the custom_id) and which attempt of the job it is."""
+
+    __tablename__ = "batch_items"
+
+    batch_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    worst_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+
+    __table_args__ = (Index("ix_batch_items_job_id", "job_id"),)
 
 
 def make_engine(

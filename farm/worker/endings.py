@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from celery import Task
+from celery import Celery, Task
 
 from farm.broker.layout import DEAD_LETTER_TASK
 from farm.jobs import JobStatus
@@ -20,10 +20,17 @@ def dead(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, queue: str, error_c
          message: str) -> None:
     """Dead-letter a job: its DLQ row (once), then a message on its queue's dead-letter
     destination (the retry policy's `dead_letter_queue`)."""
+    dead_letter(task.app, runtime, job_id, queue, error_class, message)
+
+
+def dead_letter(app: Celery, runtime: rt.Runtime, job_id: uuid.UUID, queue: str,
+                error_class: str, message: str) -> None:
+    """``dead`` outside a task (the batch loop, farm.batches): the message goes out on
+    ``app``."""
     if dlq.record(runtime.engine, job_id, error_class, message):
         events.job_dead.send(None, queue=queue, error_class=error_class)
-        task.app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
-                           kwargs={"job_id": str(job_id), "error_class": error_class})
+        app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
+                      kwargs={"job_id": str(job_id), "error_class": error_class})
 
 
 def finished(job: store.StartedJob, model: str, status: str) -> None:

@@ -8,7 +8,9 @@ plus the tenant on ``call_finished``: never a job id, a prompt or a provider mes
 - ``call_started(model)``: a provider call goes out (the in-flight gauge goes up);
 - ``call_finished(model, queue, tenant, outcome, latency_s, usage, cost)``: it came back
   (or raised): ``outcome`` is "ok", "refusal" or an ``ErrorKind`` value; ``cost`` is USD,
-  None when unknown (an abandoned call that went out, a model without a price);
+  None when unknown (an abandoned call that went out, a model without a price); with
+  ``batch=True`` it is a Message Batch request's result (farm.batches): no ``call_started``
+  came before it, and its latency is the batch's, not the model's;
 - ``job_finished(queue, model, outcome, duration_s)``: this delivery ended the job
   (succeeded, failed, dead, cancelled); ``duration_s`` from created to now, None if unknown;
 - ``job_deferred(queue, reason)``: handed back to wait without a call, ``reason`` one of
@@ -35,7 +37,8 @@ ALL = (call_started, call_finished, job_finished, job_deferred, job_retried, job
 
 CAPACITY, CIRCUIT, PAUSED, HELD = "capacity", "circuit", "paused", "held"
 BUDGET, COST_BREAKER = "budget", "cost_breaker"
-DEFERRAL_REASONS = (CAPACITY, CIRCUIT, PAUSED, HELD, BUDGET, COST_BREAKER)
+MEMO = "memo"  # waiting for an identical job in flight (farm.memo)
+DEFERRAL_REASONS = (CAPACITY, CIRCUIT, PAUSED, HELD, BUDGET, COST_BREAKER, MEMO)
 
 
 def deferral_reason(wait_reason: str) -> str:
@@ -53,4 +56,6 @@ def deferral_reason(wait_reason: str) -> str:
         return BUDGET
     if wait_reason.startswith("cost breaker "):
         return COST_BREAKER
+    if wait_reason.startswith("memo: "):
+        return MEMO
     return CAPACITY

@@ -1,6 +1,8 @@
 """The intake of a job sent inline with plain ``send_task``: validate, route (with the
 second-opinion band), record its row; an invalid job is recorded as failed and
-dead-lettered; while the database cannot take the row, the message comes back later."""
+dead-lettered; while the database cannot take the row, the message comes back later. A job
+whose idempotency key another job holds is that job (farm.store.keyed): it is not run again;
+under a different request it is refused."""
 
 from __future__ import annotations
 
@@ -12,11 +14,14 @@ from celery import Task
 from celery.exceptions import Retry
 from sqlalchemy import exc as sa_exc
 
+from farm.batches import submit as batch_submit
 from farm.broker.layout import INTAKE_QUEUE
 from farm.costs.admit import check_cost_cap
 from farm.jobs import describe_problems
+from farm.reliability.idempotency import IdempotencyConflictError
 from farm.routing.route import parse_and_route
 from farm.store import jobs as store
+from farm.store import keyed
 from farm.worker import runtime as rt
 from farm.worker.endings import dead
 
@@ -43,10 +48,13 @@ def intake(
     request: dict[str, Any] | None,
     unexpected: dict[str, Any],
     delivery_info: dict[str, Any] | None,
-) -> bool:
-    """A job sent inline with plain send_task: validate, route, record the row. False when
-    the job is invalid or cannot be stored (recorded as failed and dead-lettered). While the
-    database cannot take the row, the message comes back later, request and all."""
+) -> uuid.UUID | None:
+    """A job sent inline with plain send_task: validate, route, record the row. Returns the
+    job to run: ``job_id``, or the job already holding its idempotency key with the same
+    request (this one is a duplicate: nothing is recorded for it). None when the job is
+    invalid, its key is held with a different request, or it cannot be stored (recorded as
+    failed and dead-lettered). While the database cannot take the row, the message comes
+    back later, request and all."""
     queue = (delivery_info or {}).get("routing_key") or INTAKE_QUEUE
     settings = runtime.settings
     try:
@@ -56,21 +64,41 @@ def intake(
                                               band=settings.router_second_opinion)
         check_cost_cap(job_request, chosen, settings, runtime.prices)
     except ValueError as exc:  # a pydantic ValidationError is a ValueError too
-        return _refuse(task, runtime, job_id, request, queue,
-                       f"invalid job: {describe_problems(exc)}")
+        _refuse(task, runtime, job_id, request, queue, f"invalid job: {describe_problems(exc)}")
+        return None
+    row = store.new_job_row(job_id, job_request, chosen)
+    row.update(batch_submit.row_fields(job_id, job_request, chosen, settings))
+    if row.get("batched"):  # recorded unpublished: the batch collector takes it from there
+        log.info("job %s waits for a Message Batch", job_id)
     try:
         with runtime.engine.begin() as conn:
-            store.insert_job_once(conn, store.new_job_row(job_id, job_request, chosen))
+            if row["idempotency_key"] is None:
+                store.insert_job_once(conn, row)
+                return job_id
+            return keyed.insert_keyed(conn, row)  # a message delivered again: its own row
+    except IdempotencyConflictError as exc:
+        reason = f"invalid job: {exc}"
     except _UNSTORABLE as exc:
-        return _refuse(task, runtime, job_id, request, queue,
-                       f"the job could not be stored: {db_error(exc)}")
+        reason = f"the job could not be stored: {db_error(exc)}"
     except _DATABASE_ERRORS as exc:
         _intake_later(task, runtime, job_id, exc)
-    return True
+    _refuse(task, runtime, job_id, request, queue, reason)
+    return None
+
+
+def duplicate(runtime: rt.Runtime, job_id: uuid.UUID, holder: uuid.UUID) -> dict[str, Any]:
+    """The result of a message whose job is another's (its idempotency key is held, with the
+    same request): it names the holder and its status; nothing runs, the message is
+    acknowledged."""
+    row = store.get_jobs(runtime.engine, [holder], columns=("id", "status")).get(holder)
+    status = None if row is None else str(row["status"])
+    log.info("job %s: its idempotency key is held by job %s (%s), sent with the same "
+             "request: not run again", job_id, holder, status)
+    return {"job_id": str(holder), "status": status, "duplicate_of": str(holder)}
 
 
 def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue: str,
-            reason: str) -> bool:
+            reason: str) -> None:
     """Record an inline job that cannot run as failed, with the reason, and dead-letter it.
     Its request is kept as sent if Postgres can store it, else left out."""
     reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
@@ -85,7 +113,6 @@ def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue:
         dead(task, runtime, job_id, queue, "invalid", reason)
     except _DATABASE_ERRORS as exc:
         _intake_later(task, runtime, job_id, exc)
-    return False
 
 
 def _intake_later(task: Task, runtime: rt.Runtime, job_id: uuid.UUID,

@@ -72,8 +72,10 @@ def pool_of(consumer: Any) -> ProcessPool | None:
     return found
 
 
-def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
-    """Connect the handlers (strongly referenced, once per process whatever the calls)."""
+def connect(settings: Settings, runtime: Callable[[], rt.Runtime], *,
+            when_ready: Callable[[rt.Runtime], Any] | None = None) -> None:
+    """Connect the handlers (strongly referenced, once per process whatever the calls);
+    ``when_ready`` gets the runtime once the worker is ready (the batch loop starts there)."""
     # one line per HTTP request at INFO would drown the worker log
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -87,6 +89,8 @@ def connect(settings: Settings, runtime: Callable[[], rt.Runtime]) -> None:
         # build this process's runtime now, so its lease renewal and reaper run from the
         # start (not only after the first job)
         built = runtime()
+        if when_ready is not None:
+            when_ready(built)
         pool = pool_of(sender)
         if pool is not None:
             observing.append(observe.start(settings, pool.queues, lambda: pool.slots,

@@ -23,6 +23,7 @@ from decimal import Decimal
 
 from farm.costs.admit import job_cap
 from farm.costs.estimate import CapCheck, worst_case
+from farm.costs.prompt_cache import cache_ttl
 from farm.jobs import JobStatus
 from farm.provider.messages import CallResult
 from farm.routing import escalation, second_opinion
@@ -98,7 +99,8 @@ def _cap_check(runtime: rt.Runtime, job: store.StartedJob, target: QueueSpec,
     price = runtime.prices.price(target.model)
     if price is None:
         return None
-    worst = worst_case(price, escalation.as_sent(job.request))
+    worst = worst_case(price, escalation.as_sent(job.request),
+                       cache_ttl(job.request, target.name, runtime.settings))
     return CapCheck(job_cap(job.request, target.name, runtime.settings),
                     job.spent + (cost or Decimal(0)), worst)
 

@@ -14,6 +14,7 @@ from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.capacity.admission import Gate
 from farm.capacity.build import redis_gate
 from farm.costs.pricing import PriceBook, default_pricebook
+from farm.memo.inflight import InFlight
 from farm.provider.abort import Calls
 from farm.provider.messages import make_client
 from farm.reliability.hold import HoldCheck
@@ -36,6 +37,8 @@ class Runtime:
     stop: threading.Event
     hold: HoldCheck
     gate: Gate
+    # memoization's in-flight marks (farm.memo.inflight); None: identical jobs do not wait
+    inflight: InFlight | None = None
 
     def policy(self, queue: str) -> RetryPolicy:
         return policy_for(self.policies, queue)
@@ -68,6 +71,7 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
         stop=threading.Event(),
         hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
         gate=redis_gate(broker, settings, engine),
+        inflight=InFlight(broker, wait_s=settings.memo_wait_s),
     )
     if republish is not None:
         start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,

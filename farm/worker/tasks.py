@@ -20,7 +20,9 @@ from celery.exceptions import Ignore
 
 from farm.broker.layout import DEAD_LETTER_TASK, RUN_JOB_TASK
 from farm.capacity.admission import Later, Stop
+from farm.costs.prompt_cache import cache_ttl
 from farm.jobs import JobStatus
+from farm.memo import run as memo_run
 from farm.provider import messages as llm
 from farm.provider.errors import ErrorKind, ProviderError
 from farm.reliability import dlq, policies
@@ -31,7 +33,7 @@ from farm.worker import events, outcome, reroute
 from farm.worker import runtime as rt
 from farm.worker.endings import dead as _dead
 from farm.worker.endings import finished as _finished
-from farm.worker.intake import intake
+from farm.worker.intake import duplicate, intake
 from farm.worker.outcome import Ending, JobFailed
 from farm.worker.request import RedactedRequest
 
@@ -76,9 +78,12 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
         log.error("dropped malformed message %s: job_id %r is not a UUID", task.request.id,
                   job_id)
         raise JobFailed(str(task.request.id), outcome.DROPPED, outcome.MALFORMED)
-    if (request is not None or unexpected) and not intake(
-            task, runtime, job_uuid, request, unexpected, task.request.delivery_info):
-        raise JobFailed(str(job_uuid), JobStatus.FAILED, "invalid")
+    if request is not None or unexpected:
+        taken = intake(task, runtime, job_uuid, request, unexpected, task.request.delivery_info)
+        if taken is None:
+            raise JobFailed(str(job_uuid), JobStatus.FAILED, "invalid")
+        if taken != job_uuid:  # its idempotency key is another job's: that one runs
+            return duplicate(runtime, job_uuid, taken)
     settings = runtime.settings
     held = runtime.hold.held()
     if held is not None:
@@ -108,9 +113,21 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
 
 
 def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, Any]:
-    patience = runtime.settings.db_patience_s
     opinion = reroute.asks_opinion(job)  # the rubric call first (farm.worker.reroute)
     sent = reroute.call_job(job, opinion)
+    # memoization (farm.memo), never of the rubric call: a hit or a wait needs no capacity
+    memo = None if opinion else memo_run.check(runtime, sent)
+    if isinstance(memo, (memo_run.Hit, memo_run.Wait)):
+        return _memo_ended(task, runtime, job, memo)
+    try:
+        return _admitted(task, runtime, job, opinion, sent, memo)
+    finally:
+        memo_run.release(runtime, memo)  # the in-flight mark, once the answer is recorded
+
+
+def _admitted(task: Task, runtime: rt.Runtime, job: store.StartedJob, opinion: bool,
+              sent: store.StartedJob, memo: memo_run.Memo | None) -> dict[str, Any]:
+    patience = runtime.settings.db_patience_s
     admitted = runtime.gate.admit(sent)
     if isinstance(admitted, Later):
         # waiting for capacity, a healthy model or a resumed queue uses no attempt
@@ -134,6 +151,8 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     recorded = attempts.record(runtime.engine, job, step.outcome, patience_s=patience)
     if recorded is not None and not recorded.current:
         return _superseded(task, runtime, job, recorded)
+    memo_run.remember(runtime, memo, sent, model=admitted.model, result=result,
+                      status=step.outcome.status)
     if step.goes_on(recorded):
         if step.republish is not None:  # recorded first, published after
             raise _again(task, job.id, 0, queue=step.republish)
@@ -148,6 +167,19 @@ def _run(task: Task, runtime: rt.Runtime, job: store.StartedJob) -> dict[str, An
     return _end(task, runtime, job.id, status, "refusal" if refused else None, {
         "job_id": str(job.id), "status": status,
         "cost_usd": None if cost is None else str(cost)})
+
+
+def _memo_ended(task: Task, runtime: rt.Runtime, job: store.StartedJob,
+                memo: memo_run.Hit | memo_run.Wait) -> dict[str, Any]:
+    """A memoizing job that makes no call: answered from an identical job's answer (a hit,
+    cost 0, what it saved in its result), or handed back to wait for one in flight."""
+    if isinstance(memo, memo_run.Wait):  # no attempt used, like any deferral
+        events.job_deferred.send(None, queue=job.queue, reason=events.MEMO)
+        raise _again(task, job.id, memo.countdown)
+    if not memo.recorded:  # cancelled meanwhile
+        return _not_runnable(task, runtime, job.id)
+    _finished(job, job.model, JobStatus.SUCCEEDED.value)
+    return _end(task, runtime, job.id, JobStatus.SUCCEEDED.value, None, memo.result(job.id))
 
 
 def _stopped(task: Task, runtime: rt.Runtime, job: store.StartedJob,
@@ -190,7 +222,8 @@ def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
 def _provider_call(runtime: rt.Runtime, model: str, job: store.StartedJob
                    ) -> tuple[llm.CallResult | ProviderError, Decimal | None]:
     try:
-        result = llm.call(runtime.client, model, job.request)
+        result = llm.call(runtime.client, model, job.request,
+                          cache_ttl(job.request, job.queue, runtime.settings))
     except ProviderError as exc:
         if not runtime.running.abandoned(job.id):
             return exc, Decimal(0)  # a failed call costs nothing

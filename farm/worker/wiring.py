@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 
 from farm.app import create_app, send_job
+from farm.batches import loop as batch_loop
 from farm.jobs import Priority
 from farm.reliability.policies import RetryPolicy
 from farm.settings import Settings
@@ -27,7 +28,9 @@ def install(app: Celery, settings: Settings, policies: Mapping[str, RetryPolicy]
         return rt.current() or rt.get(settings, policies, republish)
 
     tasks.register(app, runtime)
-    lifecycle.connect(settings, runtime)
+    # the Message Batches loop (farm.batches.loop) runs in every worker process
+    lifecycle.connect(settings, runtime,
+                      when_ready=lambda built: batch_loop.start_for(app, built))
     app.steps["consumer"].add(pool_step.make_step(settings))
 
 

@@ -149,3 +149,22 @@ def test_a_call_settles_its_charge_with_its_cost(cost: Decimal | None,
     else:
         g.done(go, Usage(input_tokens=1, output_tokens=1), {}, cost)
     assert ledger.settled == [(charge, settled)]
+
+
+@pytest.mark.parametrize(("own", "queue", "farm", "write_price"), [
+    (None, None, "5m", "2.50"), (None, {"q": "1h"}, "5m", "4.00"),
+    ("5m", {"q": "1h"}, "1h", "2.50"), (None, {"q": "off"}, "1h", None), ("off", None, "5m", None),
+])
+def test_the_charge_reserves_the_cache_writes_of_the_calls_ttl(
+        own: str | None, queue: dict[str, str] | None, farm: str, write_price: str | None) -> None:
+    ledger, limiter = FakeLedger(TENANT_DAY), Scripted(GRANT)
+    long_system = "s" * 4 * 5000  # over claude-sonnet-5-5's 4,096: the prefix is planned
+    got = gate(limiter, ledger, prompt_cache=farm, queue_prompt_cache=queue or {}).admit(
+        job(system=long_system, cache=own))
+    assert isinstance(got, Go)
+    charge = limiter.charges[0]
+    tokens_in, cached = -(-(4 * 5000 + len("Analyze this")) // 4) + 16, 3 + 5000
+    per_write = Decimal(write_price or "2.00")
+    expected = (Decimal(2) * (tokens_in - cached) + per_write * cached
+                + Decimal(10) * 1024) / 1_000_000
+    assert charge is not None and charge.cost == int(expected * 10**9)

@@ -170,3 +170,31 @@ def test_estimates_add_up_and_report_the_over_cap_job() -> None:
     dumped = got.model_dump(mode="json")
     assert dumped["totals"]["expected_usd"] == "0.001034"
     assert dumped["jobs"][0]["route"]["queue"] == "cheap"
+
+
+def test_the_cap_at_submit_counts_the_cache_writes_of_the_queues_ttl() -> None:
+    fields = {"prompt": "Summarise.", "system": "s" * 4 * 5000, "queue": "cheap",
+              "max_tokens": 10}
+    plain, hour = _settings(prompt_cache="off"), Settings(queues=(
+        CHEAP_FIRST.model_copy(update={"prompt_cache": "1h"}), UNPRICED), prompt_cache="off")
+    off, long = dearest_call(*_routed(plain, **fields), plain, PRICES), \
+        dearest_call(*_routed(hour, **fields), hour, PRICES)
+    assert off is not None and long is not None
+    assert (off.cache_write_tokens, long.cache_write_tokens) == (0, 3 + 5000)
+    assert long.cache_write_price == Decimal("2.00")  # haiku-4-5's 1-hour write: 2x $1
+    assert long.usd > off.usd
+
+
+def test_a_batch_job_is_checked_at_the_batch_price() -> None:
+    # worst case on haiku: 11 input + 16 framing tokens at $1/M + 10,000 output at $5/M,
+    # about $0.05 synchronously, half of it in a Message Batch: a $0.03 cap takes only that
+    settings = _settings()
+    fields: dict[str, Any] = {"prompt": "abcd" * 10, "queue": "cheap", "max_tokens": 10_000,
+                              "max_cost_usd": Decimal("0.03")}
+    request, chosen = _routed(settings, **fields, batch=True)
+    check_cost_cap(request, chosen, settings, PRICES)
+    sync = dearest_call(*_routed(settings, **fields, batch=False), settings, PRICES)
+    half = dearest_call(request, chosen, settings, PRICES)
+    assert sync is not None and half is not None and half.usd * 2 == sync.usd
+    with pytest.raises(FieldError, match="exceeds the job's cost cap"):
+        check_cost_cap(*_routed(settings, **fields, batch=False), settings, PRICES)

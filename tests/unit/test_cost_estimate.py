@@ -15,6 +15,7 @@ from farm.costs.estimate import (
     to_nano,
     worst_case,
 )
+from farm.costs.money import usd
 from farm.costs.pricing import default_pricebook
 from farm.jobs import JobRequest
 
@@ -71,3 +72,33 @@ def test_a_cap_check_adds_what_was_spent_and_gives_the_figures() -> None:
         "worst case $0.6401 (26 input tokens at $2.00/M + 64,000 output tokens at $10.00/M on "
         "claude-sonnet-5-5 = $0.6401) on top of $0.01000 already spent exceeds the job's "
         "cost cap $0.650 (max_cost_usd)")
+
+
+def test_the_planned_cached_prefix_is_priced_at_the_ttls_write_price() -> None:
+    request = JobRequest(prompt="Summarise.", system="s" * 4 * 8000, max_tokens=100)
+    tokens_in = input_tokens_bound(request)
+    cached = 3 + 8000  # the request's framing and the system prompt: the planned prefix
+    five, hour = worst_case(SONNET, request, "5m"), worst_case(SONNET, request, "1h")
+    assert (five.cache_write_tokens, five.cache_write_price) == (cached, Decimal("2.50"))
+    assert five.usd == (Decimal(2) * (tokens_in - cached) + Decimal("2.50") * cached
+                        + Decimal(10) * 100) / 1_000_000
+    assert (hour.cache_write_tokens, hour.cache_write_price) == (cached, Decimal("4.00"))
+    assert hour.usd > five.usd > worst_case(SONNET, request, "off").usd
+    off = worst_case(SONNET, request, "off")
+    assert off.cache_write_tokens == 0 and off.usd == (Decimal(2) * tokens_in
+                                                       + Decimal(10) * 100) / 1_000_000
+    assert five.explain() == (
+        f"{tokens_in - cached:,} input tokens at $2.00/M + 8,003 cache-write tokens at "
+        f"$2.50/M + 100 output tokens at $10.00/M on claude-sonnet-5-5 = "
+        f"{usd(five.usd, significant=4)}")
+    # no TTL given: the request's own, else FARM_PROMPT_CACHE's default "5m"
+    assert worst_case(SONNET, request) == five
+    assert worst_case(SONNET, request.model_copy(update={"cache": "1h"})) == hour
+
+
+def test_a_prefix_under_the_models_minimum_is_priced_as_plain_input() -> None:
+    request = JobRequest(prompt="Summarise.", system="s" * 4 * 3000, max_tokens=100)
+    w = worst_case(SONNET, request, "1h")  # claude-sonnet-5-5 caches from 4,096 tokens
+    assert w.cache_write_tokens == 0 and w.input_price == Decimal(2)
+    sonnet_4_5 = default_pricebook()["claude-sonnet-4-5"]  # from 1,024 tokens
+    assert worst_case(sonnet_4_5, request, "1h").cache_write_tokens == 3 + 3000

@@ -105,6 +105,8 @@ def test_deferrals_retries_dead_letters_and_late_results(metrics: WorkerMetrics)
         "budget tenant:a:day: spent $1.00 of $1.00, and this call may cost up to $0.01"))
     events.job_deferred.send(None, queue="q", reason=events.deferral_reason(
         "cost breaker all open"))
+    events.job_deferred.send(None, queue="q", reason=events.deferral_reason(
+        "memo: waiting for an identical job in flight"))
     events.job_retried.send(None, queue="q", reason="rate_limited")
     events.job_dead.send(None, queue="q", error_class="poison")
     events.late_result.send(None, queue="q")
