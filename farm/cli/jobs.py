@@ -49,6 +49,14 @@ def _metadata(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 @click.option("--batch/--no-batch", default=None,
               help="Wait for a Message Batch (half price, answered within 24 h), or never; "
                    "default: the queue's policy, or a far deadline.")
+@click.option("--memo/--no-memo", default=None,
+              help="Reuse the answer of an identical earlier job of the tenant (cost 0), or "
+                   "never; default: the tenant's or the queue's policy.")
+@click.option("--memo-ttl-s", type=click.IntRange(1), default=None, metavar="SECONDS",
+              help="How old a reused answer may be (default FARM_MEMO_TTL_S).")
+@click.option("--cache", type=click.Choice(["off", "5m", "1h"]), default=None,
+              help="Prompt caching of the long stable prefix (default: the queue's, else "
+                   "FARM_PROMPT_CACHE).")
 @click.option("--idempotency-key", default=None, metavar="KEY",
               help="Submitting again with the same key (per tenant) prints the same job id "
                    "and enqueues nothing; with a different job it is an error.")

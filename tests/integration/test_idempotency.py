@@ -307,6 +307,20 @@ def test_farm_submit_with_a_key_prints_the_same_job_and_names_a_conflict(
     assert messages(broker_url)[job] == 1
 
 
+def test_farm_submit_passes_the_saving_options_to_the_job(
+        env: dict[str, str], engine: Engine) -> None:
+    code, out, err = cli(env, "submit", "--prompt", PROMPT, "--memo", "--memo-ttl-s", "60",
+                         "--cache", "1h", "--no-batch")
+    assert code == 0, err
+    with engine.connect() as conn:
+        request = conn.execute(text("SELECT request FROM jobs WHERE id = :j"),
+                               {"j": out.strip()}).scalar_one()
+    assert (request["memo"], request["memo_ttl_s"], request["cache"], request["batch"]) == (
+        True, 60, "1h", False)
+    code, _, err = cli(env, "submit", "--prompt", PROMPT, "--cache", "2h")
+    assert code == 2 and "--cache" in err
+
+
 def test_farm_submit_file_lines_carry_keys(env: dict[str, str], engine: Engine,
                                            tmp_path: Path) -> None:
     key = _key()
