@@ -121,6 +121,8 @@ class WorkerMetrics:
         self.superseded = made["farm_superseded_total"]
         self.cost = made["farm_cost_usd_total"]
         self.tokens = made["farm_tokens_total"]
+        self.memo_hits = made["farm_memo_hits_total"]
+        self.memo_saved = made["farm_memo_saved_usd_total"]
         self.registry.register(_Pool(pool or dict))
         self._handlers: tuple[tuple[Any, Callable[..., None]], ...] = (
             (events.call_started, self.on_call_started),
@@ -130,6 +132,7 @@ class WorkerMetrics:
             (events.job_retried, self.on_job_retried),
             (events.job_dead, self.on_job_dead),
             (events.late_result, self.on_late_result),
+            (events.memo_hit, self.on_memo_hit),
         )
 
     # --- the handlers (one per signal) ----------------------------------------------
@@ -169,6 +172,11 @@ class WorkerMetrics:
 
     def on_late_result(self, queue: str, **_: Any) -> None:
         self.superseded.labels(queue).inc()
+
+    def on_memo_hit(self, queue: str, model: str, saved: Decimal | None, **_: Any) -> None:
+        self.memo_hits.labels(queue, model).inc()
+        if saved is not None:
+            self.memo_saved.labels(queue, model).inc(float(saved))
 
     # --- wiring ---------------------------------------------------------------------
     def connect(self) -> WorkerMetrics:

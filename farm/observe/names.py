@@ -69,6 +69,12 @@ WORKER = (
            ("queue", "model", "tenant")),
     Metric("farm_tokens_total", Kind.COUNTER,
            "Tokens, by kind (input, output, cache_creation, cache_read).", ("model", "kind")),
+    Metric("farm_memo_hits_total", Kind.COUNTER,
+           "Jobs answered from an identical earlier job's answer, without a call (farm.memo).",
+           ("queue", "model")),
+    Metric("farm_memo_saved_usd_total", Kind.COUNTER,
+           "What the memo hits' answers cost when they were made, USD: the money not spent.",
+           ("queue", "model")),
 )
 
 CLUSTER = (

@@ -17,7 +17,9 @@ plus the tenant on ``call_finished``: never a job id, a prompt or a provider mes
   ``DEFERRAL_REASONS``;
 - ``job_retried(queue, reason)``: a retry scheduled after a failed call (the error class);
 - ``job_dead(queue, error_class)``: dead-lettered (once per job);
-- ``late_result(queue)``: a late result recorded as superseded.
+- ``late_result(queue)``: a late result recorded as superseded;
+- ``memo_hit(queue, model, saved)``: a job answered from an identical earlier job's answer
+  (farm.memo), no call made; ``saved`` is that answer's cost (USD, None when unknown).
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ job_deferred = Signal(name="farm.job_deferred")
 job_retried = Signal(name="farm.job_retried")
 job_dead = Signal(name="farm.job_dead")
 late_result = Signal(name="farm.late_result")
+memo_hit = Signal(name="farm.memo_hit")
 
 ALL = (call_started, call_finished, job_finished, job_deferred, job_retried, job_dead,
-       late_result)
+       late_result, memo_hit)
 
 CAPACITY, CIRCUIT, PAUSED, HELD = "capacity", "circuit", "paused", "held"
 BUDGET, COST_BREAKER = "budget", "cost_breaker"

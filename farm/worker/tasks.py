@@ -178,6 +178,7 @@ def _memo_ended(task: Task, runtime: rt.Runtime, job: store.StartedJob,
         raise _again(task, job.id, memo.countdown)
     if not memo.recorded:  # cancelled meanwhile
         return _not_runnable(task, runtime, job.id)
+    events.memo_hit.send(None, queue=job.queue, model=job.model, saved=memo.original.cost_usd)
     _finished(job, job.model, JobStatus.SUCCEEDED.value)
     return _end(task, runtime, job.id, JobStatus.SUCCEEDED.value, None, memo.result(job.id))
 

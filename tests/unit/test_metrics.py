@@ -110,6 +110,10 @@ def test_deferrals_retries_dead_letters_and_late_results(metrics: WorkerMetrics)
     events.job_retried.send(None, queue="q", reason="rate_limited")
     events.job_dead.send(None, queue="q", error_class="poison")
     events.late_result.send(None, queue="q")
+    events.memo_hit.send(None, queue="q", model="m", saved=Decimal("0.25"))
+    events.memo_hit.send(None, queue="q", model="m", saved=None)
+    assert value(metrics, "farm_memo_hits_total", queue="q", model="m") == 2
+    assert value(metrics, "farm_memo_saved_usd_total", queue="q", model="m") == 0.25
     for reason in events.DEFERRAL_REASONS:
         assert value(metrics, "farm_deferrals_total", queue="q", reason=reason) == 1
     assert value(metrics, "farm_retries_total", queue="q", reason="rate_limited") == 1
