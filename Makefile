@@ -12,7 +12,7 @@ SIM_URL ?= http://127.0.0.1:$(SIM_PORT)
 FLOWER_PORT ?= 5555
 
 .PHONY: install up down migrate sim workers stop-workers flower stop demo test test-faults test-unit \
-        test-integration test-e2e test-ops bench bench-limits bench-spread partition lint typecheck check clean dlq-list \
+        test-integration test-e2e test-ops bench bench-limits bench-spread bench-cost partition lint typecheck check clean dlq-list \
         dlq-replay-all dlq-purge limits throttle pause resume estimate report report-html \
         budgets budget-set budget-rm
 
@@ -131,6 +131,9 @@ bench-limits: install  ## pacing vs full-minute and 10 s-burst providers; storm 
 
 bench-spread: install  ## per-worker job counts of 3 workers of one queue, elastic slots on and off (~7 min)
 	$(BIN)/python ops/bench_spread.py
+
+bench-cost: install    ## 1,000 mixed jobs through the farm (memo, prompt cache, batches, router) and all-sync on the complex model: cost ratio, latency (~4 min)
+	$(BIN)/python ops/bench_cost.py
 
 partition: install     ## issue 17: a worker host cut off for 75 s (network namespaces; needs root)
 	$(BIN)/python ops/partition.py
