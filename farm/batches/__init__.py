@@ -8,6 +8,8 @@ results recorded exactly once, crash-safe, by a loop inside every worker.
 - ``submit``: the job row of a batch job (the client and the intake record it, unpublished);
 - ``store``: every read and write of batches, batch items and waiting jobs;
 - ``collector``: a flush: claim, build the request bodies, create the batch at the provider;
+- ``memo``: memoization of batch jobs: hits and identical jobs held at flush, an answer's
+  memo key kept after its result;
 - ``poller`` and ``results``: follow a batch in flight and record its results;
 - ``reconcile``: a batch its creator died creating: adopted, or its jobs released;
 - ``loop``: the worker's background thread; ``control``: `farm batches` (list, show, cancel).

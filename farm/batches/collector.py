@@ -5,11 +5,12 @@ jobs due are read, longest waiting first, up to a batch's worth; each request bo
 as a synchronous call's would be (farm.worker.reroute.call_job: the second opinion first
 when the job has one to ask, the farm's instructions in; farm.provider.body.wire_body) with
 prompt caching's breakpoints at the hour's TTL (farm.costs.prompt_cache.with_breakpoints);
-the cost cap and hard budgets are checked at the batch price (farm.batches.admit); the jobs
-of a paused queue stay waiting. The
-admitted requests are cut into batches within the limits; for each, one statement claims
-the jobs and writes the batch row (``creating``), then the provider is asked, then its id
-is kept. A crash in between leaves the row creating for farm.batches.reconcile.
+a memoizing job is answered from a memoized answer, or waits for an identical job's, or
+goes (farm.batches.memo); the cost cap and hard budgets are checked at the batch price
+(farm.batches.admit); the jobs of a paused queue stay waiting. The admitted requests are
+cut into batches within the limits; for each, one statement claims the jobs and writes the
+batch row (``creating``), then the provider is asked, then its id is kept. A crash in
+between leaves the row creating for farm.batches.reconcile.
 
 The provider's answer decides what follows: an id (kept; the poller follows it); a batch
 too large (split in halves, each created on its own); a refusal of a one-request batch
@@ -32,7 +33,7 @@ from typing import Any, cast
 import anthropic
 from sqlalchemy.engine import Connection
 
-from farm.batches import admit, policy, results, rows, store
+from farm.batches import admit, memo, policy, results, rows, store
 from farm.batches.context import Batching
 from farm.batches.submit import WAITING
 from farm.costs.admit import job_cap
@@ -55,6 +56,7 @@ class Request:
     params: dict[str, Any]
     size: int
     worst: Decimal | None  # at the batch price; None: the model has no price
+    memo: memo.Keyed | None = None  # a memoizing job's key (farm.batches.memo)
 
 
 def started(job: store.WaitingJob) -> StartedJob:
@@ -65,13 +67,16 @@ def started(job: store.WaitingJob) -> StartedJob:
 
 def build(b: Batching, job: store.WaitingJob) -> tuple[Request, admit.Candidate]:
     """The job's request as it goes into the batch, and what admission checks of it."""
-    sent = reroute.call_job(started(job), reroute.asks_opinion(started(job))).request
+    opinion = reroute.asks_opinion(started(job))
+    sent = reroute.call_job(started(job), opinion).request
     ttl = policy.batch_ttl(cache_ttl(job.request, job.queue, b.settings))
-    params = with_breakpoints(wire_body(job.model, sent), job.model, ttl)
+    body = wire_body(job.model, sent)
+    keyed = memo.keyed(b, job, opinion, body)
+    params = with_breakpoints(body, job.model, ttl)
     price = b.runtime.prices.price(job.model)
     worst = None if price is None else at_batch_price(worst_case(price, sent, ttl))
     size = policy.request_bytes(len(json.dumps(params).encode()))
-    return (Request(job, params, size, None if worst is None else worst.usd),
+    return (Request(job, params, size, None if worst is None else worst.usd, keyed),
             admit.Candidate(job.id, job.request.tenant, job.queue, job.model,
                             job_cap(job.request, job.queue, b.settings), job.spent, worst))
 
@@ -88,7 +93,10 @@ def flush(b: Batching, conn: Connection, model: str) -> list[uuid.UUID]:
         paused = b.runtime.gate.limiter.paused_queues()  # `farm pause`: they stay waiting
         jobs = [job for job in store.candidates(conn, model, b.config.max_requests)
                 if job.queue not in paused]
-        requests = _admitted(b, conn, [build(b, job) for job in jobs])
+        built = [build(b, job) for job in jobs]
+        # memo hits end here, identical jobs wait (farm.batches.memo): the rest go
+        going = memo.at_flush(b, conn, [(r.job, r.memo) for r, _ in built])
+        requests = _admitted(b, conn, [x for x, go in zip(built, going, strict=True) if go])
         made: list[uuid.UUID] = []
         for part in policy.chunks([r.size for r in requests], b.config):
             made += create(b, conn, model, [requests[i] for i in part])
@@ -135,7 +143,9 @@ def create(b: Batching, conn: Connection, model: str, requests: list[Request]
     """Claim the requests' jobs into a new batch row and create the batch at the provider;
     returns the batch rows this wrote (and that went on to exist or may exist)."""
     batch_id = uuid.uuid4()
-    claimed = store.claim(conn, batch_id, model, [(r.job.id, r.worst) for r in requests],
+    claimed = store.claim(conn, batch_id, model,
+                          [(r.job.id, r.worst, None if r.memo is None else r.memo.key)
+                           for r in requests],
                           sum(r.size for r in requests) + policy.BODY_FRAMING,
                           f"in Message Batch {batch_id}")
     requests = [r for r in requests if r.job.id in claimed]

@@ -14,6 +14,9 @@ and what each result leads to.
   created on its own.
 - A batch in flight is polled after FARM_BATCH_POLL_S, then twice as long each time, up to
   FARM_BATCH_POLL_MAX_S.
+- A memoizing job (farm.memo.policy) with an answer within its TTL is a hit at flush, not
+  sent; of identical ones (one tenant, one key) only the first goes, and none while a batch
+  in flight carries the key: the others wait for a later flush (``memo_fates``).
 - A result: succeeded is recorded (at half price); errored, expired and canceled follow the
   queue's retry policy (``farm.reliability.policies.decide_retry``): a retried job waits for
   a later batch, a dead one goes to the dead-letter queue. A job cancelled meanwhile stays
@@ -23,6 +26,7 @@ and what each result leads to.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -158,6 +162,45 @@ def halves(count: int) -> tuple[range, range]:
 def next_poll_s(polls: int, config: BatchConfig) -> float:
     """The wait before poll number ``polls + 1`` of a batch (``polls`` made so far)."""
     return float(min(config.poll_max_s, config.poll_s * 2 ** min(max(0, polls), 30)))
+
+
+# --- memoization at flush (farm.batches.memo) --------------------------------------------
+
+class MemoFate(StrEnum):
+    SEND = "send"  # into a batch: it does not memoize, or it is the one of its key to call
+    HIT = "hit"  # answered from a memoized answer: not sent
+    WAIT = "wait"  # an identical job calls (in this flush, or in a batch in flight): it waits
+
+
+@dataclass(frozen=True)
+class Memoized:
+    """A job of a flush as memoization sees it: its tenant, its memo key (None: it does not
+    memoize, or this call is its second opinion's), whether an answer within its TTL exists."""
+
+    tenant: str
+    key: str | None
+    answered: bool = False
+
+
+def memo_fates(jobs: Sequence[Memoized],
+               in_flight: AbstractSet[tuple[str, str]]) -> list[MemoFate]:
+    """What each of a flush's jobs (in the flush's order) does: one with an answer is a hit;
+    of the others with one (tenant, key), only the first is sent, and none while a batch in
+    flight carries that key for that tenant: the rest wait, to be a hit at a later flush, or
+    sent then if the one that called left no answer to reuse."""
+    calling = set(in_flight)
+    fates = []
+    for job in jobs:
+        if job.key is None:
+            fates.append(MemoFate.SEND)
+        elif job.answered:
+            fates.append(MemoFate.HIT)
+        elif (job.tenant, job.key) in calling:
+            fates.append(MemoFate.WAIT)
+        else:
+            calling.add((job.tenant, job.key))
+            fates.append(MemoFate.SEND)
+    return fates
 
 
 # --- what a result leads to -------------------------------------------------------------

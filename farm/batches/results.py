@@ -6,7 +6,8 @@ restarted worker) changes nothing and tells nobody twice.
 A result is recorded as a synchronous call's answer or error would be, at the batch price
 (farm.costs.pricing ``cost(..., batch=True)``): an answer goes through the same routing
 steps (farm.worker.reroute: a second opinion, escalation; a job that moves on waits for a
-later batch on its new model); an errored, expired or canceled request follows the queue's
+later batch on its new model; a memoizing job's answer that may serve gets its memo key,
+farm.batches.memo); an errored, expired or canceled request follows the queue's
 retry policy (farm.batches.policy.on_failure): retried into a later batch, or dead into the
 dead-letter queue. A job cancelled while its batch was in flight stays cancelled; what its
 request cost is recorded with the attempt. Each recorded result sends ``call_finished``
@@ -26,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from farm.batches import policy, rows
+from farm.batches import memo, policy, rows
 from farm.batches.context import Batching
 from farm.batches.policy import ResultType
 from farm.jobs import JobStatus
@@ -137,6 +138,8 @@ def succeeded(b: Batching, batch: rows.BatchRow, item: rows.Item, body: bytes) -
     if step.goes_on(recorded):
         log.info("job %s waits for a later batch (%s)", job.id, step.outcome.outcome)
         return 1
+    if recorded.status is JobStatus.SUCCEEDED and not opinion:
+        memo.remember(b, item, answer)  # an answer that may serve gets its memo key
     if refused and recorded.status is not JobStatus.CANCELLED:
         b.dead_letter(job.id, job.queue, "refusal", "the model refused")
     _finished(job, served, recorded.status)

@@ -127,7 +127,7 @@ def _json(counts: dict[str, int] | None) -> str | None:
 
 
 ITEMS_SQL = text("""
-    SELECT i.job_id, i.attempt, j.request, j.queue, j.model, j.created_at, j.status,
+    SELECT i.job_id, i.attempt, i.memo_key, j.request, j.queue, j.model, j.created_at, j.status,
            j.attempts, coalesce(j.cost_usd, 0) AS spent, j.second_opinion, j.escalated_from,
            j.routing_calls
     FROM batch_items i JOIN jobs j ON j.id = i.job_id
@@ -142,6 +142,7 @@ class Item:
     job: StartedJob  # attempt: the one this request is
     status: str  # the job's status now
     current_attempt: int  # the job's attempts now
+    memo_key: str | None = None  # a memoizing job's (farm.batches.memo)
 
 
 def items(conn: Connection, batch_id: uuid.UUID,
@@ -154,7 +155,7 @@ def items(conn: Connection, batch_id: uuid.UUID,
         model=row.model, attempt=row.attempt, created_at=row.created_at,
         spent=Decimal(row.spent), second_opinion=row.second_opinion,
         escalated_from=row.escalated_from, routing_calls=row.routing_calls),
-        row.status, row.attempts) for row in rows}
+        row.status, row.attempts, row.memo_key) for row in rows}
 
 
 UNRECORDED_SQL = text("""

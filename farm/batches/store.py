@@ -6,7 +6,9 @@ budgets' room at flush. The batches' own rows are farm.batches.rows'.
 A job in a batch is ``running`` with no lease (neither the reaper nor a worker's start
 touches it: both want a lease that ran out), its attempt counted as a synchronous start
 counts it; ``batch_items`` ties the attempt to the batch, so a result streamed twice (two
-pollers, a restart) is recorded once: the attempt's primary key (job_id, attempt).
+pollers, a restart) is recorded once: the attempt's primary key (job_id, attempt). A
+memoizing job's item carries its memo key (farm.batches.memo): identical jobs wait while it
+is in flight.
 
 Statements run on the caller's connection: the batch loop uses the worker's autocommit
 engine, where each one is its own transaction.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -51,7 +54,8 @@ CANDIDATES_SQL = text(f"""
 # with none left, no batch row is written.
 CLAIM_SQL = text("""
     WITH wanted AS (
-        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:worst AS numeric[])) AS w(id, worst)
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:worst AS numeric[]),
+                             CAST(:memo_keys AS text[])) AS w(id, worst, memo_key)
     ), claimed AS (
         UPDATE jobs SET status = 'running', attempts = attempts + 1,
                         started_at = coalesce(started_at, now()), lease_until = NULL,
@@ -59,14 +63,15 @@ CLAIM_SQL = text("""
         FROM wanted
         WHERE jobs.id = wanted.id AND jobs.batched AND jobs.status = 'queued'
           AND jobs.model = :model
-        RETURNING jobs.id, jobs.attempts, wanted.worst
+        RETURNING jobs.id, jobs.attempts, wanted.worst, wanted.memo_key
     ), batch AS (
         INSERT INTO batches (id, model, status, request_count, bytes)
         SELECT :batch_id, :model, 'creating', count(*), :bytes FROM claimed HAVING count(*) > 0
         RETURNING id
     ), items AS (
-        INSERT INTO batch_items (batch_id, job_id, attempt, worst_usd)
-        SELECT batch.id, claimed.id, claimed.attempts, claimed.worst FROM claimed, batch
+        INSERT INTO batch_items (batch_id, job_id, attempt, worst_usd, memo_key)
+        SELECT batch.id, claimed.id, claimed.attempts, claimed.worst, claimed.memo_key
+        FROM claimed, batch
     )
     SELECT id, attempts FROM claimed
 """)
@@ -109,6 +114,16 @@ IN_FLIGHT_SQL = """
     WHERE b.status IN ('creating', 'in_progress', 'canceling', 'ended')
       AND j.status = 'running' AND j.attempts = i.attempt AND {where}
 """
+# the memo keys of requests in batches in flight: their jobs still on them, or their
+# results being recorded (until the batch is done, after the answers got their keys: a
+# result recorded a moment before its key is never taken for one without an answer)
+KEYS_IN_FLIGHT_SQL = text("""
+    SELECT DISTINCT j.tenant, i.memo_key FROM batch_items i
+    JOIN batches b ON b.id = i.batch_id JOIN jobs j ON j.id = i.job_id
+    WHERE b.status IN ('creating', 'in_progress', 'canceling', 'ended')
+      AND i.memo_key = ANY(CAST(:keys AS text[]))
+      AND (b.status = 'ended' OR (j.status = 'running' AND j.attempts = i.attempt))
+""")
 _FILTER = {Scope.GLOBAL: "TRUE", Scope.TENANT: "j.tenant = :name",
            Scope.QUEUE: "j.queue = :name", Scope.MODEL: "j.model = :name"}
 
@@ -159,13 +174,15 @@ def flush_unlock(conn: Connection, model: str) -> None:
 
 
 def claim(conn: Connection, batch_id: uuid.UUID, model: str,
-          jobs: Sequence[tuple[uuid.UUID, Decimal | None]], nbytes: int, reason: str
-          ) -> dict[uuid.UUID, int]:
-    """Start these jobs in a new batch row (status creating); returns the attempt of each
-    job claimed (those cancelled or taken meanwhile are left out; none: no row)."""
+          jobs: Sequence[tuple[uuid.UUID, Decimal | None, str | None]], nbytes: int,
+          reason: str) -> dict[uuid.UUID, int]:
+    """Start these jobs (id, worst case, memo key) in a new batch row (status creating);
+    returns the attempt of each job claimed (those cancelled or taken meanwhile are left
+    out; none: no row)."""
     rows = conn.execute(CLAIM_SQL, {
-        "batch_id": batch_id, "model": model, "ids": [j for j, _ in jobs],
-        "worst": [w for _, w in jobs], "bytes": nbytes, "reason": reason[:500]})
+        "batch_id": batch_id, "model": model, "ids": [j for j, _, _ in jobs],
+        "worst": [w for _, w, _ in jobs], "memo_keys": [k for _, _, k in jobs],
+        "bytes": nbytes, "reason": reason[:500]})
     return {row.id: row.attempts for row in rows}
 
 
@@ -191,6 +208,15 @@ def wait_more(conn: Connection, job_ids: Sequence[uuid.UUID], wait_s: float,
     if job_ids:
         conn.execute(WAIT_SQL, {"ids": list(job_ids), "wait_s": wait_s,
                                 "reason": reason[:500]})
+
+
+def keys_in_flight(conn: Connection, wanted: AbstractSet[tuple[str, str]]
+                   ) -> set[tuple[str, str]]:
+    """Those of ``wanted`` (tenant, memo key) that a batch in flight carries."""
+    if not wanted:
+        return set()
+    found = conn.execute(KEYS_IN_FLIGHT_SQL, {"keys": sorted({k for _, k in wanted})})
+    return {(row.tenant, row.memo_key) for row in found} & set(wanted)
 
 
 def rooms(conn: Connection, budgets: Sequence[Budget], now: datetime) -> list[Room]:

@@ -7,4 +7,6 @@ succeeded within the TTL; identical jobs in flight at the same time make one cal
 - ``store``: the lookup of an earlier answer and the recording of a hit (Postgres);
 - ``inflight``: the in-flight mark per (tenant, key) that makes one call of many (Redis);
 - ``run``: the step the task (farm.worker.tasks) runs before admission.
+
+Batch jobs memoize by the same rules, at their flush and their result (farm.batches.memo).
 """

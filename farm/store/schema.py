@@ -277,6 +277,8 @@ class BatchItem(Base):
     )
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     worst_usd: Mapped[Decimal | None] = mapped_column(MONEY)
+    # a memoizing job's memo key (farm.batches.memo): identical jobs wait while it is in flight
+    memo_key: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_batch_items_job_id", "job_id"),)
 

@@ -1,7 +1,8 @@
 """Message Batches end to end: real `celery worker` processes run the batch loop against the
 simulator's batch API (a short processing time): batch jobs go as one batch at half price,
 a worker killed while its batch is in flight is replaced and nothing is lost or billed
-twice, failed requests retry in later batches, and cancelling works from the CLI."""
+twice, failed requests retry in later batches, cancelling works from the CLI, and identical
+memoizing batch jobs make one request whose answer a synchronous job reuses."""
 
 from __future__ import annotations
 
@@ -188,3 +189,19 @@ def test_a_batch_job_sent_with_plain_send_task_waits_for_a_batch(
     assert view.status.value == "succeeded"
     assert len(batches_of(farm, [job])) == 1
     check_half_price_and_billed_once(farm, [job], sim_stats)
+
+
+def test_identical_memo_batch_jobs_make_one_request_and_a_synchronous_one_reuses_it(
+        env: dict[str, str], farm: Farm, tmp_path: Path, sim_stats: Stats) -> None:
+    job = {"prompt": "What does a memo save?", "complexity": "simple", "batch": True,
+           "memo": True, "tenant": f"memo-{uuid.uuid4().hex[:8]}"}
+    with running_workers(env, [(tmp_path / "w.log", "haiku-simple", 4)]):
+        ids = farm.submit_many([job] * 5)
+        views = farm.wait(ids, timeout=60)
+        [sync] = farm.wait([farm.submit(**{**job, "batch": False})], timeout=30)
+    assert {v.status.value for v in [*views, sync]} == {"succeeded"}
+    assert sorted(v.cache_hit for v in views) == [False] + [True] * 4 and sync.cache_hit
+    billed = sim_stats()
+    assert (billed["batches"]["requests"], billed["messages_requests"]) == (1, 0)
+    [first] = [v for v in views if not v.cache_hit]
+    assert {v.saved_usd for v in [*views, sync] if v.cache_hit} == {first.cost_usd}

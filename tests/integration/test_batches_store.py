@@ -211,7 +211,7 @@ def claim_only(b: Batching, ids: list[uuid.UUID]) -> tuple[uuid.UUID, list[Any]]
         built = [collector.build(b, job)[0] for job in store.candidates(conn, HAIKU, 100)
                  if job.id in ids]
         batch_id = uuid.uuid4()
-        claimed = store.claim(conn, batch_id, HAIKU, [(r.job.id, r.worst) for r in built],
+        claimed = store.claim(conn, batch_id, HAIKU, [(r.job.id, r.worst, None) for r in built],
                               1000, "creating")
         assert store.candidates(conn, HAIKU, 100) == []  # claimed: nothing waits any more
     assert set(claimed) == set(ids)
