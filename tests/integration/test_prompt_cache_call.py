@@ -4,22 +4,19 @@ the usage says, what the call costs against its worst case."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import anthropic
 import httpx2
 import pytest
-from aiohttp import web
+from tests_sim import in_process_sim
 
 from farm.costs.estimate import worst_case
 from farm.costs.pricing import default_pricebook
 from farm.jobs import JobRequest
 from farm.provider.messages import call
-from farm.sim.server import SimConfig, make_app
 
 HAIKU = "claude-haiku-4-5"  # caches from 4,096 tokens
 SONNET = "claude-sonnet-4-5"  # from 1,024
@@ -28,21 +25,8 @@ SONNET = "claude-sonnet-4-5"  # from 1,024
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """The simulator on a free port, served by an event loop on a background thread."""
-    loop = asyncio.new_event_loop()
-    config = SimConfig(port=0, ttft_s=0.001, output_tokens_per_s=100_000.0)
-    runner = web.AppRunner(make_app(config), access_log=None)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with in_process_sim(ttft_s=0.001) as url:
+        yield url
 
 
 @pytest.fixture

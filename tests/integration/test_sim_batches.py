@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,14 +19,13 @@ from typing import Any
 
 import anthropic
 import pytest
-from aiohttp import web
 from anthropic.types import Message
 from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
+from tests_sim import admin, in_process_sim
 
 from farm.costs.pricing import cost, default_pricebook
 from farm.jobs import Usage
 from farm.sim import batch_wire
-from farm.sim.server import SimConfig, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 HAIKU, SONNET = "claude-haiku-4-5", "claude-sonnet-4-5"
@@ -40,28 +37,10 @@ FAST: dict[str, Any] = {"ttft_s": 0.0, "output_tokens_per_s": 100_000.0, "fixed_
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """The simulator on a free port, served by an event loop on a background thread."""
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(SimConfig(port=0, **FAST)), access_log=None)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    with in_process_sim(**FAST) as url:
+        yield url
 
 
-def admin(url: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-    data = None if payload is None else json.dumps(payload).encode()
-    method = "GET" if data is None else "POST"
-    request = urllib.request.Request(url + path, data=data, method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
 
 
 @pytest.fixture
