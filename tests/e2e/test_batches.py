@@ -109,7 +109,8 @@ def test_a_worker_killed_while_its_batch_is_in_flight_is_replaced_nothing_twice(
         views = farm.wait(ids, timeout=60)
     assert {v.status.value for v in views} == {"succeeded"}
     [batch] = batches_of(farm, ids)
-    assert batch.status == "done" and batch.polls >= 2
+    # the heir polled it (the victim may have been killed before its first poll)
+    assert batch.status == "done" and batch.polls >= 1
     check_half_price_and_billed_once(farm, ids, sim_stats)
     assert sim_stats()["batches"]["created"] == 1
 

@@ -12,7 +12,7 @@ nobody gets a reset. Three runs, each module-wide, their figures printed (-s):
   and takes new jobs again (it rejoins).
 - **a worker host cut off from the server host only**: w1's calls finish but it can neither
   renew nor record; after the heal its results are late, kept with their cost.
-- **the server host cut off for 10 s** (500 jobs submitted at once to hosts of 25 slots, the
+- **the server host cut off for 10 s** (300 jobs submitted at once to hosts of 25 slots, the
   default lease of 40 s): every worker loses Valkey and PostgreSQL; the calls under way
   finish and their results wait for the database; after the heal every host takes jobs
   again, and no job ran twice.
@@ -37,7 +37,7 @@ from tests_partition import Fault, Figures, Scenario, run
 HOST_CUT = Scenario()  # 1,000 jobs of 2 s, 25 a second, 3 hosts x 50 slots, lease 10 s
 SERVICES_CUT = replace(HOST_CUT, jobs=300, fault=Fault.SERVICES)
 # all at once: a backlog waits for the hosts to come back
-SERVER_CUT = replace(HOST_CUT, jobs=500, slots=25, submit_per_s=None, fault=Fault.SERVER,
+SERVER_CUT = replace(HOST_CUT, jobs=300, slots=25, submit_per_s=None, fault=Fault.SERVER,
                      cut_s=10.0, lease_s=None)
 
 

@@ -32,7 +32,7 @@ from tests_e2e import (
 JOBS = 1000
 KILLS = 3
 SLOTS = 50
-LEASE_S = 20  # so the test is short; with the default 40 s a lost job runs again within 45 s
+LEASE_S = 10  # so the test is short; with the default 40 s a lost job runs again within 45 s
 
 
 @dataclass(frozen=True)
