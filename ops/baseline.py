@@ -36,10 +36,11 @@ def _clients() -> tuple[anthropic.Anthropic, redis.Redis]:
 
 
 @app.task(name="baseline.call", acks_late=True)
-def call(prompt: str, max_tokens: int, run: str) -> None:
+def call(prompt: str, max_tokens: int, run: str, system: str | None = None) -> None:
     client, counter = _clients()
     client.messages.create(
         model="claude-haiku-4-5", max_tokens=max_tokens,
         messages=[{"role": "user", "content": prompt}],
+        system=system or anthropic.omit,
     )
     counter.rpush(f"baseline:done:{run}", time.time())  # completion time

@@ -1,22 +1,30 @@
 """`make bench`: the farm against a plain Celery task, in one run, same simulator, same SDK,
-same pool and concurrency; 1 s simulated latency.
+same pool and concurrency, in two scenarios (FARM_BENCH_SCENARIOS, default "latency,cpu"):
 
-For each variant it starts one worker process, publishes N jobs and measures: jobs/s in the
-steady state (from the 10% to the 90% completion time: the jobs' finished_at in Postgres,
-the baseline's completion times in Redis) and end to
-end (first publish to last completion, ramp-up and tail included: at 100 concurrency and
-1 s latency that alone caps 1500 jobs at 1500 / 16 s = 94 jobs/s); the worker's CPU seconds
-per job (user+sys from /proc); and the worker's peak RSS (VmHWM). Variants alternate
-(farm, baseline, farm, baseline, …) so drift on a noisy machine hits both; the medians and
-the ratio are printed.
+  * latency: 1 s simulated latency, 1500 jobs with `complexity: simple` given (below);
+  * cpu: 50 ms simulated latency, 3000 jobs, the router classifying, limits configured:
+    end-to-end jobs/s and the CPU per job of every process (worker, Postgres, Valkey,
+    simulator, submitter); see ops/bench_cpu.py.
 
-Environment: FARM_BENCH_JOBS (default 1500), FARM_BENCH_ROUNDS (2), FARM_BENCH_CONCURRENCY
-(100), FARM_BENCH_POOLS (threads; e.g. "threads,gevent" to compare pools),
-FARM_BENCH_METRICS (off; "on": the farm's worker serves /metrics, FARM_METRICS_PORT; "both":
-each round runs the farm without and with metrics, and the ratios with/without are printed),
-FARM_BENCH_BUDGETS (off; "both": each round runs the farm without and with budgets — a
-global and a tenant hard budget covering every call, far above what the run spends, and the
-cost breaker on — and the ratios with/without are printed).
+Latency scenario: for each variant it starts one worker process, publishes N jobs and
+measures: jobs/s in the steady state (from the 10% to the 90% completion time: the jobs'
+finished_at in Postgres, the baseline's completion times in Redis) and end to end (first
+publish to last completion, ramp-up and tail included: at 100 concurrency and 1 s latency
+that alone caps 1500 jobs at 1500 / 16 s = 94 jobs/s); the worker's CPU seconds per job
+(user+sys from /proc); and the worker's peak RSS (VmHWM). Variants alternate (farm,
+baseline, farm, baseline, …) in both scenarios so drift on a noisy machine hits both; the
+medians and the ratios farm / plain are printed, a table per scenario.
+
+Environment: FARM_BENCH_SCENARIOS (latency,cpu), FARM_BENCH_ROUNDS (3, both scenarios),
+FARM_BENCH_JOBS (latency scenario, 1500; the cpu scenario's: FARM_BENCH_CPU_JOBS, 3000, and
+FARM_BENCH_CPU_LATENCY, 0.05 s), FARM_BENCH_CONCURRENCY (100, both), FARM_BENCH_POOLS
+(threads; e.g. "threads,gevent" to compare pools in the latency scenario; the cpu one runs
+the first), FARM_BENCH_EVENTS (on, both), FARM_BENCH_METRICS (off; "on": the farm's worker
+serves /metrics, FARM_METRICS_PORT; "both": each round runs the farm without and with
+metrics, and the ratios with/without are printed), FARM_BENCH_BUDGETS (off; "both": each
+round runs the farm without and with budgets — a global and a tenant hard budget covering
+every call, far above what the run spends, and the cost breaker on — and the ratios
+with/without are printed); METRICS and BUDGETS apply to the latency scenario.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import procs  # ops/, this script's directory
+import bench_cpu  # ops/, this script's directory
+import procs
 import redis
+from bench_cpu import steady_rate
 
 from farm import services
 from farm.client import Farm
@@ -42,7 +52,7 @@ from farm.worker.command import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 N = int(os.environ.get("FARM_BENCH_JOBS", "1500"))
-ROUNDS = int(os.environ.get("FARM_BENCH_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("FARM_BENCH_ROUNDS", "3"))
 CONCURRENCY = int(os.environ.get("FARM_BENCH_CONCURRENCY", "100"))
 POOLS = os.environ.get("FARM_BENCH_POOLS", "threads").split(",")
 # task events (what Flower shows) on or off, for both variants alike
@@ -51,6 +61,10 @@ METRICS = os.environ.get("FARM_BENCH_METRICS", "off")
 BUDGETS = os.environ.get("FARM_BENCH_BUDGETS", "off")
 if BUDGETS not in ("off", "both"):
     raise SystemExit(f"bench: FARM_BENCH_BUDGETS must be off or both, not {BUDGETS!r}")
+SCENARIOS = [s.strip() for s in
+             os.environ.get("FARM_BENCH_SCENARIOS", "latency,cpu").split(",") if s.strip()]
+if not SCENARIOS or set(SCENARIOS) - {"latency", "cpu"}:
+    raise SystemExit(f"bench: FARM_BENCH_SCENARIOS lists latency and/or cpu, not {SCENARIOS}")
 if METRICS not in ("off", "on", "both"):
     raise SystemExit(f"bench: FARM_BENCH_METRICS must be off, on or both, not {METRICS!r}")
 PROMPT = "What is the capital of France? Answer in one word. (bench {i})"
@@ -64,13 +78,6 @@ class Result:
     end_to_end_jobs_per_s: float  # N / (first publish .. last completion), ramp included
     cpu_s_per_job: float
     peak_rss_mb: float
-
-
-def steady_rate(finished: list[float]) -> float:
-    """Completion rate between the 10% and the 90% completion times."""
-    times = sorted(finished)
-    lo, hi = len(times) // 10, (9 * len(times)) // 10
-    return (hi - lo) / (times[hi] - times[lo])
 
 
 def _proc_cpu(pid: int) -> float:
@@ -209,13 +216,25 @@ def main() -> int:
     broker_url = resolve_urls(settings).broker_url
     logs = base.data_dir / "run"
     logs.mkdir(parents=True, exist_ok=True)
+    if "latency" in SCENARIOS:
+        run_latency(settings, env, broker_url, logs)
+    if "cpu" in SCENARIOS:
+        if "latency" in SCENARIOS:
+            print()
+        bench_cpu.run(bench_cpu.Context(settings, env, broker_url, logs, CONCURRENCY, ROUNDS,
+                                        POOLS[0], EVENTS))
+    return 0
+
+
+def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: Path) -> None:
+    sim_port = int(env["ANTHROPIC_BASE_URL"].rsplit(":", 1)[1])
     sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(sim_port),
                        "--latency", "1.0"], env=env)
     results: list[Result] = []
     try:
         if not services.wait_port(sim_port, timeout=30):
             raise SystemExit("bench: the simulator did not start")
-        print(f"bench: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
+        print(f"bench latency: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
               f"{ROUNDS} round(s), pools {POOLS}, task events {'on' if EVENTS else 'off'}, "
               f"metrics {METRICS}, budgets {BUDGETS}, on {os.cpu_count()} cores")
         variants = {"off": ("farm",), "on": ("farm+metrics",),
@@ -238,23 +257,25 @@ def main() -> int:
                           f"{1000 * r.cpu_s_per_job:6.2f} ms CPU/job  {r.peak_rss_mb:6.1f} MB")
     finally:
         procs.stop_all([sim], grace=10)
-    print("\nmedians:")
+    print("\nlatency scenario, medians:")
     print(f"{'variant':<24}{'jobs/s':>9}{'end-to-end':>12}{'CPU ms/job':>12}"
           f"{'peak RSS MB':>13}")
     medians: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    e2e: dict[str, float] = {}
     for variant in dict.fromkeys(r.variant for r in results):
         rs = [r for r in results if r.variant == variant]
         medians[variant] = statistics.median(r.jobs_per_s for r in rs)
         cpu[variant] = statistics.median(r.cpu_s_per_job for r in rs)
-        print(f"{variant:<24}{medians[variant]:>9.1f}"
-              f"{statistics.median(r.end_to_end_jobs_per_s for r in rs):>12.1f}"
-              f"{1000 * statistics.median(r.cpu_s_per_job for r in rs):>12.2f}"
-              f"{max(r.peak_rss_mb for r in rs):>13.1f}")
+        e2e[variant] = statistics.median(r.end_to_end_jobs_per_s for r in rs)
+        print(f"{variant:<24}{medians[variant]:>9.1f}{e2e[variant]:>12.1f}"
+              f"{1000 * cpu[variant]:>12.2f}{max(r.peak_rss_mb for r in rs):>13.1f}")
     farm = "farm+metrics" if METRICS == "on" else "farm"
     for pool in POOLS:
-        ratio = medians[f"{farm}/{pool}"] / medians[f"plain-celery/{pool}"]
-        print(f"throughput ratio {farm}/plain-celery ({pool}): {ratio:.3f}")
+        f, b = f"{farm}/{pool}", f"plain-celery/{pool}"
+        print(f"{f + ' / plain':<24}{medians[f] / medians[b]:>9.3f}{e2e[f] / e2e[b]:>12.3f}"
+              f"{cpu[f] / cpu[b]:>12.3f}")
+        print(f"throughput ratio {farm}/plain-celery ({pool}): {medians[f] / medians[b]:.3f}")
         if METRICS == "both":
             on, off = f"farm+metrics/{pool}", f"farm/{pool}"
             print(f"metrics on/off ({pool}): throughput ratio {medians[on] / medians[off]:.3f}, "
@@ -265,7 +286,6 @@ def main() -> int:
             print(f"budgets on/off ({pool}): throughput ratio {medians[on] / medians[off]:.3f}, "
                   f"CPU per job {1000 * (cpu[on] - cpu[off]):+.3f} ms "
                   f"({100 * (cpu[on] / cpu[off] - 1):+.1f} %)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,378 @@
+"""`make bench`'s CPU-bound scenario: short provider latency, thousands of jobs, the realistic
+path on, and the CPU every process involved spends per job.
+
+The farm and plain Celery (ops/baseline.py), one worker process each (same pool and
+concurrency as the latency scenario), call a simulator answering in a fixed 50 ms
+(FARM_BENCH_CPU_LATENCY), so the provider is no bottleneck and the machine's CPU is. The
+farm runs its realistic path: the router classifies every job (no complexity given), the
+model has limits configured (FARM_LIMITS: rpm, itpm and otpm far above what the run uses, so
+they never bind but the limiter acquires and releases for every call), task events are on
+for both variants (FARM_BENCH_EVENTS).
+
+The prompts are realistic and short: the labelled routing data's simple prompts
+(farm/routing/data/labelled.jsonl) of at most 300 characters, with their system prompts,
+that the shipped router sends to the simple queue (a few simple-labelled ones go to the
+complex queue; the split is printed and those are left out, as the worker serves the simple
+queue only). Jobs cycle through them; plain Celery sends the same prompts and system prompts.
+
+Each run: a fresh worker, a warm-up of CONCURRENCY jobs (the worker's client, database and
+broker pools grown to their size; not measured), then FARM_BENCH_CPU_JOBS (3000) jobs.
+*End to end* is N / (first submit .. last completion): the farm's last finished_at in
+Postgres, the baseline's last completion time in Redis; *steady* as in the latency scenario.
+
+CPU seconds per job, from /proc/<pid>/stat (utime+stime, cutime+cstime), the difference of
+two samples taken just before the first submit and once the last job is seen finished, of:
+  * worker: the Celery worker process (with all its threads);
+  * postgres: the whole embedded server, the postmaster's process tree: every process's own
+    times plus its reaped children's (cutime+cstime), summed over the postmaster and all its
+    live descendants. A backend that lives through both samples counts by its own times; one
+    that exits in between moves its whole lifetime into the postmaster's cutime, and was
+    counted live in the first sample, so the difference is exactly its time in the window
+    (likewise one forked and gone in between). pg_stat_activity would miss the auxiliary
+    processes (walwriter, checkpointer, autovacuum) and the short-lived ones. The only error
+    is a backend exiting between the reads of one sample, rare at the two idle moments
+    sampled;
+  * redis: the Valkey/Redis server's process tree the same way (a BGSAVE fork included);
+  * sim: the simulator's process tree (shared by both variants, measured per run);
+  * submitter: this process's CPU (time.process_time) while it submits the N jobs: for the
+    farm validating, routing, recording and publishing; for plain Celery publishing.
+The farm's postgres figure includes the bench's completion polls (one query a second over
+the jobs not finished yet), the baseline's redis figure its LLEN a second. Servers not
+embedded (FARM_BROKER_URL / FARM_DATABASE_URL set) cannot be sampled: shown as n/a.
+
+Environment: FARM_BENCH_CPU_JOBS (3000), FARM_BENCH_CPU_LATENCY (0.05 s); the rest is the
+latency scenario's (rounds, concurrency, first pool, events).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import procs  # ops/, this script's directory
+import redis
+
+from farm import services
+from farm.client import Farm
+from farm.routing.route import parse_and_route
+from farm.settings import Settings
+from farm.store.jobs import unfinished
+from farm.worker.command import worker_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+N = int(os.environ.get("FARM_BENCH_CPU_JOBS", "3000"))
+LATENCY_S = float(os.environ.get("FARM_BENCH_CPU_LATENCY", "0.05"))
+PROMPT_CHARS = 300
+MAX_TOKENS = 64
+MODEL = "claude-haiku-4-5"  # the simple queue's model, and the baseline's
+# far above anything the run uses: they never bind, but the limiter runs on every call
+LIMITS = {MODEL: {"rpm": 10_000_000, "itpm": 10_000_000_000, "otpm": 10_000_000_000}}
+PROCS = ("worker", "postgres", "redis", "sim", "submitter")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    env: dict[str, str]
+    broker_url: str
+    logs: Path
+    concurrency: int
+    rounds: int
+    pool: str
+    events: bool
+
+
+@dataclass
+class Result:
+    variant: str
+    end_to_end: float  # jobs/s, first submit .. last completion
+    steady: float  # jobs/s, 10 % .. 90 % completion
+    cpu: dict[str, float | None] = field(default_factory=dict)  # CPU s per job, by process
+
+
+def steady_rate(finished: list[float]) -> float:
+    """Completion rate between the 10% and the 90% completion times."""
+    times = sorted(finished)
+    lo, hi = len(times) // 10, (9 * len(times)) // 10
+    return (hi - lo) / (times[hi] - times[lo])
+
+
+# --- CPU of process trees --------------------------------------------------------------
+
+def _all_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, ticks: own utime+stime plus reaped children's cutime+cstime)."""
+    stats: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        f = raw.rsplit(b")", 1)[1].split()  # after "pid (comm)": state ppid … (man 5 proc)
+        stats[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+    return stats
+
+
+def tree_cpu(roots: dict[str, int | None]) -> dict[str, float | None]:
+    """CPU seconds so far of each named process tree (see the module docstring)."""
+    stats = _all_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[str, float | None] = {}
+    for name, root in roots.items():
+        if root is None or root not in stats:
+            out[name] = None
+            continue
+        ticks, stack = 0, [root]
+        while stack:
+            pid = stack.pop()
+            ticks += stats[pid][1]
+            stack.extend(children.get(pid, ()))
+        out[name] = ticks / TICK
+    return out
+
+
+def _pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def server_pids(settings: Settings) -> dict[str, int | None]:
+    """The embedded Postgres's postmaster and the embedded Valkey, unless URLs are set."""
+    data = settings.data_dir
+    return {"postgres": None if settings.database_url else _pid_file(
+                data / "postgres" / "postmaster.pid"),
+            "redis": None if settings.broker_url else _pid_file(data / "valkey" / "valkey.pid")}
+
+
+# --- the workload ----------------------------------------------------------------------
+
+def prompts(settings: Settings) -> list[dict[str, str]]:
+    """The short simple-labelled prompts the router sends to the simple queue; the split of
+    all of them printed."""
+    rows = [json.loads(line) for line in
+            (ROOT / "farm/routing/data/labelled.jsonl").read_text().splitlines() if line]
+    chosen: list[dict[str, str]] = []
+    split: dict[str, int] = {}
+    for row in rows:
+        if row["label"] != "simple" or len(row["prompt"]) > PROMPT_CHARS:
+            continue
+        job = {"prompt": row["prompt"], **({"system": row["system"]} if row.get("system")
+                                           else {})}
+        queue = parse_and_route({**job, "max_tokens": MAX_TOKENS}, settings.queues)[1].queue
+        split[queue] = split.get(queue, 0) + 1
+        if queue == "haiku-simple":
+            chosen.append(job)
+    print(f"  prompts: the {sum(split.values())} simple-labelled prompts of at most "
+          f"{PROMPT_CHARS} chars route {split}; the bench cycles through the "
+          f"{len(chosen)} routed simple")
+    return chosen
+
+
+def _jobs(pool: list[dict[str, str]], n: int, offset: int = 0) -> list[dict[str, str]]:
+    return [pool[(offset + i) % len(pool)] for i in range(n)]
+
+
+def _per_job(before: dict[str, float | None], after: dict[str, float | None], n: int
+             ) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, b in before.items():
+        a = after.get(name)
+        out[name] = None if a is None or b is None else (a - b) / n
+    return out
+
+
+def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | None],
+             log: Path) -> Result:
+    env = {**ctx.env, "FARM_LIMITS": json.dumps(LIMITS)}
+    argv = worker_argv("haiku-simple", concurrency=ctx.concurrency, pool=ctx.pool,
+                       events=False, name=f"bench-cpu-{uuid.uuid4().hex[:6]}@%h")
+    [worker] = procs.start_ready([argv], [log], env=env, cwd=ROOT)
+    bucket = f"farm:lim:m:{MODEL}:bucket"
+    r = redis.Redis.from_url(ctx.broker_url)
+    try:
+        with Farm(ctx.settings) as farm:
+            def submit(jobs: list[dict[str, str]]) -> list[uuid.UUID]:
+                return farm.submit_many([{**j, "max_tokens": MAX_TOKENS, "tenant": "bench"}
+                                         for j in jobs])
+
+            farm.wait(submit(_jobs(pool, ctx.concurrency, offset=N)), timeout=120)  # warm-up
+            r.delete(bucket)  # the measured run's calls make it again
+            jobs = _jobs(pool, N)
+            before = tree_cpu({"worker": worker.pid, **roots})
+            start, cpu0 = time.time(), time.process_time()
+            ids = submit(jobs)
+            submitter = time.process_time() - cpu0
+            pending, deadline = set(ids), time.monotonic() + 600
+            while pending:  # farm.wait's polls, without its final read of every job
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"bench: {len(pending)} farm jobs not finished in 600 s")
+                time.sleep(1.0)
+                pending = unfinished(farm.engine, list(pending))
+            after = tree_cpu({"worker": worker.pid, **roots})
+            views = farm.statuses(ids)
+        bad = [v for v in views if v.status.value != "succeeded"]
+        if bad:
+            raise SystemExit(f"bench: {len(bad)} farm jobs did not succeed: {bad[0].error}")
+        queues = {q: sum(v.queue == q for v in views) for q in {v.queue for v in views}}
+        if queues != {"haiku-simple": N}:
+            raise SystemExit(f"bench: the farm's jobs went to {queues}, not all haiku-simple")
+        if not r.hexists(bucket, "rpm"):
+            raise SystemExit(f"bench: the limiter kept no rpm bucket for {MODEL}")
+        finished = [v.finished_at.timestamp() for v in views if v.finished_at is not None]
+        cpu = _per_job(before, after, N)
+        cpu["submitter"] = submitter / N
+        return Result(f"farm/{ctx.pool}", N / (max(finished) - start), steady_rate(finished),
+                      cpu)
+    finally:
+        procs.stop_all([worker])
+        r.close()
+
+
+def run_baseline(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | None],
+                 log: Path) -> Result:
+    from celery import Celery
+
+    env = {**ctx.env, "BASELINE_BROKER_URL": ctx.broker_url}
+    argv = worker_argv("baseline", concurrency=ctx.concurrency, pool=ctx.pool,
+                       app="ops.baseline", events=ctx.events,
+                       name=f"baseline-cpu-{uuid.uuid4().hex[:6]}@%h")
+    [worker] = procs.start_ready([argv], [log], env=env, cwd=ROOT)
+    counter = redis.Redis.from_url(ctx.broker_url)
+    sender = Celery("bench-sender", broker=ctx.broker_url, set_as_current=False)
+    sender.conf.task_serializer = "json"
+    done: list[str] = []
+
+    def send(jobs: list[dict[str, str]], run: str) -> None:
+        with sender.producer_or_acquire() as producer:
+            for job in jobs:
+                sender.send_task("baseline.call", queue="baseline", producer=producer,
+                                 args=(job["prompt"], MAX_TOKENS, run, job.get("system")))
+
+    def wait(run: str, n: int) -> None:
+        deadline = time.monotonic() + 600
+        while counter.llen(f"baseline:done:{run}") < n:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: baseline did not finish in 600 s")
+            time.sleep(1.0)
+
+    try:
+        warm, run = uuid.uuid4().hex, uuid.uuid4().hex
+        done += [warm, run]
+        with sender.connection_for_write() as conn:
+            conn.ensure_connection()
+        send(_jobs(pool, ctx.concurrency, offset=N), warm)
+        wait(warm, ctx.concurrency)
+        jobs = _jobs(pool, N)
+        before = tree_cpu({"worker": worker.pid, **roots})
+        start, cpu0 = time.time(), time.process_time()
+        send(jobs, run)
+        submitter = time.process_time() - cpu0
+        wait(run, N)
+        after = tree_cpu({"worker": worker.pid, **roots})
+        finished = [float(t) for t in counter.lrange(f"baseline:done:{run}", 0, -1)]
+        cpu = _per_job(before, after, N)
+        cpu["submitter"] = submitter / N
+        return Result(f"plain-celery/{ctx.pool}", N / (max(finished) - start),
+                      steady_rate(finished), cpu)
+    finally:
+        procs.stop_all([worker])
+        for key in done:
+            counter.delete(f"baseline:done:{key}")
+        counter.close()
+        sender.close()
+
+
+# --- the scenario ----------------------------------------------------------------------
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{1000 * value:.3f}"
+
+
+def _total(cpu: dict[str, float | None]) -> float:
+    return sum(v for v in cpu.values() if v is not None)
+
+
+def run(ctx: Context) -> list[Result]:
+    """Alternating rounds of the farm and plain Celery; per-round lines, then the medians."""
+    pool = prompts(ctx.settings)
+    port = services.free_port()
+    env = {**ctx.env, "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    ctx = Context(ctx.settings.model_copy(update={"anthropic_base_url": env[
+        "ANTHROPIC_BASE_URL"]}), env, ctx.broker_url, ctx.logs, ctx.concurrency, ctx.rounds,
+        ctx.pool, ctx.events)
+    sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(port),
+                       "--latency", str(LATENCY_S)], env=env)
+    roots = {**server_pids(ctx.settings), "sim": sim.pid}
+    results: list[Result] = []
+    try:
+        if not services.wait_port(port, timeout=30):
+            raise SystemExit("bench: the simulator did not start")
+        print(f"bench cpu: {N} jobs per run (after a warm-up of {ctx.concurrency}), "
+              f"concurrency {ctx.concurrency}, {1000 * LATENCY_S:.0f} ms simulated latency, "
+              f"{ctx.rounds} round(s), pool {ctx.pool}, router on, limits on "
+              f"({MODEL}), task events {'on' if ctx.events else 'off'}, "
+              f"on {os.cpu_count()} cores")
+        for round_no in range(ctx.rounds):
+            for runner in (run_farm, run_baseline):
+                log = ctx.logs / f"bench-cpu-{runner.__name__}.log"
+                r = runner(ctx, pool, roots, log)
+                results.append(r)
+                print(f"  round {round_no + 1} {r.variant:<20} {r.end_to_end:7.1f} jobs/s end "
+                      f"to end ({r.steady:6.1f} steady)  CPU ms/job: "
+                      + "  ".join(f"{p} {_ms(r.cpu.get(p))}" for p in PROCS)
+                      + f"  total {_ms(_total(r.cpu))}")
+    finally:
+        procs.stop_all([sim], grace=10)
+    table(results)
+    return results
+
+
+def table(results: list[Result]) -> None:
+    medians: dict[str, dict[str, Any]] = {}
+    for variant in dict.fromkeys(r.variant for r in results):
+        rs = [r for r in results if r.variant == variant]
+        row: dict[str, Any] = {"e2e": statistics.median(r.end_to_end for r in rs),
+                               "steady": statistics.median(r.steady for r in rs)}
+        for p in (*PROCS, "total"):
+            got = [(_total(r.cpu) if p == "total" else r.cpu.get(p)) for r in rs]
+            row[p] = statistics.median(g for g in got if g is not None) if all(
+                g is not None for g in got) else None
+        row["cores"] = row["total"] * row["e2e"]  # CPU busy: those processes' cores in use
+        medians[variant] = row
+    cols = ("e2e", "steady", *PROCS, "total", "cores")
+    print(f"\ncpu scenario, medians of {len(results) // max(1, len(medians))} round(s) "
+          "(jobs/s end to end and steady; CPU ms per job by process; cores: total CPU per job "
+          "x jobs/s end to end):")
+    print(f"{'variant':<22}" + "".join(f"{c:>11}" for c in cols))
+    for variant, row in medians.items():
+        print(f"{variant:<22}" + "".join(
+            f"{row[c]:>11.1f}" if c in ("e2e", "steady") else f"{row[c]:>11.2f}"
+            if c == "cores" else f"{_ms(row[c]):>11}" for c in cols))
+    farm = next((v for v in medians if v.startswith("farm")), None)
+    plain = next((v for v in medians if v.startswith("plain")), None)
+    if farm and plain:
+        f, b = medians[farm], medians[plain]
+        # n/a where plain Celery barely uses the process (its Postgres: background work only)
+        print(f"{'farm / plain':<22}" + "".join(
+            f"{f[c] / b[c]:>11.3f}" if f[c] is not None and b[c] is not None
+            and b[c] > 0.05 * f[c] else f"{'n/a':>11}" for c in cols))
+
+
+if __name__ == "__main__":
+    print("run `make bench` (FARM_BENCH_SCENARIOS=cpu for this scenario alone)")
+    sys.exit(subprocess.call([sys.executable, str(Path(__file__).with_name("bench.py"))],
+                             env={**os.environ, "FARM_BENCH_SCENARIOS": "cpu"}))
