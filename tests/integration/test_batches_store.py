@@ -18,21 +18,18 @@ import httpx2
 import pytest
 import redis
 from sqlalchemy import text
-from tests_batches import admin, in_process_sim, until
+from tests_batches import admin, batching, in_process_sim, until
 
 from farm.batches import collector, loop, results, rows, store
 from farm.batches.context import Batching
-from farm.batches.policy import config_of
 from farm.batches.reconcile import Reconciler
 from farm.broker import layout
 from farm.client import Farm
 from farm.costs.pricing import default_pricebook
 from farm.jobs import Usage
 from farm.reliability import dlq
-from farm.reliability.policies import RetryPolicy
 from farm.settings import Settings
 from farm.worker import events
-from farm.worker import runtime as rt
 
 HAIKU = "claude-haiku-4-5"
 
@@ -61,23 +58,8 @@ def farm(settings: Settings) -> Iterator[Farm]:
 
 @pytest.fixture
 def b(settings: Settings) -> Iterator[Batching]:
-    runtime = rt.build(settings, {"default": RetryPolicy(max_attempts=2, backoff_base_s=0.01,
-                                                         backoff_cap_s=0.02)})
-
-    def dead_letter(job_id: uuid.UUID, queue: str, error_class: str, message: str) -> None:
-        dlq.record(runtime.engine, job_id, error_class, message)
-
-    def forget() -> None:  # each test sees its own batches, and leaves none to the loops
-        with rows.connection(runtime.engine) as conn:
-            conn.execute(text("DELETE FROM batches"))
-
-    forget()
-    try:
-        yield Batching(runtime, config_of(settings), dead_letter)
-    finally:
-        forget()
-        runtime.engine.dispose()
-        runtime.client.close()
+    with batching(settings) as made:
+        yield made
 
 
 def submit(farm: Farm, n: int, prompt: str = "fact #{i}?", **fields: Any) -> list[uuid.UUID]:
