@@ -36,7 +36,6 @@ also writes the figures there as JSON (money as strings).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -46,7 +45,6 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -60,8 +58,8 @@ from sqlalchemy import text
 from farm import services
 from farm.client import Farm, WaitTimeoutError
 from farm.services import resolve_urls
-from farm.settings import Settings, normalize_database_url
-from farm.store.migrate import upgrade
+from farm.settings import Settings
+from farm.store.migrate import fresh_database, upgrade
 from farm.worker.command import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,26 +113,6 @@ def sim_call(url: str, path: str, body: dict[str, Any] | None = None) -> dict[st
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, Any] = json.loads(resp.read())
     return result
-
-
-@contextlib.contextmanager
-def fresh_database(server_url: str, tag: str) -> Iterator[str]:
-    """A new, empty database on the farm's PostgreSQL server; dropped afterwards, whatever
-    connections are left."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    server = make_url(normalize_database_url(server_url))
-    name = f"farm_bench_cost_{tag}_{uuid.uuid4().hex[:8]}"
-    admin = server.set(drivername="postgresql", database="postgres").render_as_string(
-        hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def bench_broker_url(farm_broker: str) -> str:
@@ -240,7 +218,7 @@ def run_path(name: str, generated: list[workload.Job], server_db: str, broker_ur
              env: dict[str, str], sim_url: str, logs_dir: Path) -> Figures:
     make = workload.farm_job if name == "farm" else workload.baseline_job
     jobs = [make(job) for job in generated]
-    with fresh_database(server_db, name) as database_url:
+    with fresh_database(server_db, f"farm_bench_cost_{name}") as database_url:
         settings = Settings(broker_url=broker_url, database_url=database_url,
                             anthropic_api_key="sim-bench-key", anthropic_base_url=sim_url,
                             task_events=False)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import random
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +12,7 @@ from farm.capacity import limits
 from farm.capacity.config import LimiterConfig
 from farm.capacity.limits import ModelState
 from farm.services import free_port
+from farm.store.migrate import fresh_database
 
 __all__ = ["free_port", "fresh_database", "random_headers", "wait_port"]
 
@@ -24,36 +22,6 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
     if not listening(port, timeout):
         raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-@contextmanager
-def fresh_database(server_url: str, prefix: str, revision: str | None = None
-                   ) -> Iterator[str]:
-    """A new database on the test server (migrated to `revision`, if given); its URL.
-    Dropped afterwards, whatever connections are left."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from farm.settings import normalize_database_url
-
-    server = make_url(normalize_database_url(server_url))
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = server.set(drivername="postgresql", database="postgres").render_as_string(
-        hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = server.set(database=name).render_as_string(hide_password=False)
-        if revision is not None:
-            from alembic import command
-
-            from farm.store.migrate import alembic_config
-
-            command.upgrade(alembic_config(url), revision)
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def random_headers(rng: random.Random, *, otpm: int = 6_000, now: float | None = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
@@ -11,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
 from farm.services import resolve_urls
-from farm.settings import Settings
+from farm.settings import Settings, normalize_database_url
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -55,3 +58,28 @@ def describe(before: str | None, after: str | None, head: str | None) -> str:
     if before is None:
         return f"created the database schema: none -> {at}"
     return f"upgraded the database schema: {before} -> {at}"
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str, prefix: str, revision: str | None = None
+                   ) -> Iterator[str]:
+    """A new database named ``prefix``_<random> on the server of ``server_url``, migrated to
+    ``revision`` if given; its URL. Dropped afterwards, whatever connections are left (for
+    tests and benchmarks, which must not touch the farm's own database)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(normalize_database_url(server_url))
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = server.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = server.set(database=name).render_as_string(hide_password=False)
+        if revision is not None:
+            command.upgrade(alembic_config(url), revision)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
