@@ -228,12 +228,9 @@ def main() -> int:
 
 def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: Path) -> None:
     sim_port = int(env["ANTHROPIC_BASE_URL"].rsplit(":", 1)[1])
-    sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(sim_port),
-                       "--latency", "1.0"], env=env)
+    sim = procs.start_sim(sim_port, ["--latency", "1.0"], env=env)
     results: list[Result] = []
     try:
-        if not services.wait_port(sim_port, timeout=30):
-            raise SystemExit("bench: the simulator did not start")
         print(f"bench latency: {N} jobs per run, concurrency {CONCURRENCY}, 1 s simulated latency, "
               f"{ROUNDS} round(s), pools {POOLS}, task events {'on' if EVENTS else 'off'}, "
               f"metrics {METRICS}, budgets {BUDGETS}, on {os.cpu_count()} cores")

@@ -299,13 +299,10 @@ def main() -> int:
                 "FARM_BATCH_MAX_AGE_S": f"{FLUSH_S:g}", "FARM_BATCH_TICK_S": "0.5",
                 "FARM_BATCH_POLL_S": "1", "FARM_BATCH_POLL_MAX_S": "1"})
     jobs = workload.generate(N, SEED)
-    sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(port),
-                       "--ttft", f"{TTFT_S:g}", "--tokens-per-s", f"{TOKENS_PER_S:g}"],
-                      env=env, log=logs_dir / "bench-cost-sim.log")
+    sim = procs.start_sim(port, ["--ttft", f"{TTFT_S:g}", "--tokens-per-s", f"{TOKENS_PER_S:g}"],
+                          env=env, log=logs_dir / "bench-cost-sim.log")
     results: dict[str, Figures] = {}
     try:
-        if not services.wait_port(port, timeout=30):
-            raise SystemExit("bench-cost: the simulator did not start")
         sim_call(sim_url, "/_sim/config", {"batch_processing_s": BATCH_S})
         print(f"bench-cost: seed {SEED}, {RATE:g} jobs/s arriving, workers -c {CONCURRENCY} "
               f"per queue, on {os.cpu_count()} cores\n  mix: {workload.describe(jobs)}\n"

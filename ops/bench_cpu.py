@@ -314,13 +314,10 @@ def run(ctx: Context) -> list[Result]:
     ctx = Context(ctx.settings.model_copy(update={"anthropic_base_url": env[
         "ANTHROPIC_BASE_URL"]}), env, ctx.broker_url, ctx.logs, ctx.concurrency, ctx.rounds,
         ctx.pool, ctx.events)
-    sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(port),
-                       "--latency", str(LATENCY_S)], env=env)
+    sim = procs.start_sim(port, ["--latency", str(LATENCY_S)], env=env)
     roots = {**server_pids(ctx.settings), "sim": sim.pid}
     results: list[Result] = []
     try:
-        if not services.wait_port(port, timeout=30):
-            raise SystemExit("bench: the simulator did not start")
         print(f"bench cpu: {N} jobs per run (after a warm-up of {ctx.concurrency}), "
               f"concurrency {ctx.concurrency}, {1000 * LATENCY_S:.0f} ms simulated latency, "
               f"{ctx.rounds} round(s), pool {ctx.pool}, router on, limits on "

@@ -351,15 +351,11 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["PYTHONPATH"], port = str(ROOT), services.free_port()
     env.setdefault("FARM_SLOTS", "fixed")  # CONCURRENCY slots, as the plain Celery worker's
-    sim = procs.spawn(
-        [sys.executable, "-m", "farm.cli", "sim", "--port", str(port), "--latency", "1.0"],
-        env=env)
+    sim = procs.start_sim(port, ["--latency", "1.0"], env=env)
     url = f"http://127.0.0.1:{port}"
     env.update({"ANTHROPIC_API_KEY": "sim-bench-key", "ANTHROPIC_BASE_URL": url})
     results: list[tuple[list[str], list[Bar]]] = []
     try:
-        if not services.wait_port(port, timeout=30):
-            raise SystemExit("bench-limits: the simulator did not start")
         settings = Settings(anthropic_api_key="sim-bench-key", anthropic_base_url=url)
         upgrade(settings)
         broker_url = resolve_urls(settings).broker_url

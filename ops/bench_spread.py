@@ -349,13 +349,10 @@ def main() -> int:
     settings = Settings(anthropic_api_key="sim-bench-key",
                         anthropic_base_url=env["ANTHROPIC_BASE_URL"])
     upgrade(settings)
-    sim = procs.spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(port),
-                       "--latency", f"{LATENCY_S:g}"], env=env)
+    sim = procs.start_sim(port, ["--latency", f"{LATENCY_S:g}"], env=env)
     results: list[Run] = []
     began = time.monotonic()
     try:
-        if not services.wait_port(port, timeout=30):
-            raise SystemExit("bench-spread: the simulator did not start")
         rate, seconds = _trickle()
         count, size, gap = _bursts()
         print(f"bench-spread: {WORKERS} workers of {QUEUE} x -c {CONCURRENCY}, "

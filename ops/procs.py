@@ -142,6 +142,20 @@ def spawn(argv: list[str], *, env: dict[str, str] | None = None, log: Path | Non
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def start_sim(port: int, flags: list[str], *, env: dict[str, str], log: Path | None = None,
+              timeout: float = 30.0) -> subprocess.Popen[bytes]:
+    """`farm sim --port PORT FLAGS…`, returned once it listens; stopped, and SystemExit, if
+    it does not within ``timeout``."""
+    from farm.services import wait_port
+
+    sim = spawn([sys.executable, "-m", "farm.cli", "sim", "--port", str(port), *flags],
+                env=env, log=log)
+    if not wait_port(port, timeout=timeout):
+        stop_all([sim], grace=5)
+        raise SystemExit("the simulator did not start" + (f": see {log}" if log else ""))
+    return sim
+
+
 def wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
     """Until the Celery worker writing `log` says it is ready; SystemExit (with its log's
     tail) if it exits first or takes longer than `timeout`."""
