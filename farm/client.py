@@ -126,9 +126,13 @@ class Farm:
             for first in range(0, len(ids), SUBMIT_CHUNK):
                 chunk = list(zip(ids[first:first + SUBMIT_CHUNK],
                                  routed[first:first + SUBMIT_CHUNK], strict=True))
+                batched = [batch_submit.row_fields(request, chosen, self.settings)
+                           for _, (request, chosen) in chunk]
                 with self.engine.begin() as conn:  # each job's id, or its key's holder's
-                    ids[first:first + SUBMIT_CHUNK] = taken = keyed.record(conn, chunk)
-                    new = batch_submit.record(conn, keyed.inserted(chunk, taken), self.settings)
+                    ids[first:first + SUBMIT_CHUNK] = taken = keyed.record(conn, chunk, batched)
+                waiting = {job_id for (job_id, _), row in zip(chunk, batched, strict=True)
+                           if row["batched"]}
+                new = [job for job in keyed.inserted(chunk, taken) if job[0] not in waiting]
                 self._publish(new, producer, submitted=first)  # batch jobs are not
         return ids
 

@@ -88,13 +88,14 @@ def insert_keyed(conn: Connection, row: dict[str, Any]) -> uuid.UUID:
     return insert_jobs(conn, [row]).get(job_id, job_id)
 
 
-def record(conn: Connection, chunk: Sequence[tuple[uuid.UUID, tuple[JobRequest, Route]]]
-           ) -> list[uuid.UUID]:
-    """Record routed jobs (their new ids given) in the caller's transaction. Returns, for
-    each, the job that is it: its own id, or the id of the job holding its key already with
-    the same request (not inserted: nothing to publish). IdempotencyConflictError for a key
-    held with a different request."""
-    rows = [new_job_row(job_id, request, chosen) for job_id, (request, chosen) in chunk]
+def record(conn: Connection, chunk: Sequence[tuple[uuid.UUID, tuple[JobRequest, Route]]],
+           extra: Sequence[dict[str, Any]] = ()) -> list[uuid.UUID]:
+    """Record routed jobs (their new ids given; ``extra``: more columns of each row, e.g. a
+    batch job's) in the caller's transaction. Returns, for each, the job that is it: its own
+    id, or the id of the job holding its key already with the same request (not inserted:
+    nothing to publish). IdempotencyConflictError for a key held with a different request."""
+    rows = [new_job_row(job_id, request, chosen) | (extra[n] if extra else {})
+            for n, (job_id, (request, chosen)) in enumerate(chunk)]
     held = insert_jobs(conn, rows)
     return [held.get(row["id"], row["id"]) for row in rows]
 

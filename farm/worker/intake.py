@@ -67,7 +67,7 @@ def intake(
         _refuse(task, runtime, job_id, request, queue, f"invalid job: {describe_problems(exc)}")
         return None
     row = store.new_job_row(job_id, job_request, chosen)
-    row.update(batch_submit.row_fields(job_id, job_request, chosen, settings))
+    row.update(batch_submit.row_fields(job_request, chosen, settings))
     if row.get("batched"):  # recorded unpublished: the batch collector takes it from there
         log.info("job %s waits for a Message Batch", job_id)
     try:
