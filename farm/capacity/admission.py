@@ -15,8 +15,9 @@ settled with the call's cost when it is known.
 
 Short waits for capacity are slept in the slot (with jitter, so waiters do not wake
 together); a breaker that is open is never slept on (during a storm the slots are better
-used by the jobs that can fall back). The Redis round trips per job: one acquire, one
-breaker check (a read while closed), one release and one breaker record.
+used by the jobs that can fall back). The Redis round trips per job: one for the breaker's
+check and the limiter's acquire together, one for the release and the breaker's record
+together (a ``Pair``: farm.capacity.combined).
 """
 
 from __future__ import annotations
@@ -25,65 +26,28 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm.capacity.circuit import Admission, BreakerDecision, BreakerState, counts_as_failure
+from farm.capacity.circuit import Admission, counts_as_failure
 from farm.capacity.limits import DISCOVERY, Grant, Wait
+from farm.capacity.ports import Breaker, Ledger, Limiter, Pair, Separate
 from farm.costs.budgets import BUDGET_EXCEEDED, Mode, Seed
 from farm.costs.caching import CacheSetting, resolve_ttl
 from farm.costs.estimate import DEFAULT_MAX_COST_USD, CapCheck, cost_cap, worst_case
 from farm.costs.ledger import Charge, OverBudget, budget_reason
 from farm.costs.pricing import PriceBook
-from farm.jobs import Priority, Usage
+from farm.jobs import Usage
 from farm.provider.errors import ErrorKind
 from farm.reliability.hold import Polled
 from farm.store.jobs import StartedJob, limited, paused
 
 log = logging.getLogger("farm.admission")
-
-
-class Limiter(Protocol):
-    """The cluster-wide limits: ``farm.capacity.limiter.Limiter`` (Redis) or
-    ``farm.capacity.memory.MemoryLimiter`` (one process)."""
-
-    def acquire(self, model: str, *, input_tokens: int, output_tokens: int, priority: Priority,
-                tenant: str, waited_s: float = 0.0, charge: Charge | None = None,
-                ) -> Grant | Wait | Seed | OverBudget: ...
-
-    def release(self, grant: Grant, *, input_tokens: int | None = None,
-                output_tokens: int | None = None) -> None: ...
-
-    def pause(self, model: str, seconds: float) -> None: ...
-
-    def observe(self, model: str, headers: Mapping[str, str]) -> None: ...
-
-    def paused_queues(self) -> set[str]: ...
-
-
-class Ledger(Protocol):
-    """Budgets and cost breakers: ``farm.costs.ledger.Ledger`` (Redis)."""
-
-    def charge(self, tenant: str, queue: str, model: str,
-               cost: Decimal | None) -> Charge | None: ...
-
-    def seed(self, charge: Charge, index: int) -> None: ...
-
-    def settle(self, charge: Charge, actual: Decimal | None) -> object: ...
-
-
-class Breaker(Protocol):
-    """A circuit breaker per model: ``farm.capacity.breaker.Breaker`` (Redis) or
-    ``farm.capacity.memory.MemoryBreaker`` (one process)."""
-
-    def allow(self, model: str) -> BreakerDecision: ...
-
-    def record(self, model: str, *, success: bool, probe: bool) -> BreakerState: ...
 
 
 class AdmissionConfig(BaseModel):
@@ -154,14 +118,16 @@ def waited_s(job: StartedJob, now: datetime | None = None) -> float:
 
 
 class Gate:
-    """One per worker process; thread-safe (the limiter and breaker are Redis scripts)."""
+    """One per worker process; thread-safe (the limiter and breaker are Redis scripts). The
+    breaker and the limiter are asked through ``pair`` (by default their separate calls)."""
 
     def __init__(self, limiter: Limiter, breaker: Breaker, config: AdmissionConfig, *,
                  ledger: Ledger | None = None, prices: PriceBook | None = None,
-                 sleep: Callable[[float], Any] = time.sleep,
+                 pair: Pair | None = None, sleep: Callable[[float], Any] = time.sleep,
                  rand: Callable[[], float] = random.random,
                  transient: Callable[[Exception], bool] = lambda exc: False) -> None:
         self.limiter, self.breaker, self.config = limiter, breaker, config
+        self.pair = pair or Separate(limiter, breaker)
         self._transient = transient  # an error of the shared store that may soon pass
         self.ledger, self.prices = ledger, prices
         self._sleep, self._rand = sleep, rand
@@ -198,16 +164,22 @@ class Gate:
             wait: Later | None = None
             give_back = False  # the tenant is over its fair share: do not wait in the slot
             for i, model in enumerate(models):
-                decision = self.breaker.allow(model)
+                # the charge is worked out first, so that one round trip asks the breaker
+                # and the limiter; a Stop asks the breaker alone: an open circuit still wins
+                charge = self._charge(job, model)
+                if isinstance(charge, Stop):
+                    decision, answer = self.breaker.allow(model), None
+                else:
+                    decision, answer = self.pair.admit(model, **self._ask(job), charge=charge)
                 if decision.admission is Admission.REJECT:
                     if wait is None or decision.retry_in_s < wait.wait_s:
                         wait = Later(max(1.0, decision.retry_in_s),
                                      f"circuit of {model} is open")
                     continue
-                charge = self._charge(job, model)
                 if isinstance(charge, Stop):
                     return charge
-                got = self._acquire(job, model, charge)
+                assert answer is not None
+                got = self._acquire(job, model, charge, answer)
                 if isinstance(got, Grant):
                     if got.delay_s > 0:
                         self._sleep(got.delay_s)
@@ -260,16 +232,23 @@ class Gate:
                         "be kept for its calls", BUDGET_EXCEEDED)
         return charge
 
-    def _acquire(self, job: StartedJob, model: str, charge: Charge | None
-                 ) -> Grant | Wait | Later | Stop:
-        """The limiter's acquire; a budget period with no count in Redis is seeded from
-        Postgres first (once per period, or after Redis lost its data)."""
+    @staticmethod
+    def _ask(job: StartedJob) -> dict[str, Any]:
+        """The limiter's acquire arguments for the job's call, but its charge."""
+        return {"input_tokens": job.request.approx_input_tokens(),
+                "output_tokens": job.request.max_tokens, "priority": job.request.priority,
+                "tenant": job.request.tenant, "waited_s": waited_s(job)}
+
+    def _acquire(self, job: StartedJob, model: str, charge: Charge | None,
+                 got: Grant | Wait | Seed | OverBudget) -> Grant | Wait | Later | Stop:
+        """The limiter's answer ``got`` followed up: a budget period with no count in Redis
+        is seeded from Postgres (once per period, or after Redis lost its data) and the
+        limiter asked again, alone: the breaker has admitted the call already (asking it
+        again could take a second probe lease of a half-open circuit)."""
         retold = False
-        for _ in range(4):
-            got = self.limiter.acquire(
-                model, input_tokens=job.request.approx_input_tokens(),
-                output_tokens=job.request.max_tokens, priority=job.request.priority,
-                tenant=job.request.tenant, waited_s=waited_s(job), charge=charge)
+        for attempt in range(4):
+            if attempt:
+                got = self.limiter.acquire(model, **self._ask(job), charge=charge)
             if isinstance(got, OverBudget):
                 if got.fail:
                     return Stop(got.explain(), BUDGET_EXCEEDED)
@@ -300,8 +279,7 @@ class Gate:
         raises: the result must be recorded whatever Redis does. Cache reads do not count
         toward the input limit."""
         self._settle(go, usage.input_tokens + usage.cache_creation_input_tokens,
-                     usage.output_tokens, cost)
-        self._safely(self.breaker.record, go.model, success=True, probe=go.probe)
+                     usage.output_tokens, cost, success=True)
         self._observe(go.model, ratelimit, answered=True)
 
     def failed(self, go: Go, kind: ErrorKind, *, retry_after_s: float | None,
@@ -309,16 +287,16 @@ class Gate:
         """A call that failed: refund its tokens (and its budget reservation, but for what
         it cost: None, unknown, spends its whole worst case); a 429 pauses the model for
         every worker; overload, 5xx and timeouts count against the breaker. Never raises."""
-        self._settle(go, 0, 0, cost)
+        success: bool | None = None  # None: not the breaker's business
+        if counts_as_failure(kind):
+            success = False
+        elif go.probe and kind is not ErrorKind.RATE_LIMITED:
+            success = True  # the service answered (a 4xx about this request): it is up
+        self._settle(go, 0, 0, cost, success=success)
         if kind is ErrorKind.RATE_LIMITED:
             self._safely(self.limiter.pause, go.model, retry_after_s or 1.0)
             log.warning("429 from %s: every worker pauses it for %.1fs", go.model,
                         retry_after_s or 1.0)
-        if counts_as_failure(kind):
-            self._safely(self.breaker.record, go.model, success=False, probe=go.probe)
-        elif go.probe and kind is not ErrorKind.RATE_LIMITED:
-            # the service answered (a 4xx about this request): it is up
-            self._safely(self.breaker.record, go.model, success=True, probe=True)
         self._observe(go.model, ratelimit)
 
     @staticmethod
@@ -328,12 +306,14 @@ class Gate:
         except Exception as exc:  # Redis trouble must not cost a recorded result
             log.warning("%s failed: %s", getattr(fn, "__name__", "call"), type(exc).__name__)
 
-    def _settle(self, go: Go, input_tokens: int, output_tokens: int,
-                cost: Decimal | None) -> None:
+    def _settle(self, go: Go, input_tokens: int, output_tokens: int, cost: Decimal | None,
+                *, success: bool | None) -> None:
+        """Release the grant and tell the breaker the call's outcome (None: nothing to tell),
+        in one step; then settle the budgets' reservation."""
         # a grant not released frees its slot itself after grant_ttl_s; a reservation not
         # settled comes back after the ledger's reservation_ttl_s
-        self._safely(self.limiter.release, go.grant, input_tokens=input_tokens,
-                     output_tokens=output_tokens)
+        self._safely(self.pair.finish, go.model, go.grant, input_tokens=input_tokens,
+                     output_tokens=output_tokens, success=success, probe=go.probe)
         if go.grant.charge is not None and self.ledger is not None:
             self._safely(self.ledger.settle, go.grant.charge, cost)
 

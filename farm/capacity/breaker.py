@@ -1,14 +1,16 @@
 """A circuit breaker per model, shared by every worker through Redis.
 
 ``LUA`` is ``farm.capacity.circuit.transition`` inside Redis: one atomic round trip per
-call, on Redis's clock; the integration tests check the two agree step by step.
+call, on Redis's clock; the integration tests check the two agree step by step. The
+admission gate runs it in the same round trip as the limiter's acquire or release (``call``
+builds its keys and args: ``farm.capacity.combined``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from farm.capacity.circuit import (
@@ -149,7 +151,7 @@ class Breaker:
 
     def __init__(self, redis_client: Any, config: BreakerConfig, prefix: str = "farm:breaker",
                  *, clock: Callable[[], float] | None = None) -> None:
-        self._redis, self.config, self.prefix, self._clock = redis_client, config, prefix, clock
+        self.redis, self.config, self.prefix, self._clock = redis_client, config, prefix, clock
         self._script = redis_client.register_script(LUA)
         c = config
         ttl = math.ceil(c.window_s + c.max_cooldown_s + c.probe_ttl_s) + 60
@@ -160,30 +162,50 @@ class Breaker:
     def key(self, model: str) -> str:
         return f"{self.prefix}:{model}"
 
-    def _run(self, model: str, op: str, probe: bool = False) -> tuple[BreakerState, str, float]:
+    # --- one step as keys and args, and its reply (farm.capacity.combined runs the step
+    # inside a larger script: the limiter's in the same round trip) ------------------------
+    def call(self, model: str, op: Event, probe: bool = False) -> tuple[list[str], list[Any]]:
+        """The script's keys and args for ``op`` on the model's breaker, now."""
         now = "" if self._clock is None else repr(float(self._clock()))
-        before, after, admission, retry_in = (_text(x) for x in self._script(
-            keys=[self.key(model)], args=[op, int(probe), now, *self._args]))
+        return [self.key(model)], [op.value, int(probe), now, *self._args]
+
+    def allowed(self, model: str, raw: Sequence[Any]) -> BreakerDecision:
+        """The reply to an ``allow`` call."""
+        state, admission, retry_in = self._outcome(model, Event.ALLOW, False, raw)
+        return BreakerDecision(Admission(admission), retry_in, state)
+
+    def recorded(self, model: str, op: Event, probe: bool, raw: Sequence[Any]) -> BreakerState:
+        """The reply to a ``success`` or ``failure`` call: the state after it."""
+        return self._outcome(model, op, probe, raw)[0]
+
+    def _outcome(self, model: str, op: Event, probe: bool, raw: Sequence[Any]
+                 ) -> tuple[BreakerState, str, float]:
+        before, after, admission, retry_in = (_text(x) for x in raw)
         old, new = BreakerState(before), BreakerState(after)
         if old is not new:
             level = logging.WARNING if new is BreakerState.OPEN else logging.INFO
-            log.log(level, "breaker for %s: %s -> %s (%s%s)", model, old.value, new.value, op,
-                    " of a probe" if probe else "")
+            log.log(level, "breaker for %s: %s -> %s (%s%s)", model, old.value, new.value,
+                    op.value, " of a probe" if probe else "")
         return new, admission, float(retry_in)
 
+    def _run(self, model: str, op: Event, probe: bool = False) -> Sequence[Any]:
+        keys, args = self.call(model, op, probe)
+        reply: Sequence[Any] = self._script(keys=keys, args=args)
+        return reply
+
+    # --- the calls ------------------------------------------------------------------------
     def allow(self, model: str) -> BreakerDecision:
-        state, admission, retry_in = self._run(model, Event.ALLOW.value)
-        return BreakerDecision(Admission(admission), retry_in, state)
+        return self.allowed(model, self._run(model, Event.ALLOW))
 
     def record(self, model: str, *, success: bool, probe: bool) -> BreakerState:
         """After a call admitted by allow(): it succeeded, or failed in a way that
         counts_as_failure(); other outcomes are not recorded."""
         op = Event.SUCCESS if success else Event.FAILURE
-        return self._run(model, op.value, probe)[0]
+        return self.recorded(model, op, probe, self._run(model, op, probe))
 
     def value(self, model: str) -> tuple[BreakerValue, float]:
         """The stored value and the clock's now (Redis TIME unless overridden)."""
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.key(model))
         pipe.time()
         raw, (secs, micros) = pipe.execute()
@@ -195,5 +217,5 @@ class Breaker:
 
     def reset(self, model: str) -> None:
         """Operator: close the breaker now, forgetting its failures and its doubled cooldown."""
-        if self._redis.delete(self.key(model)):
+        if self.redis.delete(self.key(model)):
             log.info("breaker for %s: closed by the operator", model)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from farm.capacity.admission import AdmissionConfig, Gate
 from farm.capacity.breaker import Breaker
 from farm.capacity.circuit import BreakerConfig
+from farm.capacity.combined import Paired
 from farm.capacity.config import LimiterConfig
 from farm.capacity.limiter import Limiter
 from farm.costs.book import BudgetBook
@@ -77,11 +78,13 @@ def redis_breaker(redis_client: Any, settings: Settings) -> Breaker:
 
 
 def redis_gate(redis_client: Any, settings: Settings, engine: Engine | None = None) -> Gate:
-    """The admission gate of a worker process, on the cluster's shared Redis state; with the
-    database's ``engine``, the budgets too."""
-    return Gate(redis_limiter(redis_client, settings), redis_breaker(redis_client, settings),
-                admission_config(settings), ledger=redis_ledger(redis_client, settings, engine),
-                prices=default_pricebook(), transient=redis_outage)
+    """The admission gate of a worker process, on the cluster's shared Redis state (the
+    breaker and the limiter paired: one round trip per step); with the database's
+    ``engine``, the budgets too."""
+    limiter, breaker = redis_limiter(redis_client, settings), redis_breaker(redis_client, settings)
+    return Gate(limiter, breaker, admission_config(settings),
+                ledger=redis_ledger(redis_client, settings, engine), prices=default_pricebook(),
+                pair=Paired(limiter, breaker), transient=redis_outage)
 
 
 def redis_outage(exc: Exception) -> bool:

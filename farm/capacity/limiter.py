@@ -4,7 +4,9 @@ buckets per model in Redis, so together they stay inside the provider's limits.
 Each acquire and release is one EVALSHA of a Lua script: atomic, on Redis server time
 (``TIME``), so clocks of the hosts do not matter. The arithmetic is ``farm.capacity.limits``'s,
 step for step (``acquire``, ``settle``, ``observe``, ``pause``, ``throttle`` are its Python
-twins); the scripts are in ``farm.capacity.scripts``.
+twins); the scripts are in ``farm.capacity.scripts``. The admission gate sends the acquire
+and the release in the same round trip as the breaker's step (``acquire_call`` and
+``release_call`` build them: ``farm.capacity.combined``).
 
 Keys, all under the prefix P (default ``farm:lim``), M the model, T the tenant:
   P:m:M:bucket          hash  t, rpm, itpm, otpm (levels at time t)   EX 180 s (full by then)
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from farm.capacity.config import LimiterConfig
@@ -54,7 +57,22 @@ from farm.costs.budgets import Seed
 from farm.costs.ledger import Charge, OverBudget, over_budget
 from farm.jobs import Priority
 
-__all__ = ["Grant", "Limiter", "LimiterConfig", "Wait"]
+__all__ = ["Acquiring", "Grant", "Limiter", "LimiterConfig", "Wait"]
+
+
+@dataclass(frozen=True)
+class Acquiring:
+    """One acquire, ready to send: its script keys and args, and what its reply is read with."""
+
+    model: str
+    gid: str
+    tenant: str
+    input_tokens: int
+    output_tokens: int
+    charge: Charge | None
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+
 
 def _arg(value: float | int | None) -> str:
     """A number as the script reads it: '' for None, floats exactly (shortest repr)."""
@@ -107,6 +125,16 @@ class Limiter:
         """A Grant (release it when the call is done) or how long to wait and why. With a
         ``charge``, the budgets and cost breakers it names are checked and reserved in the
         same step: Seed (rebuild a period's spend first, then ask again) or OverBudget."""
+        call = self.acquire_call(model, input_tokens=input_tokens, output_tokens=output_tokens,
+                                 priority=priority, tenant=tenant, waited_s=waited_s,
+                                 charge=charge)
+        return self.acquired(call, self._acquire(keys=call.keys, args=call.args))
+
+    def acquire_call(self, model: str, *, input_tokens: int, output_tokens: int,
+                     priority: Priority, tenant: str, waited_s: float = 0.0,
+                     charge: Charge | None = None) -> Acquiring:
+        """acquire() as keys and args, not sent (farm.capacity.combined sends it with the
+        breaker's allow); ``acquired`` reads the script's reply."""
         check_request(input_tokens, output_tokens, tenant)
         prio = promote(self.config, Priority(priority), waited_s)
         gid = uuid.uuid4().hex
@@ -123,8 +151,13 @@ class Limiter:
         if charge is not None:
             keys += charge.keys
             args += charge.args
-        result = self._acquire(keys=keys, args=args)
-        code = int(result[0])
+        return Acquiring(model, gid, tenant, int(input_tokens), int(output_tokens), charge,
+                         tuple(keys), tuple(args))
+
+    @staticmethod
+    def acquired(call: Acquiring, result: Sequence[Any]) -> Grant | Wait | Seed | OverBudget:
+        """The acquire script's reply to ``call``."""
+        code, charge = int(result[0]), call.charge
         if code == 0:
             return Wait(float(_text(result[2])), _text(result[1]),
                         opened=len(result) > 3 and _text(result[3]) == "opened",
@@ -135,9 +168,9 @@ class Limiter:
             assert charge is not None
             return over_budget(charge, result)
         if code == 2:  # no limits at all: nothing charged, nothing to release
-            return Grant(model, "", tenant, int(input_tokens), int(output_tokens),
+            return Grant(call.model, "", call.tenant, call.input_tokens, call.output_tokens,
                          charge=charge)
-        return Grant(model, gid, tenant, int(input_tokens), int(output_tokens),
+        return Grant(call.model, call.gid, call.tenant, call.input_tokens, call.output_tokens,
                      delay_s=float(_text(result[1])) if len(result) > 1 else 0.0,
                      charge=charge)
 
@@ -146,8 +179,15 @@ class Limiter:
         """Free the slot; with actual usage, refund (or charge) the reservation's difference.
         Releasing twice, or a grant that expired, changes nothing. Never raises for bad
         usage figures (it runs in cleanup paths): negative ones count as 0."""
+        call = self.release_call(grant, input_tokens=input_tokens, output_tokens=output_tokens)
+        if call is not None:
+            self._release(keys=call[0], args=call[1])
+
+    def release_call(self, grant: Grant, *, input_tokens: int | None = None,
+                     output_tokens: int | None = None) -> tuple[list[str], list[str]] | None:
+        """release() as keys and args, not sent; None: there is nothing to release."""
         if not grant.grant_id:  # granted while the model had no limits: nothing to undo
-            return
+            return None
         m = grant.model
         input_tokens = None if input_tokens is None else max(0, int(input_tokens))
         output_tokens = None if output_tokens is None else max(0, int(output_tokens))
@@ -158,7 +198,7 @@ class Limiter:
                 str(grant.input_tokens), str(grant.output_tokens), _arg(input_tokens),
                 _arg(output_tokens), *self._configured(m), _arg(self.config.target),
                 *self._pacing, str(self.config.discovery_slots)]
-        self._release(keys=keys, args=args)
+        return keys, args
 
     # --- following the provider ---------------------------------------------------------
     def pause(self, model: str, seconds: float) -> None:

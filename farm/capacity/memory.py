@@ -1,5 +1,5 @@
 """In-memory backends: the limiter and the circuit breaker of one process, behind the same
-interface as the Redis ones (``farm.capacity.admission.Limiter`` / ``Breaker``).
+interface as the Redis ones (``farm.capacity.ports.Limiter`` / ``Breaker``).
 
 They run the pure twins (``farm.capacity.limits``, ``farm.capacity.circuit``) on state kept
 in a dict, with the clock injected: the unit tests drive admission with them (the clock is

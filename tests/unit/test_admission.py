@@ -20,6 +20,7 @@ from farm.capacity.circuit import BreakerConfig, BreakerState, BreakerValue, win
 from farm.capacity.config import LimiterConfig, ModelLimits
 from farm.capacity.limits import Grant, ModelState, Wait
 from farm.capacity.memory import ManualClock, MemoryBreaker, MemoryLimiter
+from farm.capacity.ports import Separate
 from farm.jobs import JobRequest, Priority, Usage
 from farm.provider.errors import ErrorKind
 from farm.store.jobs import StartedJob
@@ -294,7 +295,7 @@ def test_a_worker_that_had_answers_ends_a_discovery_redis_forgot() -> None:
     waited = fresh.admit(job())
     assert isinstance(waited, Later) and waited.reason == f"{SONNET}: discovery"
     slept = r.slept
-    r.gate.limiter = lost
+    r.gate.limiter, r.gate.pair = lost, Separate(lost, r.breaker)
     assert isinstance(r.gate.admit(job()), Go) and r.slept == slept  # no wait
     assert not lost.snapshot(SONNET)["discovering"]
 
@@ -490,7 +491,7 @@ def test_redis_trouble_after_a_call_never_raises(caplog: pytest.LogCaptureFixtur
     state = limiter.read_state(SONNET)[0]
     assert go.grant.grant_id in state.inflight
     assert state.paused_until is None and state.observed == {}
-    assert "release failed: ConnectionError" in caplog.text
+    assert "finish failed: ConnectionError" in caplog.text  # the release; the record went
     # the breaker down too: still nothing raises
     gate = Gate(limiter, DownBreaker(BreakerConfig(), clock=clock), ADMISSION,
                 sleep=clock.sleep, rand=lambda: 0.0)
