@@ -1,7 +1,8 @@
 """The provider call: one Messages API request through the official SDK.
 
-A client is built once per worker process (it holds the HTTP connection pool) and shared by
-all threads. The SDK's own retries are off: the farm's retry policy owns retrying.
+A worker process builds its clients once (each holds an HTTP connection pool); a group of
+threads shares one (farm.provider.clients). The SDK's own retries are off: the farm's retry
+policy owns retrying.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class CallResult(BaseModel):
     ratelimit: dict[str, str] = {}  # the anthropic-ratelimit-* headers, for the limiter
 
 
-def make_client(settings: Settings, calls: Calls | None = None) -> anthropic.Anthropic:
-    """The SDK client of a worker process; with ``calls``, each call can be abandoned from
-    another thread (``farm.provider.abort``)."""
+def make_client(settings: Settings, calls: Calls | None = None,
+                connections: int | None = None) -> anthropic.Anthropic:
+    """An SDK client whose pool keeps ``connections`` (default: one per worker thread, at
+    least 100) alive; with ``calls``, each call can be abandoned from another thread
+    (``farm.provider.abort``)."""
     if settings.anthropic_api_key is None:
         raise MissingApiKey(
             "ANTHROPIC_API_KEY is not set: a worker needs it to call the Claude API "
@@ -44,7 +47,7 @@ def make_client(settings: Settings, calls: Calls | None = None) -> anthropic.Ant
         )
     import httpx2
 
-    limit = max(100, settings.worker_concurrency)
+    limit = connections or max(100, settings.worker_concurrency)
     limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=limit)
     http_client = httpx2.Client(
         limits=limits,

@@ -72,6 +72,17 @@ def pool_of(consumer: Any) -> ProcessPool | None:
     return found
 
 
+def threads_of(controller: Any) -> int | None:
+    """The task threads of a starting worker (Celery's WorkController at worker_init): its
+    `-c`; None under prefork, whose children run one job each and need no more than the
+    defaults, or when Celery has not resolved it to a number."""
+    threads = getattr(controller, "concurrency", None)
+    pool = str(getattr(controller, "pool_cls", "")).lower()
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        return None
+    return None if "prefork" in pool or "processes" in pool else threads
+
+
 def connect(settings: Settings, runtime: Callable[[], rt.Runtime], *,
             when_ready: Callable[[rt.Runtime], Any] | None = None) -> None:
     """Connect the handlers (strongly referenced, once per process whatever the calls);
@@ -82,6 +93,11 @@ def connect(settings: Settings, runtime: Callable[[], rt.Runtime], *,
 
     def on_init(**_: Any) -> None:
         check_boot(settings)
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        threads = threads_of(sender)
+        if threads is not None:
+            rt.size(threads)
 
     observing: list[Observing] = []
 
@@ -107,7 +123,8 @@ def connect(settings: Settings, runtime: Callable[[], rt.Runtime], *,
     def on_process_init(**_: Any) -> None:
         rt.reset()  # a forked child must not share the parent's connections
 
-    for signal, handler in ((signals.celeryd_init, on_init), (signals.worker_ready, on_ready),
+    for signal, handler in ((signals.celeryd_init, on_init),
+                            (signals.worker_init, on_worker_init), (signals.worker_ready, on_ready),
                             (signals.worker_shutting_down, on_shutting_down),
                             (signals.worker_shutdown, on_shutdown),
                             (signals.worker_process_init, on_process_init)):

@@ -16,6 +16,7 @@ from farm.capacity.build import redis_gate
 from farm.costs.pricing import PriceBook, default_pricebook
 from farm.memo.inflight import InFlight
 from farm.provider.abort import Calls
+from farm.provider.clients import Clients
 from farm.provider.messages import make_client
 from farm.reliability.hold import HoldCheck
 from farm.reliability.leases import Republish, Running
@@ -39,17 +40,34 @@ class Runtime:
     gate: Gate
     # memoization's in-flight marks (farm.memo.inflight); None: identical jobs do not wait
     inflight: InFlight | None = None
+    # the jobs' SDK clients, a group of threads each (farm.provider.clients); None: `client`
+    clients: Clients | None = None
 
     def policy(self, queue: str) -> RetryPolicy:
         return policy_for(self.policies, queue)
 
+    def sdk(self) -> anthropic.Anthropic:
+        """The calling thread's SDK client for a job's call."""
+        return self.client if self.clients is None else self.clients.current()
+
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
+_threads: int | None = None  # the worker's real concurrency (`-c`), once Celery has it
+
+
+def size(threads: int | None) -> None:
+    """The worker runs ``threads`` task threads (its `-c`, told at worker_init): the pools
+    are sized from it, not from FARM_WORKER_CONCURRENCY, which `celery -A farm worker -c N`
+    does not set (a 1,000-thread worker kept 100 calls in flight)."""
+    global _threads
+    _threads = threads
 
 
 def build(settings: Settings, policies: Mapping[str, RetryPolicy],
           republish: Republish | None = None) -> Runtime:
+    if _threads is not None and _threads != settings.worker_concurrency:
+        settings = settings.model_copy(update={"worker_concurrency": _threads})
     urls = resolve_urls(settings)
     pool = settings.db_pool_size
     # the hold flag, leases, the orphan sweep, the limiter and the breaker: one client, whose
@@ -58,13 +76,16 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
     broker = redis.Redis.from_url(urls.broker_url,
                                   max_connections=settings.worker_concurrency + 32)
     calls = Calls()  # the lease watchdog stops a call through it
+    clients = Clients(lambda connections: make_client(settings, calls, connections),
+                      settings.worker_concurrency)
     # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips
     engine = make_engine(urls.database_url, pool_size=pool, max_overflow=pool * 2,
                          autocommit=True, pre_ping=False)
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        client=make_client(settings, calls),
+        client=clients.first,
+        clients=clients,
         prices=default_pricebook(),
         policies=policies,
         running=Running(abort=calls.abandon, clear=calls.clear, sent=calls.sent),
@@ -107,5 +128,8 @@ def reset() -> None:
         if _runtime is not None:
             _runtime.stop.set()
             _runtime.engine.dispose()
-            _runtime.client.close()
+            if _runtime.clients is not None:
+                _runtime.clients.close()
+            else:
+                _runtime.client.close()
         _runtime = None

@@ -223,7 +223,7 @@ def _call(runtime: rt.Runtime, model: str, job: store.StartedJob
 def _provider_call(runtime: rt.Runtime, model: str, job: store.StartedJob
                    ) -> tuple[llm.CallResult | ProviderError, Decimal | None]:
     try:
-        result = llm.call(runtime.client, model, job.request,
+        result = llm.call(runtime.sdk(), model, job.request,
                           cache_ttl(job.request, job.queue, runtime.settings))
     except ProviderError as exc:
         if not runtime.running.abandoned(job.id):

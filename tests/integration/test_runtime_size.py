@@ -1,0 +1,55 @@
+"""A worker's runtime is sized from its real concurrency (farm.worker.runtime.size, told by
+the worker_init signal): `celery -A farm worker -c 300` gets pools for 300 threads even
+though FARM_WORKER_CONCURRENCY says 100."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farm.provider.clients import GROUP, SPARE
+from farm.settings import Settings
+from farm.worker import runtime as rt
+
+
+@pytest.fixture
+def sized() -> Iterator[None]:
+    yield
+    rt.size(None)
+    rt.reset()
+
+
+def _settings(broker_url: str, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(broker_url=broker_url, database_url=database_url, data_dir=tmp_path,
+                    anthropic_api_key="sk-test", worker_concurrency=100)
+
+
+def test_the_pools_follow_the_workers_threads(broker_url: str, database_url: str,
+                                              tmp_path: Path, sized: None) -> None:
+    rt.size(300)
+    built = rt.build(_settings(broker_url, database_url, tmp_path), {})
+    assert built.settings.worker_concurrency == 300
+    assert built.clients is not None and len(built.clients) == math.ceil(300 / GROUP)
+    share = math.ceil(300 / len(built.clients))
+    pool = built.clients.first._client._transport._pool  # httpcore's pool under the SDK
+    assert pool._max_connections == share + SPARE
+    assert pool._max_keepalive_connections == share + SPARE
+    redis_pool = built.gate.limiter.redis.connection_pool  # type: ignore[attr-defined]
+    assert redis_pool.max_connections == 300 + 32
+    built.stop.set()
+    built.engine.dispose()
+    built.clients.close()
+
+
+def test_without_a_size_the_settings_rule(broker_url: str, database_url: str, tmp_path: Path,
+                                          sized: None) -> None:
+    rt.size(None)
+    built = rt.build(_settings(broker_url, database_url, tmp_path), {})
+    assert built.settings.worker_concurrency == 100
+    assert built.clients is not None and len(built.clients) == math.ceil(100 / GROUP)
+    built.stop.set()
+    built.engine.dispose()
+    built.clients.close()
