@@ -123,7 +123,7 @@ test-ops: install      ## real Prometheus + Alertmanager on a farm under load; t
 test-faults: install   ## only the fault tests (kills, restarts, outages; also in `make test`)
 	$(BIN)/python -m pytest tests/faults
 
-bench: install         ## farm vs plain Celery, one worker each: 1 s latency at 100 concurrency, and a CPU-bound run (50 ms latency, router and limits on)
+bench: install         ## farm vs plain Celery, one worker each: 1 s latency at 100 concurrency, a CPU-bound run (50 ms latency, router and limits on), 1 s latency at 1000 concurrency; then the issue's goals, met or not
 	$(BIN)/python ops/bench.py
 
 bench-limits: install  ## pacing vs full-minute and 10 s-burst providers; storm (FARM_BENCH_LIMITS_SCENARIOS=all: + plain Celery)

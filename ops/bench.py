@@ -1,18 +1,28 @@
 """`make bench`: the farm against a plain Celery task, in one run, same simulator, same SDK,
-same pool and concurrency, in two scenarios (FARM_BENCH_SCENARIOS, default "latency,cpu"):
+same pool, in three scenarios (FARM_BENCH_SCENARIOS, default "latency,cpu,wide"):
 
-  * latency: 1 s simulated latency, 1500 jobs with `complexity: simple` given (below);
+  * latency: 1 s simulated latency, concurrency 100, 1500 jobs with `complexity: simple`
+    given (below);
   * cpu: 50 ms simulated latency, 3000 jobs, the router classifying, limits configured:
     end-to-end jobs/s and the CPU per job of every process (worker, Postgres, Valkey,
-    simulator, submitter); see ops/bench_cpu.py.
+    simulator, submitter); see ops/bench_cpu.py;
+  * wide: 1 s simulated latency, concurrency 1000, 5000 jobs: what one worker process
+    carries with 1000 calls in flight; see ops/bench_wide.py.
+
+The run ends with the block "goals": each goal of issue 16 with its measured value, met or
+not (a scenario not run: "not run"): the cpu scenario's end-to-end ratio farm / plain >=
+0.90, the latency scenario's steady ratio >= 0.98 and its worker peak RSS ratio <= 1.20, the
+wide scenario's end-to-end ratio >= 2.00.
 
 Latency scenario: for each variant it starts one worker process, publishes N jobs and
 measures: jobs/s in the steady state (from the 10% to the 90% completion time: the jobs'
 finished_at in Postgres, the baseline's completion times in Redis) and end to end (first
 publish to last completion, ramp-up and tail included: at 100 concurrency and 1 s latency
 that alone caps 1500 jobs at 1500 / 16 s = 94 jobs/s); the worker's CPU seconds per job
-(user+sys from /proc); and the worker's peak RSS (VmHWM). Variants alternate (farm,
-baseline, farm, baseline, …) in both scenarios so drift on a noisy machine hits both; the
+(user+sys from /proc); and the worker's peak RSS (VmHWM). The farm's worker sizes its
+pools from its own -c (farm.worker.runtime.size); plain Celery's completion counter gets
+BASELINE_CONCURRENCY (ops/baseline.py). Variants alternate (farm,
+baseline, farm, baseline, …) in every scenario so drift on a noisy machine hits both; the
 medians and the ratios farm / plain are printed, a table per scenario.
 
 Environment: FARM_BENCH_SCENARIOS (latency,cpu), FARM_BENCH_ROUNDS (3, both scenarios),
@@ -24,7 +34,8 @@ serves /metrics, FARM_METRICS_PORT; "both": each round runs the farm without and
 metrics, and the ratios with/without are printed), FARM_BENCH_BUDGETS (off; "both": each
 round runs the farm without and with budgets — a global and a tenant hard budget covering
 every call, far above what the run spends, and the cost breaker on — and the ratios
-with/without are printed); METRICS and BUDGETS apply to the latency scenario.
+with/without are printed); METRICS and BUDGETS apply to the latency scenario. The wide
+scenario's: FARM_BENCH_WIDE_JOBS (5000), FARM_BENCH_WIDE_CONCURRENCY (1000).
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bench_cpu  # ops/, this script's directory
+import bench_wide
 import procs
 import redis
 from bench_cpu import steady_rate
@@ -62,9 +74,10 @@ BUDGETS = os.environ.get("FARM_BENCH_BUDGETS", "off")
 if BUDGETS not in ("off", "both"):
     raise SystemExit(f"bench: FARM_BENCH_BUDGETS must be off or both, not {BUDGETS!r}")
 SCENARIOS = [s.strip() for s in
-             os.environ.get("FARM_BENCH_SCENARIOS", "latency,cpu").split(",") if s.strip()]
-if not SCENARIOS or set(SCENARIOS) - {"latency", "cpu"}:
-    raise SystemExit(f"bench: FARM_BENCH_SCENARIOS lists latency and/or cpu, not {SCENARIOS}")
+             os.environ.get("FARM_BENCH_SCENARIOS", "latency,cpu,wide").split(",") if s.strip()]
+if not SCENARIOS or set(SCENARIOS) - {"latency", "cpu", "wide"}:
+    raise SystemExit(f"bench: FARM_BENCH_SCENARIOS lists latency, cpu and/or wide, not "
+                     f"{SCENARIOS}")
 if METRICS not in ("off", "on", "both"):
     raise SystemExit(f"bench: FARM_BENCH_METRICS must be off, on or both, not {METRICS!r}")
 PROMPT = "What is the capital of France? Answer in one word. (bench {i})"
@@ -78,6 +91,9 @@ class Result:
     end_to_end_jobs_per_s: float  # N / (first publish .. last completion), ramp included
     cpu_s_per_job: float
     peak_rss_mb: float
+    # N / (first publish .. the last job's own completion time): without the submitter's poll
+    # interval and final read (the wide scenario's figure, as the cpu scenario's)
+    completed_jobs_per_s: float
 
 
 def _proc_cpu(pid: int) -> float:
@@ -114,8 +130,9 @@ def _scraped_jobs(log: Path) -> float:
 
 
 def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
-             metrics: bool = False, budgets: bool = False) -> Result:
-    argv = worker_argv("haiku-simple", concurrency=CONCURRENCY, pool=pool, events=False,
+             metrics: bool = False, budgets: bool = False, *, n: int = N,
+             concurrency: int = CONCURRENCY) -> Result:
+    argv = worker_argv("haiku-simple", concurrency=concurrency, pool=pool, events=False,
                        name=f"bench-{uuid.uuid4().hex[:6]}@%h")
     if metrics:
         env = {**env, "FARM_METRICS_PORT": str(services.free_port())}
@@ -129,8 +146,8 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
         cpu0 = _proc_cpu(worker.pid)
         with Farm(settings) as farm:
             jobs = [{"prompt": PROMPT.format(i=i), "max_tokens": MAX_TOKENS,
-                     "complexity": "simple", "tenant": "bench"} for i in range(N)]
-            start = time.monotonic()
+                     "complexity": "simple", "tenant": "bench"} for i in range(n)]
+            start, wall = time.monotonic(), time.time()
             ids = farm.submit_many(jobs)
             submitted = time.monotonic() - start
             views = farm.wait(ids, timeout=600, poll_s=0.5)
@@ -139,13 +156,13 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
         if bad:
             raise SystemExit(f"bench: {len(bad)} farm jobs did not succeed: {bad[0].error}")
         cpu = _proc_cpu(worker.pid) - cpu0
-        print(f"    (farm: {N} jobs validated, routed, recorded and published in {submitted:.2f}s)")
+        print(f"    (farm: {n} jobs validated, routed, recorded and published in {submitted:.2f}s)")
         if metrics:  # the metrics were on and counted every job (read after the CPU figure)
             wait_s = time.monotonic() + 10
-            while (seen := _scraped_jobs(log)) < N and time.monotonic() < wait_s:
+            while (seen := _scraped_jobs(log)) < n and time.monotonic() < wait_s:
                 time.sleep(0.2)
-            if seen != N:
-                raise SystemExit(f"bench: the worker's metrics counted {seen:.0f} of {N} jobs")
+            if seen != n:
+                raise SystemExit(f"bench: the worker's metrics counted {seen:.0f} of {n} jobs")
         if budgets:  # every call was counted in both budgets
             with Farm(settings) as farm:
                 spent = {v.budget.id: v.spent_usd for v in farm.budgets.list()}
@@ -154,8 +171,8 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
         finished = [v.finished_at.timestamp() for v in views if v.finished_at is not None]
         name = (f"farm+metrics/{pool}" if metrics else f"farm+budgets/{pool}" if budgets
                 else f"farm/{pool}")
-        return Result(name, steady_rate(finished), N / elapsed, cpu / N,
-                      _peak_rss_mb(worker.pid))
+        return Result(name, steady_rate(finished), n / elapsed, cpu / n,
+                      _peak_rss_mb(worker.pid), n / (max(finished) - wall))
     finally:
         procs.stop_all([worker])
         if budgets:
@@ -164,11 +181,12 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
                 farm.budgets.remove("tenant:bench:month")
 
 
-def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> Result:
+def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path, *, n: int = N,
+                 concurrency: int = CONCURRENCY) -> Result:
     from celery import Celery
 
-    env = {**env, "BASELINE_BROKER_URL": broker_url}
-    argv = worker_argv("baseline", concurrency=CONCURRENCY, pool=pool, app="ops.baseline",
+    env = {**env, "BASELINE_BROKER_URL": broker_url, "BASELINE_CONCURRENCY": str(concurrency)}
+    argv = worker_argv("baseline", concurrency=concurrency, pool=pool, app="ops.baseline",
                        events=EVENTS, name=f"baseline-{uuid.uuid4().hex[:6]}@%h")
     worker = _start_worker(argv, env, log)
     counter = redis.Redis.from_url(broker_url)
@@ -177,20 +195,20 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
     run = uuid.uuid4().hex
     try:
         cpu0 = _proc_cpu(worker.pid)
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         with sender.producer_or_acquire() as producer:
-            for i in range(N):
+            for i in range(n):
                 sender.send_task("baseline.call", args=(PROMPT.format(i=i), MAX_TOKENS, run),
                                  queue="baseline", producer=producer)
-        while counter.llen(f"baseline:done:{run}") < N:
+        while counter.llen(f"baseline:done:{run}") < n:
             if time.monotonic() - start > 600:
                 raise SystemExit("bench: baseline did not finish in 600 s")
             time.sleep(0.5)
         elapsed = time.monotonic() - start
         cpu = _proc_cpu(worker.pid) - cpu0
         finished = [float(t) for t in counter.lrange(f"baseline:done:{run}", 0, -1)]
-        return Result(f"plain-celery/{pool}", steady_rate(finished), N / elapsed, cpu / N,
-                      _peak_rss_mb(worker.pid))
+        return Result(f"plain-celery/{pool}", steady_rate(finished), n / elapsed, cpu / n,
+                      _peak_rss_mb(worker.pid), n / (max(finished) - wall))
     finally:
         procs.stop_all([worker])
         counter.delete(f"baseline:done:{run}")
@@ -199,6 +217,8 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path) -> 
 
 
 def main() -> int:
+    if "wide" in SCENARIOS:  # before the embedded servers and workers start: they inherit it
+        bench_wide.open_files()
     base = Settings()
     if base.broker_url is None or base.database_url is None:
         services.up(base.data_dir)
@@ -209,24 +229,81 @@ def main() -> int:
                 "PYTHONPATH": str(ROOT), "FARM_TASK_EVENTS": "true" if EVENTS else "false",
                 # the same slots as the plain Celery worker's pool: a comparison of costs
                 # per job, not of the elastic ramp (make bench-spread measures that)
-                "FARM_SLOTS": os.environ.get("FARM_SLOTS", "fixed")})
+                "FARM_SLOTS": os.environ.get("FARM_SLOTS", "fixed"),
+                # plain Celery's completion counter sized to its threads (run_baseline
+                # sets its own concurrency's); the farm's worker sizes itself from its -c
+                "BASELINE_CONCURRENCY": str(CONCURRENCY)})
     settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
                         anthropic_base_url=env["ANTHROPIC_BASE_URL"])
     upgrade(settings)
     broker_url = resolve_urls(settings).broker_url
     logs = base.data_dir / "run"
     logs.mkdir(parents=True, exist_ok=True)
+    pool = POOLS[0]
+    latency = rss = cpu = wide = None
     if "latency" in SCENARIOS:
-        run_latency(settings, env, broker_url, logs)
+        latency, rss = run_latency(settings, env, broker_url, logs)
+        print()
     if "cpu" in SCENARIOS:
-        if "latency" in SCENARIOS:
-            print()
-        bench_cpu.run(bench_cpu.Context(settings, env, broker_url, logs, CONCURRENCY, ROUNDS,
-                                        POOLS[0], EVENTS))
+        results = bench_cpu.run(bench_cpu.Context(settings, env, broker_url, logs, CONCURRENCY,
+                                                  ROUNDS, pool, EVENTS))
+        e2e = {v: statistics.median(r.end_to_end for r in results if r.variant == v)
+               for v in {r.variant for r in results}}
+        cpu = e2e[f"farm/{pool}"] / e2e[f"plain-celery/{pool}"]
+        print()
+    if "wide" in SCENARIOS:
+        def farm(env: dict[str, str], log: Path, n: int, concurrency: int) -> Result:
+            return run_farm(settings, env, pool, log, n=n, concurrency=concurrency)
+
+        def plain(env: dict[str, str], log: Path, n: int, concurrency: int) -> Result:
+            return run_baseline(broker_url, env, pool, log, n=n, concurrency=concurrency)
+
+        wide = bench_wide.run(bench_wide.Context(env, logs, ROUNDS, pool, farm, plain),
+                              broker_url)
+        print()
+    print_goals([
+        Goal(f"cpu-bound ({1000 * bench_cpu.LATENCY_S:.0f} ms, C={CONCURRENCY}): end-to-end "
+             "jobs/s farm / plain", 0.90, True, cpu),
+        Goal(f"latency (1 s, C={CONCURRENCY}): steady jobs/s farm / plain", 0.98, True,
+             latency),
+        Goal(f"wide (1 s, C={bench_wide.CONCURRENCY}): end-to-end jobs/s farm / plain",
+             bench_wide.GOAL, True, wide),
+        Goal(f"latency (1 s, C={CONCURRENCY}): worker peak RSS farm / plain", 1.20, False,
+             rss),
+    ])
     return 0
 
 
-def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: Path) -> None:
+@dataclass(frozen=True)
+class Goal:
+    """A goal of issue 16: a ratio farm / plain Celery and the bound it must reach."""
+
+    what: str
+    bound: float
+    at_least: bool  # the ratio must be >= bound; False: <= bound
+    measured: float | None  # None: its scenario did not run
+
+    @property
+    def verdict(self) -> str:
+        if self.measured is None:
+            return "not run"
+        met = self.measured >= self.bound if self.at_least else self.measured <= self.bound
+        return "met" if met else "NOT MET"
+
+
+def print_goals(goals: list[Goal]) -> None:
+    """The block that ends every run: each goal, its measured value, met or not."""
+    print(f"goals (issue 16; pool {POOLS[0]}, medians of {ROUNDS} round(s)):")
+    for g in goals:
+        value = "-" if g.measured is None else f"{g.measured:.3f}"
+        print(f"  {g.what:<58} {'>=' if g.at_least else '<='} {g.bound:.2f}  {value:>6}  "
+              f"{g.verdict}")
+
+
+def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: Path
+                ) -> tuple[float, float]:
+    """The latency scenario; returns the first pool's steady ratio farm / plain and its
+    worker peak RSS ratio (the largest of the rounds, as the table shows)."""
     sim_port = int(env["ANTHROPIC_BASE_URL"].rsplit(":", 1)[1])
     sim = procs.start_sim(sim_port, ["--latency", "1.0"], env=env)
     results: list[Result] = []
@@ -268,6 +345,7 @@ def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: 
         print(f"{variant:<24}{medians[variant]:>9.1f}{e2e[variant]:>12.1f}"
               f"{1000 * cpu[variant]:>12.2f}{max(r.peak_rss_mb for r in rs):>13.1f}")
     farm = "farm+metrics" if METRICS == "on" else "farm"
+    rss = {v: max(r.peak_rss_mb for r in results if r.variant == v) for v in medians}
     for pool in POOLS:
         f, b = f"{farm}/{pool}", f"plain-celery/{pool}"
         print(f"{f + ' / plain':<24}{medians[f] / medians[b]:>9.3f}{e2e[f] / e2e[b]:>12.3f}"
@@ -283,6 +361,8 @@ def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: 
             print(f"budgets on/off ({pool}): throughput ratio {medians[on] / medians[off]:.3f}, "
                   f"CPU per job {1000 * (cpu[on] - cpu[off]):+.3f} ms "
                   f"({100 * (cpu[on] / cpu[off] - 1):+.1f} %)")
+    f, b = f"{farm}/{POOLS[0]}", f"plain-celery/{POOLS[0]}"
+    return medians[f] / medians[b], rss[f] / rss[b]
 
 
 if __name__ == "__main__":
