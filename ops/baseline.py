@@ -9,6 +9,11 @@ C=1000, 154 against 174 jobs/s in one run). The completion counter's Redis clien
 BASELINE_CONCURRENCY + 32 connections (the bench sets it to the worker's -c; default 100):
 redis-py's default pool of 100 raises "Too many connections" once more than 100 threads
 record a completion at once.
+
+With BASELINE_CLIENTS=grouped it calls through the farm's client layout instead
+(farm.provider.clients: one client per 100 threads, each keeping its threads' connections
+alive), and nothing else of the farm: the most a Celery task making this SDK call reaches in
+one process, the ceiling the wide scenario prints beside the farm.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import threading
 import time
 
 import anthropic
+import httpx2
 import redis
 from celery import Celery
+
+from farm.provider.clients import Clients
 
 app = Celery("baseline", broker=os.environ["BASELINE_BROKER_URL"])
 app.conf.update(
@@ -29,19 +37,32 @@ app.conf.update(
 )
 CONCURRENCY = int(os.environ.get("BASELINE_CONCURRENCY", "100"))
 
+GROUPED = os.environ.get("BASELINE_CLIENTS", "default") == "grouped"
+
 _local = threading.Lock()
 _client: anthropic.Anthropic | None = None
+_grouped: Clients | None = None
 _redis: redis.Redis | None = None
 
 
+def _grouped_client(connections: int) -> anthropic.Anthropic:
+    return anthropic.Anthropic(max_retries=0, timeout=120, http_client=anthropic.DefaultHttpxClient(
+        limits=httpx2.Limits(max_connections=connections,
+                             max_keepalive_connections=connections)))
+
+
 def _clients() -> tuple[anthropic.Anthropic, redis.Redis]:
-    global _client, _redis
+    global _client, _redis, _grouped
+    if _grouped is not None and _redis is not None:
+        return _grouped.current(), _redis
     with _local:
+        if GROUPED and _grouped is None:
+            _grouped = Clients(_grouped_client, CONCURRENCY)
         if _client is None or _redis is None:
             _client = anthropic.Anthropic(max_retries=0, timeout=120)
             _redis = redis.Redis.from_url(os.environ["BASELINE_BROKER_URL"],
                                           max_connections=CONCURRENCY + 32)
-    return _client, _redis
+    return (_client if _grouped is None else _grouped.current()), _redis
 
 
 @app.task(name="baseline.call", acks_late=True)

@@ -182,10 +182,12 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
 
 
 def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path, *, n: int = N,
-                 concurrency: int = CONCURRENCY) -> Result:
+                 concurrency: int = CONCURRENCY, grouped: bool = False) -> Result:
+    """Plain Celery; ``grouped``: calling through the farm's client layout (ops/baseline.py)."""
     from celery import Celery
 
-    env = {**env, "BASELINE_BROKER_URL": broker_url, "BASELINE_CONCURRENCY": str(concurrency)}
+    env = {**env, "BASELINE_BROKER_URL": broker_url, "BASELINE_CONCURRENCY": str(concurrency),
+           "BASELINE_CLIENTS": "grouped" if grouped else "default"}
     argv = worker_argv("baseline", concurrency=concurrency, pool=pool, app="ops.baseline",
                        events=EVENTS, name=f"baseline-{uuid.uuid4().hex[:6]}@%h")
     worker = _start_worker(argv, env, log)
@@ -207,7 +209,8 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path, *, 
         elapsed = time.monotonic() - start
         cpu = _proc_cpu(worker.pid) - cpu0
         finished = [float(t) for t in counter.lrange(f"baseline:done:{run}", 0, -1)]
-        return Result(f"plain-celery/{pool}", steady_rate(finished), n / elapsed, cpu / n,
+        name = "plain-celery+clients" if grouped else "plain-celery"
+        return Result(f"{name}/{pool}", steady_rate(finished), n / elapsed, cpu / n,
                       _peak_rss_mb(worker.pid), n / (max(finished) - wall))
     finally:
         procs.stop_all([worker])
@@ -258,8 +261,12 @@ def main() -> int:
         def plain(env: dict[str, str], log: Path, n: int, concurrency: int) -> Result:
             return run_baseline(broker_url, env, pool, log, n=n, concurrency=concurrency)
 
-        wide = bench_wide.run(bench_wide.Context(env, logs, ROUNDS, pool, farm, plain),
-                              broker_url)
+        def ceiling(env: dict[str, str], log: Path, n: int, concurrency: int) -> Result:
+            return run_baseline(broker_url, env, pool, log, n=n, concurrency=concurrency,
+                                grouped=True)
+
+        wide = bench_wide.run(bench_wide.Context(env, logs, ROUNDS, pool, farm, plain,
+                                                 ceiling), broker_url)
         print()
     print_goals([
         Goal(f"cpu-bound ({1000 * bench_cpu.LATENCY_S:.0f} ms, C={CONCURRENCY}): end-to-end "

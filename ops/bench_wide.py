@@ -3,11 +3,14 @@
 
 The farm and plain Celery (ops/baseline.py), one worker process each, the threads pool with
 FARM_BENCH_WIDE_CONCURRENCY (1000) threads, call a simulator answering in a fixed 1 s:
-FARM_BENCH_WIDE_JOBS (5000) jobs a run, the variants alternating (farm, plain, farm, …,
-FARM_BENCH_ROUNDS rounds) so drift on a noisy machine hits both. At 1000 calls in flight
-and 1 s the provider would allow 1000 jobs/s: the bound is the worker process (one
-interpreter for 1000 threads, on cores shared with Postgres, Valkey, the simulator and the
-submitter), and that is what the scenario measures.
+FARM_BENCH_WIDE_JOBS (5000) jobs a run, the variants alternating (farm, plain, ceiling,
+farm, …, FARM_BENCH_ROUNDS rounds) so drift on a noisy machine hits them all. The third,
+the ceiling, is plain Celery's task calling through the farm's client layout
+(farm.provider.clients) and doing nothing else of the farm: the most a Celery task making
+this SDK call reaches in one process, which no farm job, doing more, can pass. At 1000
+calls in flight and 1 s the provider would allow 1000 jobs/s: the bound is the worker
+process (one interpreter for 1000 threads, on cores shared with Postgres, Valkey, the
+simulator and the submitter), and that is what the scenario measures.
 
 `complexity: simple` is given, as in the latency scenario, so the router does not run: its
 CPU is the cpu scenario's subject, and here the question is how many calls one process
@@ -88,6 +91,7 @@ class Context:
     pool: str
     farm: Runner
     plain: Runner
+    ceiling: Runner  # plain Celery through the farm's client layout, nothing else of it
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,13 @@ def run(ctx: Context, broker_url: str) -> float:
               f"{procs.open_files_at_least(FILES)}, Valkey maxclients "
               f"{_maxclients(broker_url)}")
         for round_no in range(ctx.rounds):
-            for name, runner in (("farm", ctx.farm), ("plain", ctx.plain)):
+            for name, runner in (("farm", ctx.farm), ("plain", ctx.plain),
+                                 ("ceiling", ctx.ceiling)):
                 _sim(port, "reset")
                 r = runner(env, ctx.logs / f"bench-wide-{name}.log", N, CONCURRENCY)
                 flight = int(_sim(port, "stats")["max_in_flight"])
                 runs.append(Run(r, flight))
-                print(f"  round {round_no + 1} {r.variant:<20} {r.completed_jobs_per_s:7.1f} "
+                print(f"  round {round_no + 1} {r.variant:<28} {r.completed_jobs_per_s:7.1f} "
                       f"jobs/s end to end ({r.jobs_per_s:6.1f} steady)  "
                       f"{1000 * r.cpu_s_per_job:6.2f} ms CPU/job  {r.peak_rss_mb:6.1f} MB  "
                       f"{flight} calls in flight at most")
@@ -154,7 +159,7 @@ def run(ctx: Context, broker_url: str) -> float:
 def table(runs: list[Run], pool: str) -> float:
     """The medians per variant, the ratios, the goal line; the end-to-end ratio."""
     print(f"\nwide scenario (C={CONCURRENCY}), medians of the rounds:")
-    print(f"{'variant':<22}{'end-to-end':>12}{'steady':>9}{'CPU ms/job':>12}"
+    print(f"{'variant':<30}{'end-to-end':>12}{'steady':>9}{'CPU ms/job':>12}"
           f"{'peak RSS MB':>13}{'in flight':>11}")
     rows: dict[str, tuple[float, float, float, float]] = {}
     for variant in dict.fromkeys(run.result.variant for run in runs):
@@ -164,12 +169,17 @@ def table(runs: list[Run], pool: str) -> float:
                          statistics.median(r.result.cpu_s_per_job for r in rs),
                          max(r.result.peak_rss_mb for r in rs))
         e2e, steady, cpu, rss = rows[variant]
-        print(f"{variant:<22}{e2e:>12.1f}{steady:>9.1f}{1000 * cpu:>12.2f}{rss:>13.1f}"
+        print(f"{variant:<30}{e2e:>12.1f}{steady:>9.1f}{1000 * cpu:>12.2f}{rss:>13.1f}"
               f"{min(r.in_flight for r in rs):>11}")
     f, b = rows[f"farm/{pool}"], rows[f"plain-celery/{pool}"]
-    print(f"{'farm / plain':<22}" + "".join(f"{x / y:>{w}.3f}" for x, y, w in zip(
+    print(f"{'farm / plain':<30}" + "".join(f"{x / y:>{w}.3f}" for x, y, w in zip(
         f, b, (12, 9, 12, 13), strict=True)))
     ratio = f[0] / b[0]
+    top = rows.get(f"plain-celery+clients/{pool}")
+    if top is not None:
+        print(f"ceiling: a bare Celery task making the same SDK call through the farm's client "
+              f"layout reaches {top[0]:.1f} jobs/s = {top[0] / b[0]:.2f}x plain (the farm: "
+              f"{f[0] / top[0]:.2f}x of it)")
     print(f"wide goal (C={CONCURRENCY}, 1 s latency, one process): farm {f[0]:.1f} jobs/s end "
           f"to end = {ratio:.2f}x plain Celery's {b[0]:.1f} ({pool}); goal >= {GOAL:.2f}x: "
           f"{'met' if ratio >= GOAL else 'NOT MET'} (steady {f[1] / b[1]:.2f}x)")
