@@ -128,6 +128,9 @@ class Settings(BaseSettings):
 
     # Celery task events feed Flower; they cost about 2.5 ms of worker CPU per job
     task_events: bool = True
+    # a worker publishes its buffered task events every events_flush_s (farm.worker.event_step)
+    # rather than on every turn of its loop; 0: Celery's own publishing
+    events_flush_s: float = Field(default=0.1, ge=0, le=60)
     worker_concurrency: int = Field(default=100, ge=1, le=2000)
     worker_pool: str = Field(default="threads", pattern="^(threads|gevent|prefork|solo)$")
     db_pool_size: int = Field(default=10, ge=1, le=200)

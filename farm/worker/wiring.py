@@ -14,7 +14,7 @@ from farm.batches import loop as batch_loop
 from farm.jobs import Priority
 from farm.reliability.policies import RetryPolicy
 from farm.settings import Settings
-from farm.worker import lifecycle, pool_step, tasks
+from farm.worker import event_step, lifecycle, pool_step, tasks
 from farm.worker import runtime as rt
 
 
@@ -32,6 +32,7 @@ def install(app: Celery, settings: Settings, policies: Mapping[str, RetryPolicy]
     lifecycle.connect(settings, runtime,
                       when_ready=lambda built: batch_loop.start_for(app, built))
     app.steps["consumer"].add(pool_step.make_step(settings))
+    app.steps["consumer"].add(event_step.make_step(settings.events_flush_s))
 
 
 def worker_app(settings: Settings | None = None) -> Celery:
