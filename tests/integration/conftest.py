@@ -7,6 +7,14 @@ import pytest
 import redis
 
 
+@pytest.fixture
+def client(broker_url: str) -> Iterator[redis.Redis]:
+    """A Redis client on the test broker (a module may define its own, differently made)."""
+    made = redis.Redis.from_url(broker_url)
+    yield made
+    made.close()
+
+
 @pytest.fixture(autouse=True)
 def _leave_nothing_behind(broker_url: str, database_url: str) -> Iterator[None]:
     """Integration tests enqueue without workers: afterwards, nothing of theirs may be left

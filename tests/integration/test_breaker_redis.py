@@ -10,7 +10,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,13 +75,6 @@ def in_processes(url: str, config: BreakerConfig, now: float, *ops: list[str]
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-
-
-@pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(broker_url)
-    yield c
-    c.close()
 
 
 class Clock:

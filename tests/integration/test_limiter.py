@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,13 +43,6 @@ class Counting(redis.Redis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         self.sent.append(str(args[0]))
         return super().execute_command(*args, **options)
-
-
-@pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(broker_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -43,13 +43,6 @@ def farm(broker_url: str, database_url: str, tmp_path: Path) -> Iterator[Farm]:
         yield f
 
 
-@pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(broker_url)
-    yield c
-    c.close()
-
-
 def row(farm: Farm, job: uuid.UUID) -> Any:
     with farm.engine.connect() as conn:
         return conn.execute(text("select * from jobs where id = :id"), {"id": job}).one()

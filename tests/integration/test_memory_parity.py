@@ -10,7 +10,6 @@ import math
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,13 +34,6 @@ CONFIG = LimiterConfig(
     tenant_window_s=20, grant_ttl_s=30, max_wait_s=15)
 MODELS = ("m", "m", "m", "c", "r", "r", "seen", "free")  # seen: limits only from headers
 AnyLimiter = Limiter | MemoryLimiter
-
-
-@pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(broker_url)
-    yield c
-    c.close()
 
 
 def approx(value: Any, abs: float = 1e-9) -> Any:

@@ -56,13 +56,6 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(broker_url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def env(broker_url: str, database_url: str, tmp_path: Path) -> dict[str, str]:
     """The farm of this test: one queue, an overall cost breaker at $0.50 a minute and one
     for the model at $100 (stays closed)."""

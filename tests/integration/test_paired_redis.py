@@ -8,7 +8,7 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -68,13 +68,6 @@ class Side:
     breaker: Breaker
     ledger: Ledger
     pair: Pair
-
-
-@pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(broker_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ from farm.cli.workers import EMPTY, duration
 from farm.observe import heartbeat
 from farm.observe.heartbeat import Heartbeat, WorkerBeat, read_all
 from farm.observe.snapshot import pool_use
-
-
-@pytest.fixture
-def client(broker_url: str) -> Iterator[redis.Redis]:
-    made = redis.Redis.from_url(broker_url)
-    yield made
-    made.close()
 
 
 @pytest.fixture
