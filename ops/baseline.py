@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 
 import anthropic
 import httpx2
@@ -40,8 +41,7 @@ CONCURRENCY = int(os.environ.get("BASELINE_CONCURRENCY", "100"))
 GROUPED = os.environ.get("BASELINE_CLIENTS", "default") == "grouped"
 
 _local = threading.Lock()
-_client: anthropic.Anthropic | None = None
-_grouped: Clients | None = None
+_sdk: Callable[[], anthropic.Anthropic] | None = None  # the calling thread's SDK client
 _redis: redis.Redis | None = None
 
 
@@ -52,17 +52,18 @@ def _grouped_client(connections: int) -> anthropic.Anthropic:
 
 
 def _clients() -> tuple[anthropic.Anthropic, redis.Redis]:
-    global _client, _redis, _grouped
-    if _grouped is not None and _redis is not None:
-        return _grouped.current(), _redis
-    with _local:
-        if GROUPED and _grouped is None:
-            _grouped = Clients(_grouped_client, CONCURRENCY)
-        if _client is None or _redis is None:
-            _client = anthropic.Anthropic(max_retries=0, timeout=120)
-            _redis = redis.Redis.from_url(os.environ["BASELINE_BROKER_URL"],
-                                          max_connections=CONCURRENCY + 32)
-    return (_client if _grouped is None else _grouped.current()), _redis
+    global _sdk, _redis
+    if _sdk is None or _redis is None:  # made once, by the first task
+        with _local:
+            if _sdk is None or _redis is None:
+                if GROUPED:
+                    _sdk = Clients(_grouped_client, CONCURRENCY).current
+                else:
+                    client = anthropic.Anthropic(max_retries=0, timeout=120)
+                    _sdk = lambda: client  # noqa: E731
+                _redis = redis.Redis.from_url(os.environ["BASELINE_BROKER_URL"],
+                                              max_connections=CONCURRENCY + 32)
+    return _sdk(), _redis
 
 
 @app.task(name="baseline.call", acks_late=True)

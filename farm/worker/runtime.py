@@ -128,8 +128,5 @@ def reset() -> None:
         if _runtime is not None:
             _runtime.stop.set()
             _runtime.engine.dispose()
-            if _runtime.clients is not None:
-                _runtime.clients.close()
-            else:
-                _runtime.client.close()
+            (_runtime.clients or _runtime.client).close()
         _runtime = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import redis
 
 from farm.client import Farm
 from farm.jobs import JobStatus
-from tests_e2e import start_worker, stop, wait_ready, wait_until, with_status
+from tests_e2e import running_workers, wait_until, with_status
 
 
 @dataclass
@@ -73,18 +72,14 @@ def seen(e2e_env: dict[str, str]) -> Iterator[Seen]:
 
 def test_events_go_out_many_a_message(e2e_env: dict[str, str], farm: Farm, seen: Seen,
                                       tmp_path: Path) -> None:
-    log = tmp_path / "worker.log"
-    worker = start_worker({**e2e_env, "FARM_EVENTS_FLUSH_S": "0.5"}, log, "haiku-simple", 20)
-    try:
-        wait_ready(log, worker)
+    env = {**e2e_env, "FARM_EVENTS_FLUSH_S": "0.5"}
+    with running_workers(env, [(tmp_path / "worker.log", "haiku-simple", 20)]):
         ids = farm.submit_many([{"prompt": f"batched events {i}?", "complexity": "simple"}
                                 for i in range(40)])
         assert all(v.status is JobStatus.SUCCEEDED for v in farm.wait(ids, timeout=90))
         wait_until(lambda: None if len(seen.of(ids, "task-succeeded")) == len(ids)
                    else f"{len(seen.of(ids, 'task-succeeded'))} task-succeeded events",
                    timeout=15)
-    finally:
-        stop(worker)
     mine = [e for e in seen.events if e.get("uuid") in {str(i) for i in ids}]
     assert {e["type"] for e in mine} >= {"task-received", "task-started", "task-succeeded"}
     # 40 jobs, 3 events each, over a few flushes of half a second: a handful of messages
@@ -93,21 +88,17 @@ def test_events_go_out_many_a_message(e2e_env: dict[str, str], farm: Farm, seen:
 
 def test_what_is_buffered_goes_out_when_the_worker_stops(
         e2e_env: dict[str, str], farm: Farm, seen: Seen, tmp_path: Path) -> None:
-    log = tmp_path / "worker.log"
     # a flush a minute: within the test only the stop publishes the buffer
-    worker = start_worker({**e2e_env, "FARM_EVENTS_FLUSH_S": "60"}, log, "haiku-simple", 5)
-    try:
-        wait_ready(log, worker)
+    env = {**e2e_env, "FARM_EVENTS_FLUSH_S": "60"}
+    with running_workers(env, [(tmp_path / "worker.log", "haiku-simple", 5)]) as [worker]:
         ids = farm.submit_many([{"prompt": f"buffered events {i}?", "complexity": "simple"}
                                 for i in range(5)])
         assert all(v.status is JobStatus.SUCCEEDED for v in farm.wait(ids, timeout=90))
         # every job ran and ended (its row says so): its events are in the worker's buffer
         assert with_status(farm.engine, ids, JobStatus.SUCCEEDED.value) == {str(i) for i in ids}
         assert seen.of(ids, "task-succeeded") == set()
-    finally:
-        stop(worker)  # a warm shutdown: the step's stop publishes the buffer
-    deadline = time.monotonic() + 10
-    while len(seen.of(ids, "task-succeeded")) < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # the worker was stopped (a warm shutdown): the step's stop published the buffer
+    wait_until(lambda: None if len(seen.of(ids, "task-succeeded")) == len(ids)
+               else f"{len(seen.of(ids, 'task-succeeded'))} task-succeeded events", timeout=10)
     assert seen.of(ids, "task-succeeded") == {str(i) for i in ids}
     assert worker.returncode == 0
