@@ -23,8 +23,8 @@ Nothing but the process may cap it, so both workers' pools are sized to their th
     clients, one per 100 threads, each keeping its threads' connections alive
     (farm.provider.clients), and its Redis client's C + 32 connections. FARM_SLOTS is
     fixed (bench.main): 1000 slots, a prefetch of 1000. Postgres keeps the default pool
-    (FARM_DB_POOL_SIZE 10: up to 30 connections, kept once opened): a job holds a connection only for each of its
-    two statements, never across its call;
+    (FARM_DB_POOL_SIZE 10: up to 30 connections, kept once opened): a job holds a
+    connection only for each of its two statements, never across its call;
   * plain Celery uses the SDK's default client (ops/baseline.py says why), and its
     completion counter's Redis client gets C + 32 connections: redis-py's default of 100
     fails a task when more than 100 threads record a completion at once;
