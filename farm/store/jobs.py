@@ -15,21 +15,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 import psycopg
-from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from farm.jobs import JobRequest, JobStatus, Route
 from farm.reliability.idempotency import keyed_hash
-from farm.store.schema import Attempt, Job
+from farm.store.schema import jobs
 
 log = logging.getLogger("farm.store")
-jobs = cast(Table, Job.__table__)
-attempts = cast(Table, Attempt.__table__)
 
 
 @dataclass(frozen=True)

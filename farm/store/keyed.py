@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, text
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
 from farm.jobs import JobRequest, Route
 from farm.reliability.idempotency import Holder, request_hash, resolve
 from farm.store.jobs import new_job_row
-from farm.store.schema import Job
-
-jobs = cast(Table, Job.__table__)
+from farm.store.schema import jobs
 
 HOLDERS_SQL = text(
     "SELECT j.tenant, j.idempotency_key, j.id, j.request_hash FROM jobs j "

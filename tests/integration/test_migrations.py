@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import CreateIndex
 
 from farm.store.migrate import alembic_config
-from farm.store.schema import Base
+from farm.store.schema import metadata
 from tests_support import fresh_database
 
 # What the farm creates in schema public; alembic's own table is not the farm's.
@@ -59,7 +59,7 @@ def _model_diffs(conn: Connection) -> list[Any]:
     context = MigrationContext.configure(conn, opts={
         "compare_type": True, "compare_server_default": True,
     })
-    diffs: list[Any] = compare_metadata(context, Base.metadata)
+    diffs: list[Any] = compare_metadata(context, metadata)
     return diffs
 
 
@@ -71,7 +71,7 @@ def _index_definition_diffs(conn: Connection) -> list[tuple[str, str | None, str
     diffs: list[tuple[str, str | None, str]] = []
     indexdef = text("SELECT indexdef FROM pg_indexes "
                     "WHERE schemaname = 'public' AND indexname = :n")
-    indexes = [i for t in Base.metadata.sorted_tables for i in t.indexes]
+    indexes = [i for t in metadata.sorted_tables for i in t.indexes]
     for n, index in enumerate(sorted(indexes, key=lambda i: str(i.name))):
         name, scratch = str(index.name), f"farm_scratch_ix_{n}"
         ddl = str(CreateIndex(index).compile(dialect=conn.dialect))
