@@ -41,7 +41,8 @@ HIT_SET = """status = 'succeeded', response_text = %(response_text)s,
 # a started job: the attempt its start counted is given back
 HIT_SQL = f"""
     UPDATE jobs SET {HIT_SET}, attempts = attempts - 1
-    WHERE id = %(job_id)s AND status = 'running' AND attempts = %(attempt)s
+    WHERE id = %(job_id)s AND CASE status WHEN 'running' THEN true ELSE false END
+      AND attempts = %(attempt)s  -- by the primary key (farm.store.jobs.START_SQL)
     RETURNING id
 """
 

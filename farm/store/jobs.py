@@ -18,8 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from sqlalchemy import ColumnElement, case, false, func, insert, select, text, true, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -119,6 +119,12 @@ START_SQL = """
 """
 
 
+def status_is(*statuses: str) -> ColumnElement[bool]:
+    """``jobs.status IN statuses`` as a CASE, for a statement on one job's id: the planner
+    then finds the row by its primary key, never by ix_jobs_active (see START_SQL)."""
+    return case((jobs.c.status.in_(statuses), true()), else_=false())
+
+
 class DatabaseUnavailable(RuntimeError):
     """Postgres stayed unreachable for longer than the caller's patience."""
 
@@ -180,9 +186,10 @@ UNSTART_SQL = """
     SET status = 'queued', attempts = attempts - 1, lease_until = NULL,
         started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
         next_run_at = now() + make_interval(secs => %(wait_s)s), wait_reason = %(reason)s
-    WHERE id = %(job_id)s AND status = 'running' AND attempts = %(attempt)s
+    WHERE id = %(job_id)s AND CASE status WHEN 'running' THEN true ELSE false END
+      AND attempts = %(attempt)s
     RETURNING id
-"""
+"""  # the status test as START_SQL writes it, for the same reason
 
 
 def unstart(engine: Engine, job: StartedJob, wait_s: float, reason: str, *,
@@ -251,7 +258,7 @@ def kill_job(engine: Engine, job_id: uuid.UUID, error: str, *, uncount: bool = F
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+            .where(jobs.c.id == job_id, status_is(JobStatus.RUNNING.value))
             .values(**values)
         )
 
@@ -271,7 +278,7 @@ def cancel_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, bool] | None:
     with engine.begin() as conn:
         done = conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_(["queued", "running"]))
+            .where(jobs.c.id == job_id, status_is("queued", "running"))
             .values(status=JobStatus.CANCELLED.value, finished_at=func.now())
             .returning(jobs.c.id)
         ).first()
