@@ -30,7 +30,11 @@ from farm.store.schema import make_engine
 from tests_support import fresh_database
 
 MODEL = "claude-haiku-4-5"
-NOW = datetime(2026, 12, 1, 12, 30, tzinfo=UTC)
+# The scripts run on the rig's clock, but Redis expires a period's keys by its own: at the
+# period's end + 1 day (EXPIREAT). A fixed date stopped working a day after it: the seeded
+# count expired as it was written and admit() asked for a seed again, forever. Today at
+# 12:30 UTC keeps every period of these tests unexpired while they run.
+NOW = datetime.now(UTC).replace(hour=12, minute=30, second=0, microsecond=0)
 
 
 class Clock:
