@@ -222,9 +222,13 @@ def test_prometheus_scrapes_the_farm_under_load(stack: Stack) -> None:
         wait_until(lambda: "; ".join(targets_down(stack.prometheus)) or None, timeout=60)
         wait_until(lambda: series_missing(stack.prometheus, WORKER_SERIES | CLUSTER_SERIES),
                    timeout=90, interval=1)
-        # every worker process is a target of its own, on its own port
-        ups = query(stack.prometheus, 'up{job="farm-workers"} == 1')
-        assert len(ups) == 2, ups
+        # every worker process is a target of its own, on its own port: waited for, as
+        # Prometheus may not have discovered the second one when the first one's series are in
+        def workers_not_up() -> str | None:
+            ups = query(stack.prometheus, 'up{job="farm-workers"} == 1')
+            return None if len(ups) == 2 else f"{len(ups)} of 2 worker targets up: {ups}"
+
+        wait_until(workers_not_up, timeout=60, interval=1)
         # the farm exports no farm_ name the catalogue lacks
         seen = {s["metric"]["__name__"] for s in query(stack.prometheus,
                                                         '{__name__=~"farm_.*"}')}
