@@ -22,7 +22,7 @@ from typing import cast
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from farm.store.jobs import StartedJob, fetch_one
+from farm.store.jobs import StartedJob, fetch_one, status_in
 
 LOOKUP_SQL = """
     SELECT id, response_text, stop_reason, served_model, cost_usd FROM jobs
@@ -41,8 +41,7 @@ HIT_SET = """status = 'succeeded', response_text = %(response_text)s,
 # a started job: the attempt its start counted is given back
 HIT_SQL = f"""
     UPDATE jobs SET {HIT_SET}, attempts = attempts - 1
-    WHERE id = %(job_id)s AND CASE status WHEN 'running' THEN true ELSE false END
-      AND attempts = %(attempt)s  -- by the primary key (farm.store.jobs.START_SQL)
+    WHERE id = %(job_id)s AND {status_in("running")} AND attempts = %(attempt)s
     RETURNING id
 """
 

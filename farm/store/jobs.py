@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from sqlalchemy import ColumnElement, case, false, func, insert, select, text, true, update
+from sqlalchemy import TextClause, func, insert, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -119,10 +119,16 @@ START_SQL = """
 """
 
 
-def status_is(*statuses: str) -> ColumnElement[bool]:
-    """``jobs.status IN statuses`` as a CASE, for a statement on one job's id: the planner
+def status_in(*statuses: str) -> str:
+    """SQL for ``status IN statuses`` as a CASE, for a statement on one job's id: the planner
     then finds the row by its primary key, never by ix_jobs_active (see START_SQL)."""
-    return case((jobs.c.status.in_(statuses), true()), else_=false())
+    listed = ", ".join(f"'{status}'" for status in statuses)
+    return f"CASE WHEN status IN ({listed}) THEN true ELSE false END"
+
+
+def status_is(*statuses: str) -> TextClause:
+    """status_in as a clause for SQLAlchemy statements on ``jobs``."""
+    return text(status_in(*statuses))
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -181,15 +187,14 @@ def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
     )
 
 
-UNSTART_SQL = """
+UNSTART_SQL = f"""
     UPDATE jobs
     SET status = 'queued', attempts = attempts - 1, lease_until = NULL,
         started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END,
         next_run_at = now() + make_interval(secs => %(wait_s)s), wait_reason = %(reason)s
-    WHERE id = %(job_id)s AND CASE status WHEN 'running' THEN true ELSE false END
-      AND attempts = %(attempt)s
+    WHERE id = %(job_id)s AND {status_in("running")} AND attempts = %(attempt)s
     RETURNING id
-"""  # the status test as START_SQL writes it, for the same reason
+"""
 
 
 def unstart(engine: Engine, job: StartedJob, wait_s: float, reason: str, *,
@@ -201,10 +206,10 @@ def unstart(engine: Engine, job: StartedJob, wait_s: float, reason: str, *,
                                      "wait_s": wait_s, "reason": reason[:500]}, patience_s)
 
 
-DEFER_SQL = """
+DEFER_SQL = f"""
     UPDATE jobs SET next_run_at = now() + make_interval(secs => :s), wait_reason = :reason
-    WHERE id = :id AND CASE status WHEN 'queued' THEN true ELSE false END
-"""  # the status test as START_SQL writes it, for the same reason
+    WHERE id = :id AND {status_in("queued")}
+"""
 
 
 def defer(engine: Engine, job_id: uuid.UUID, seconds: float, reason: str) -> None:
