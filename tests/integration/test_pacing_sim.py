@@ -56,8 +56,10 @@ def run(broker_url: str, sim_url: str, model: str, config: LimiterConfig) -> Cou
     sdk = make_client(Settings(anthropic_api_key=API_KEY, anthropic_base_url=sim_url,
                                data_dir=Path("/tmp")))
     todo, lock, seen = list(range(CALLS)), threading.Lock(), Counter[str]()
+    start = threading.Barrier(SLOTS)  # the slots fire together, as a busy worker's do
 
     def slot() -> None:
+        start.wait(timeout=30)
         while True:
             with lock:
                 if not todo:
