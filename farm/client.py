@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import redis
 
@@ -39,7 +39,7 @@ from farm.services import resolve_urls
 from farm.settings import Settings
 from farm.store import jobs as store
 from farm.store import keyed
-from farm.store.schema import make_engine
+from farm.store.db import Database
 from farm.views import (
     InvalidJobError,
     JobFinishedError,
@@ -47,6 +47,9 @@ from farm.views import (
     SubmitError,
     WaitTimeoutError,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 __all__ = ["Farm", "InvalidJobError", "JobFinishedError", "JobView", "SubmitError",
            "WaitTimeoutError", "validate"]
@@ -85,7 +88,10 @@ class Farm:
         urls = resolve_urls(self.settings)
         self.broker_url = urls.broker_url
         self.app = create_app(self.settings, broker_url=urls.broker_url)
-        self.engine = make_engine(urls.database_url, pool_size=4, max_overflow=4)
+        self._database_url = urls.database_url
+        # jobs, keys, dead letters, budgets: the farm's own connections (farm.store.db)
+        self.db = Database(urls.database_url, size=8)
+        self._engine: Engine | None = None  # the reports' SQLAlchemy engine, made when asked
         self._redis: redis.Redis | None = None
         self._budgets: Budgets | None = None
 
@@ -96,17 +102,30 @@ class Farm:
         self.close()
 
     @property
+    def engine(self) -> Engine:
+        """A SQLAlchemy engine on the farm's database, for the SQL reports and estimates
+        (made on first use: a service that only submits and reads jobs opens no connection
+        for it)."""
+        if self._engine is None:
+            from farm.store.schema import make_engine
+
+            self._engine = make_engine(self._database_url, pool_size=2, max_overflow=2)
+        return self._engine
+
+    @property
     def budgets(self) -> Budgets:
         """Budgets: set, list, remove (farm.costs.controls)."""
         if self._budgets is None:
             self._redis = redis.Redis.from_url(self.broker_url)
-            self._budgets = Budgets(self._redis, self.engine, self.wake)
+            self._budgets = Budgets(self._redis, self.db, self.wake)
         return self._budgets
 
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
-        self.engine.dispose()
+        self.db.close()
+        if self._engine is not None:
+            self._engine.dispose()
         self.app.close()
 
     # --- submitting -------------------------------------------------------------------
@@ -120,7 +139,7 @@ class Farm:
         key held with another request: IdempotencyConflictError), then record and publish
         chunk by chunk. A key held already gives its job's id, never published twice."""
         routed = validate(list(jobs), self.settings)
-        keyed.check_held(self.engine, [request for request, _ in routed])
+        keyed.check_held(self.db, [request for request, _ in routed])
         ids = [new_job_id() for _ in routed]
         with self.app.producer_or_acquire() as producer:
             for first in range(0, len(ids), SUBMIT_CHUNK):
@@ -128,7 +147,7 @@ class Farm:
                                  routed[first:first + SUBMIT_CHUNK], strict=True))
                 batched = [batch_submit.row_fields(request, chosen, self.settings)
                            for _, (request, chosen) in chunk]
-                with self.engine.begin() as conn:  # each job's id, or its key's holder's
+                with self.db.begin() as conn:  # each job's id, or its key's holder's
                     ids[first:first + SUBMIT_CHUNK] = taken = keyed.record(conn, chunk, batched)
                 waiting = {job_id for (job_id, _), row in zip(chunk, batched, strict=True)
                            if row["batched"]}
@@ -157,7 +176,7 @@ class Farm:
         except Exception as exc:
             reason = f"publish failed: {type(exc).__name__}: {exc}"[:500]
             failed = [i for i, _ in chunk[published:]]
-            with self.engine.begin() as conn:
+            with self.db.begin() as conn:
                 store.fail_unpublished(conn, failed, reason)
             raise SubmitError(submitted + published, reason, failed) from exc
 
@@ -171,7 +190,7 @@ class Farm:
 
     def statuses(self, job_ids: Iterable[uuid.UUID | str]) -> list[JobView]:
         ids = [uuid.UUID(str(i)) for i in job_ids]
-        rows = store.get_jobs(self.engine, ids, columns=list(JobView.model_fields))
+        rows = store.get_jobs(self.db, ids, columns=list(JobView.model_fields))
         return [JobView.model_validate(rows[i]) for i in ids if i in rows]
 
     def jobs(self, *, tenant: str | None = None, status: Iterable[JobStatus | str] = (),
@@ -179,7 +198,7 @@ class Farm:
              limit: int = 50) -> list[JobView]:
         """Jobs newest first: of a tenant, in any of these statuses, on a queue, created at or
         after `since` (each filter when given); at most `limit`."""
-        rows = store.list_jobs(self.engine, list(JobView.model_fields), tenant=tenant,
+        rows = store.list_jobs(self.db, list(JobView.model_fields), tenant=tenant,
                                statuses=[JobStatus(s).value for s in status], queue=queue,
                                since=since, limit=limit)
         return [JobView.model_validate(row) for row in rows]
@@ -200,7 +219,7 @@ class Farm:
         pending = set(ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            pending = store.unfinished(self.engine, list(pending)) if pending else set()
+            pending = store.unfinished(self.db, list(pending)) if pending else set()
             if on_progress is not None:
                 on_progress(len(ids) - len(pending), len(ids))
             if not pending:
@@ -238,14 +257,14 @@ class Farm:
         return missing
 
     def _without_row(self, ids: list[uuid.UUID]) -> list[uuid.UUID]:
-        found = store.get_jobs(self.engine, ids, columns=["id"]) if ids else {}
+        found = store.get_jobs(self.db, ids, columns=["id"]) if ids else {}
         return [i for i in ids if i not in found]
 
     def cancel(self, job_id: uuid.UUID | str, *, strict: bool = False) -> JobStatus:
         """Cancel a queued or running job (a running one's late result is kept, not returned
         as success). Returns the job's status after the call; cancelling a finished job
         changes nothing, and with strict=True raises JobFinishedError. KeyError: no job."""
-        found = store.cancel_job(self.engine, uuid.UUID(str(job_id)))
+        found = store.cancel_job(self.db, uuid.UUID(str(job_id)))
         if found is None:
             raise KeyError(f"no job {job_id}")
         status, cancelled = JobStatus(found[0]), found[1]
@@ -256,7 +275,7 @@ class Farm:
     def wake(self, reason: str, queue: str | None = None) -> int:
         """Jobs waiting on a countdown for ``reason`` (store.HELD, store.paused(queue)), of
         one queue or all, run now: their messages are published again. Returns how many."""
-        woken = store.wake(self.engine, reason, queue)
+        woken = store.wake(self.db, reason, queue)
         with self.app.producer_or_acquire() as producer:
             for job_id, job_queue, priority in woken:
                 send_job(self.app, job_id, job_queue, Priority(priority), producer)
@@ -298,10 +317,10 @@ class Farm:
 
     def dead_letters(self, *, limit: int = 100, include_replayed: bool = False,
                      ) -> list[dict[str, Any]]:
-        return dlq.entries(self.engine, limit=limit, include_replayed=include_replayed)
+        return dlq.entries(self.db, limit=limit, include_replayed=include_replayed)
 
     def dead_letter(self, job_id: uuid.UUID | str) -> dict[str, Any]:
-        found = dlq.entry(self.engine, uuid.UUID(str(job_id)))
+        found = dlq.entry(self.db, uuid.UUID(str(job_id)))
         if found is None:
             raise KeyError(f"job {job_id} is not in the dead-letter queue")
         return found
@@ -311,7 +330,7 @@ class Farm:
         """Send dead jobs (all not yet replayed when job_ids is None) through the router
         again as new jobs with a fresh attempt budget; returns (old id, new id) pairs."""
         wanted = None if job_ids is None else [uuid.UUID(str(i)) for i in job_ids]
-        found = dlq.replayable(self.engine, wanted)
+        found = dlq.replayable(self.db, wanted)
         if wanted is not None:
             missing = set(wanted) - {row["job_id"] for row in found}
             if missing:
@@ -321,11 +340,11 @@ class Farm:
             return []
         new_ids = self.submit_many([row["request"] for row in found])
         pairs = [(row["job_id"], new) for row, new in zip(found, new_ids, strict=True)]
-        dlq.mark_replayed(self.engine, pairs)
+        dlq.mark_replayed(self.db, pairs)
         return pairs
 
     def purge_dead_letters(self) -> tuple[int, int]:
         """Delete the DLQ rows and the dead-letter queue's messages; returns both counts."""
         with self.app.connection_for_write() as conn:
             messages = int(conn.default_channel.queue_purge(DEAD_LETTER_QUEUE) or 0)
-        return dlq.purge(self.engine), messages
+        return dlq.purge(self.db), messages

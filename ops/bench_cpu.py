@@ -221,7 +221,7 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bench: {len(pending)} farm jobs not finished in 600 s")
                 time.sleep(1.0)
-                pending = unfinished(farm.engine, list(pending))
+                pending = unfinished(farm.db, list(pending))
             after = tree_cpu({"worker": worker.pid, **roots})
             views = farm.statuses(ids)
         bad = [v for v in views if v.status.value != "succeeded"]

@@ -53,14 +53,13 @@ from typing import Any
 import baseline_limited as baseline  # ops/, this script's directory
 import procs
 import redis
-from sqlalchemy import func, text, update
+from sqlalchemy import text
 
 from farm import services
 from farm.capacity.breaker import Breaker, BreakerConfig
 from farm.client import Farm, JobView
 from farm.services import resolve_urls
 from farm.settings import Settings
-from farm.store import jobs as store
 from farm.store.migrate import upgrade
 from farm.worker.command import worker_argv
 
@@ -160,11 +159,10 @@ def fresh_farm_state(ctx: Ctx, farm: Farm) -> None:
 
 
 def cancel_open_jobs(farm: Farm) -> int:
-    jobs = store.jobs
-    with farm.engine.begin() as conn:
-        return int(conn.execute(update(jobs).where(
-            jobs.c.tenant == TENANT, jobs.c.status.in_(["queued", "running"])
-        ).values(status="cancelled", finished_at=func.now())).rowcount or 0)
+    with farm.db.begin() as conn:
+        return conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = now() "
+                            "WHERE tenant = %(tenant)s AND status IN ('queued', 'running')",
+                            {"tenant": TENANT}).rowcount
 
 
 def drive(ctx: Ctx, name: str, top_up: Callable[[Sample | None], None],

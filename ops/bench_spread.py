@@ -47,7 +47,6 @@ from typing import Any
 
 import procs  # ops/, this script's directory
 import redis
-from sqlalchemy import func, update
 
 from farm import services
 from farm.broker.layout import queue_keys
@@ -55,7 +54,6 @@ from farm.client import Farm, JobView, WaitTimeoutError
 from farm.pool.slots import parse_slots
 from farm.services import resolve_urls
 from farm.settings import Settings
-from farm.store import jobs as store
 from farm.store.migrate import upgrade
 from farm.worker.command import worker_argv
 
@@ -249,11 +247,10 @@ def leftovers(settings: Settings, timeout: float = 60.0) -> None:
 
 def cancel_open_jobs(farm: Farm) -> int:
     """Cancel what an interrupted run left queued or running (their messages are ignored)."""
-    jobs = store.jobs
-    with farm.engine.begin() as conn:
-        return int(conn.execute(update(jobs).where(
-            jobs.c.tenant == TENANT, jobs.c.status.in_(["queued", "running"])
-        ).values(status="cancelled", finished_at=func.now())).rowcount or 0)
+    with farm.db.begin() as conn:
+        return conn.execute("UPDATE jobs SET status = 'cancelled', finished_at = now() "
+                            "WHERE tenant = %(tenant)s AND status IN ('queued', 'running')",
+                            {"tenant": TENANT}).rowcount
 
 
 def run(settings: Settings, env: dict[str, str], round_no: int, mode: str, shape: str,

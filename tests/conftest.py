@@ -19,6 +19,7 @@ import pytest
 
 from farm.client import Farm
 from farm.settings import Settings
+from farm.store.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_DIR = ROOT / ".farm-test"
@@ -45,9 +46,19 @@ def service_urls() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
-    """A fresh database for this test session, migrated to head; dropped afterwards."""
-    with fresh_database(service_urls[1], "farm_test", "head") as url:
+    """A fresh database for this test session, migrated to head; dropped afterwards
+    (FARM_TEST_DATABASE_NAME names it: runs side by side on one server need one each)."""
+    name = os.environ.get("FARM_TEST_DATABASE_NAME", "farm_test")
+    with fresh_database(service_urls[1], name, "head") as url:
         yield url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The farm's own connections (farm.store.db) to the test database."""
+    made = Database(database_url, size=4)
+    yield made
+    made.close()
 
 
 @pytest.fixture(scope="session")

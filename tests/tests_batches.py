@@ -9,10 +9,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
 from tests_sim import admin, in_process_sim
 
-from farm.batches import rows
 from farm.batches.context import Batching
 from farm.batches.policy import config_of
 from farm.reliability import dlq
@@ -42,16 +40,17 @@ def batching(settings: Settings) -> Iterator[Batching]:
                                                          backoff_cap_s=0.02)})
 
     def dead_letter(job_id: uuid.UUID, queue: str, error_class: str, message: str) -> None:
-        dlq.record(runtime.engine, job_id, error_class, message)
+        dlq.record(made.db, job_id, error_class, message)
 
     def forget() -> None:
-        with rows.connection(runtime.engine) as conn:
-            conn.execute(text("DELETE FROM batches"))
+        with made.db.connect() as conn:
+            conn.execute("DELETE FROM batches")
 
+    made = Batching(runtime, config_of(settings), dead_letter)
     forget()
     try:
-        yield Batching(runtime, config_of(settings), dead_letter)
+        yield made
     finally:
         forget()
-        runtime.engine.dispose()
+        made.db.close()
         runtime.client.close()

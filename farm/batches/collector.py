@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import anthropic
-from sqlalchemy.engine import Connection
+from psycopg import Connection
 
 from farm.batches import admit, memo, policy, results, rows, store
 from farm.batches.context import Batching
@@ -81,7 +81,7 @@ def build(b: Batching, job: store.WaitingJob) -> tuple[Request, admit.Candidate]
                             job_cap(job.request, job.queue, b.settings), job.spent, worst))
 
 
-def flush(b: Batching, conn: Connection, model: str) -> list[uuid.UUID]:
+def flush(b: Batching, conn: Connection[Any], model: str) -> list[uuid.UUID]:
     """Send the model's waiting jobs if they are due (re-checked under the model's lock);
     returns the ids of the batch rows written. Nothing when another worker is flushing it."""
     if not store.try_flush_lock(conn, model):
@@ -105,10 +105,10 @@ def flush(b: Batching, conn: Connection, model: str) -> list[uuid.UUID]:
         store.flush_unlock(conn, model)
 
 
-def _admitted(b: Batching, conn: Connection,
+def _admitted(b: Batching, conn: Connection[Any],
               built: list[tuple[Request, admit.Candidate]]) -> list[Request]:
     """The requests whose jobs may go; the others are stopped (dead) or wait."""
-    budgets = budget_rows.load(b.engine)
+    budgets = budget_rows.load(b.db)
     rooms = store.rooms(conn, budgets, datetime.now(UTC)) if budgets else []
     verdicts = admit.check([c for _, c in built], rooms)
     waits: dict[str, list[uuid.UUID]] = {}
@@ -126,7 +126,7 @@ def _admitted(b: Batching, conn: Connection,
     return out
 
 
-def _stop(b: Batching, conn: Connection, job: store.WaitingJob, stop: admit.Stop) -> None:
+def _stop(b: Batching, conn: Connection[Any], job: store.WaitingJob, stop: admit.Stop) -> None:
     """A job that must make no call: dead, into the dead-letter queue (as a synchronous
     job stopped at admission)."""
     row = store.stop(conn, job.id, stop.reason)
@@ -138,7 +138,7 @@ def _stop(b: Batching, conn: Connection, job: store.WaitingJob, stop: admit.Stop
                              duration_s=(datetime.now(UTC) - row["created_at"]).total_seconds())
 
 
-def create(b: Batching, conn: Connection, model: str, requests: list[Request]
+def create(b: Batching, conn: Connection[Any], model: str, requests: list[Request]
            ) -> list[uuid.UUID]:
     """Claim the requests' jobs into a new batch row and create the batch at the provider;
     returns the batch rows this wrote (and that went on to exist or may exist)."""
@@ -167,7 +167,7 @@ def create(b: Batching, conn: Connection, model: str, requests: list[Request]
     return [batch_id]
 
 
-def _refused(b: Batching, conn: Connection, model: str, batch_id: uuid.UUID,
+def _refused(b: Batching, conn: Connection[Any], model: str, batch_id: uuid.UUID,
              requests: list[Request], exc: anthropic.APIStatusError) -> list[uuid.UUID]:
     status = exc.status_code
     error = _error_of(exc)

@@ -12,10 +12,10 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
-from sqlalchemy.engine import Engine
 
 from farm.batches.policy import BatchConfig
 from farm.settings import Settings
+from farm.store.db import Database
 from farm.worker import runtime as rt
 
 # (job id, queue, error class, message): the job's DLQ row and message, once
@@ -29,8 +29,8 @@ class Batching:
     dead_letter: DeadLetter
 
     @property
-    def engine(self) -> Engine:
-        return self.runtime.engine
+    def db(self) -> Database:
+        return self.runtime.db
 
     @property
     def client(self) -> anthropic.Anthropic:

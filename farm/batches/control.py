@@ -10,21 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
-from sqlalchemy.engine import Engine
 
 from farm.batches import rows
-from farm.batches.rows import connection
+from farm.store.db import Database
 
 
-def listing(engine: Engine, *, limit: int = 50, status: str | None = None
+def listing(db: Database, *, limit: int = 50, status: str | None = None
             ) -> list[dict[str, Any]]:
-    with connection(engine) as conn:
+    with db.connect() as conn:
         return rows.listing(conn, limit=limit, status=status)
 
 
-def show(engine: Engine, ident: str) -> dict[str, Any]:
+def show(db: Database, ident: str) -> dict[str, Any]:
     """One batch by the farm's id or the provider's; KeyError when there is none."""
-    with connection(engine) as conn:
+    with db.connect() as conn:
         found = rows.find(conn, ident)
     if found is None:
         raise KeyError(f"no batch {ident} (give the farm's id or the provider's msgbatch_ id)")
@@ -38,10 +37,10 @@ class Cancelled:
     provider: str  # what the provider said: "canceling", "ended already", "not created"
 
 
-def cancel(engine: Engine, client: anthropic.Anthropic, ident: str) -> Cancelled:
+def cancel(db: Database, client: anthropic.Anthropic, ident: str) -> Cancelled:
     """Cancel a batch: its jobs still on it, then the provider's batch. KeyError: no batch."""
-    batch = show(engine, ident)
-    with connection(engine) as conn:
+    batch = show(db, ident)
+    with db.connect() as conn:
         jobs = rows.cancel_jobs(conn, batch["id"])
     provider_id = batch["provider_id"]
     if provider_id is None:
@@ -55,6 +54,6 @@ def cancel(engine: Engine, client: anthropic.Anthropic, ident: str) -> Cancelled
     except anthropic.BadRequestError:  # it ended meanwhile: nothing left to cancel
         got = client.messages.batches.retrieve(provider_id)
         return Cancelled(batch, len(jobs), f"{got.processing_status} already")
-    with connection(engine) as conn:
+    with db.connect() as conn:
         rows.progress(conn, batch["id"], got.processing_status, None, 0.0)
     return Cancelled(batch, len(jobs), got.processing_status)

@@ -25,7 +25,6 @@ from celery import Celery
 from farm.batches import collector, policy, poller, store
 from farm.batches.context import Batching
 from farm.batches.reconcile import Reconciler
-from farm.batches.rows import connection
 from farm.worker import endings
 from farm.worker import runtime as rt
 
@@ -43,7 +42,7 @@ def batching(app: Celery, runtime: rt.Runtime) -> Batching:
 def collect(b: Batching, reconciler: Reconciler) -> list[uuid.UUID]:
     """One round of the collector; returns the batch rows written."""
     made: list[uuid.UUID] = []
-    with connection(b.engine) as conn:
+    with b.db.connect() as conn:
         reconciler.run(conn)
         if b.runtime.hold.held() is not None:
             return made  # the farm is on hold (spend limit): nothing new goes out
@@ -54,7 +53,7 @@ def collect(b: Batching, reconciler: Reconciler) -> list[uuid.UUID]:
 
 
 def poll(b: Batching) -> int:
-    with connection(b.engine) as conn:
+    with b.db.connect() as conn:
         return poller.poll_due(b, conn)
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from psycopg import Connection
 
 from farm.batches import rows, store
 from farm.batches.context import Batching
@@ -58,7 +58,7 @@ def keyed(b: Batching, job: store.WaitingJob, opinion: bool,
     return None if policy is None else Keyed(memo_key_of(body), policy.ttl_s)
 
 
-def at_flush(b: Batching, conn: Connection,
+def at_flush(b: Batching, conn: Connection[Any],
              jobs: Sequence[tuple[store.WaitingJob, Keyed | None]]) -> list[bool]:
     """Which of the flush's jobs (in its order) go on to be sent: the others were recorded
     as hits, or wait for an identical job's answer."""
@@ -87,7 +87,7 @@ def at_flush(b: Batching, conn: Connection,
 
 
 def _hit(b: Batching, job: store.WaitingJob, key: str, original: memo_store.Original) -> None:
-    created = memo_store.record_waiting_hit(b.engine, job.id, job.attempts, key, original,
+    created = memo_store.record_waiting_hit(b.db, job.id, job.attempts, key, original,
                                             patience_s=b.patience_s)
     if created is None:
         return  # cancelled meanwhile
@@ -108,4 +108,4 @@ def remember(b: Batching, item: rows.Item, answer: CallResult) -> None:
     if reusable(sent.request, queue_spec(job.queue, b.settings.queues), fallback=False,
                 stop_reason=answer.stop_reason, text=answer.text,
                 short_budget=b.settings.escalate_short_budget):
-        memo_store.remember(b.engine, job.id, item.memo_key, patience_s=b.patience_s)
+        memo_store.remember(b.db, job.id, item.memo_key, patience_s=b.patience_s)

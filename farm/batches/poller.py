@@ -13,9 +13,10 @@ Postgres, and any worker polls any batch.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import anthropic
-from sqlalchemy.engine import Connection
+from psycopg import Connection
 
 from farm.batches import policy, results, rows
 from farm.batches.context import Batching
@@ -29,7 +30,7 @@ def lease_s(b: Batching) -> float:
     return max(60.0, 2 * b.settings.request_timeout)
 
 
-def poll_due(b: Batching, conn: Connection, limit: int = 10) -> int:
+def poll_due(b: Batching, conn: Connection[Any], limit: int = 10) -> int:
     """Poll the batches due; returns how many were polled."""
     batches = rows.due(conn, lease_s=lease_s(b), limit=limit)
     for batch in batches:
@@ -41,7 +42,7 @@ def poll_due(b: Batching, conn: Connection, limit: int = 10) -> int:
     return len(batches)
 
 
-def poll(b: Batching, conn: Connection, batch: rows.BatchRow) -> None:
+def poll(b: Batching, conn: Connection[Any], batch: rows.BatchRow) -> None:
     assert batch.provider_id is not None
     wait = policy.next_poll_s(batch.polls, b.config)
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from psycopg import Connection
 
 from farm.batches import rows, store
 from farm.batches.context import Batching
@@ -81,7 +81,7 @@ class Reconciler:
     b: Batching
     seen: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def run(self, conn: Connection) -> None:
+    def run(self, conn: Connection[Any]) -> None:
         for row in rows.creating(conn):
             if not store.try_flush_lock(conn, row.model):
                 continue  # its creator is at it still (or another reconciler)
@@ -91,7 +91,7 @@ class Reconciler:
             finally:
                 store.flush_unlock(conn, row.model)
 
-    def settle(self, conn: Connection, row: rows.BatchRow) -> None:
+    def settle(self, conn: Connection[Any], row: rows.BatchRow) -> None:
         jobs = rows.job_ids(conn, row.id)
         age = (datetime.now(UTC) - row.created_at).total_seconds()
         verdict = decide(jobs, self.candidates(conn, row), age, self.b.config.reconcile_s)
@@ -107,7 +107,7 @@ class Reconciler:
         else:
             log.info("batch %s is left creating: %s", row.id, verdict.reason)
 
-    def candidates(self, conn: Connection, row: rows.BatchRow) -> list[Candidate]:
+    def candidates(self, conn: Connection[Any], row: rows.BatchRow) -> list[Candidate]:
         listed = []
         since = row.created_at - SKEW
         for batch in self.b.client.messages.batches.list(limit=100):

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from psycopg import Connection
 
 from farm.batches import memo, policy, rows
 from farm.batches.context import Batching
@@ -42,7 +42,7 @@ log = logging.getLogger("farm.batches")
 CHUNK = 200  # results recorded per read of their jobs
 
 
-def record_all(b: Batching, conn: Connection, batch: rows.BatchRow,
+def record_all(b: Batching, conn: Connection[Any], batch: rows.BatchRow,
                lease_s: float = 600.0) -> int:
     """Stream the ended batch's results and record each; then any request the results
     left out fails as an unknown error. Returns how many results were new."""
@@ -65,7 +65,7 @@ def record_all(b: Batching, conn: Connection, batch: rows.BatchRow,
     return new
 
 
-def record_chunk(b: Batching, conn: Connection, batch: rows.BatchRow,
+def record_chunk(b: Batching, conn: Connection[Any], batch: rows.BatchRow,
                  entries: Sequence[Any]) -> int:
     """Record some results of the batch (SDK ``MessageBatchIndividualResponse``s)."""
     ids: dict[str, uuid.UUID | None] = {e.custom_id: _uuid(e.custom_id) for e in entries}
@@ -122,7 +122,7 @@ def succeeded(b: Batching, batch: rows.BatchRow, item: rows.Item, body: bytes) -
     opinion = reroute.asks_opinion(job)
     step = (reroute.opinion_given if opinion else reroute.answered)(
         runtime, job, answer, cost, since)
-    recorded = attempts.record(b.engine, job, step.outcome, patience_s=b.patience_s)
+    recorded = attempts.record(b.db, job, step.outcome, patience_s=b.patience_s)
     if recorded is None:
         return 0
     refused = step.outcome.outcome == "refusal"
@@ -155,7 +155,7 @@ def failed(b: Batching, batch_id: uuid.UUID, batch: rows.BatchRow | None, item: 
                                 rand=random.random())
     decision = failure.decision
     since, latency = _timing(batch)
-    recorded = attempts.record(b.engine, job, Outcome(
+    recorded = attempts.record(b.db, job, Outcome(
         status=failure.status, model=job.model, outcome=kind.value, started_at=since,
         latency_s=latency, http_status=http_status, cost=Decimal(0),
         request_id=None if batch is None else batch.provider_id,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from sqlalchemy.engine import Engine
 
 from farm.capacity.admission import AdmissionConfig, Gate
 from farm.capacity.breaker import Breaker
@@ -21,6 +20,7 @@ from farm.costs.pricing import default_pricebook
 from farm.costs.prompt_cache import queue_ttls
 from farm.reliability.hold import Polled
 from farm.settings import Settings
+from farm.store.db import Database
 
 
 def limiter_config(settings: Settings) -> LimiterConfig:
@@ -61,12 +61,12 @@ def ledger_config(settings: Settings) -> LedgerConfig:
                         reservation_ttl_s=settings.request_timeout + 60)
 
 
-def redis_ledger(redis_client: Any, settings: Settings, engine: Engine | None) -> Ledger:
+def redis_ledger(redis_client: Any, settings: Settings, db: Database | None) -> Ledger:
     """The budgets (read from their Redis mirror at most once a second; loaded from Postgres
     when Redis lost it) and the cost breakers."""
-    book = None if engine is None else BudgetBook(redis_client, engine)
+    book = None if db is None else BudgetBook(redis_client, db)
     definitions = Polled(book.mirrored if book else list, list[Budget](), 1.0)
-    return Ledger(redis_client, engine, ledger_config(settings), definitions.get)
+    return Ledger(redis_client, db, ledger_config(settings), definitions.get)
 
 
 def redis_limiter(redis_client: Any, settings: Settings) -> Limiter:
@@ -77,13 +77,13 @@ def redis_breaker(redis_client: Any, settings: Settings) -> Breaker:
     return Breaker(redis_client, breaker_config(settings))
 
 
-def redis_gate(redis_client: Any, settings: Settings, engine: Engine | None = None) -> Gate:
+def redis_gate(redis_client: Any, settings: Settings, db: Database | None = None) -> Gate:
     """The admission gate of a worker process, on the cluster's shared Redis state (the
-    breaker and the limiter paired: one round trip per step); with the database's
-    ``engine``, the budgets too."""
+    breaker and the limiter paired: one round trip per step); with the farm's
+    Postgres ``db`` (farm.store.db), the budgets too."""
     limiter, breaker = redis_limiter(redis_client, settings), redis_breaker(redis_client, settings)
     return Gate(limiter, breaker, admission_config(settings),
-                ledger=redis_ledger(redis_client, settings, engine), prices=default_pricebook(),
+                ledger=redis_ledger(redis_client, settings, db), prices=default_pricebook(),
                 pair=Paired(limiter, breaker), transient=redis_outage)
 
 

@@ -43,7 +43,7 @@ def batches_list(ctx: click.Context, status: str | None = None, limit: int = 50,
     from farm.batches import control
 
     with farm_client(ctx) as farm:
-        rows = control.listing(farm.engine, limit=limit, status=status)
+        rows = control.listing(farm.db, limit=limit, status=status)
     if as_json:
         click.echo(json.dumps(rows, default=str, indent=2))
         return
@@ -61,7 +61,7 @@ def batches_show(ctx: click.Context, ident: str) -> None:
 
     with farm_client(ctx) as farm:
         try:
-            row = control.show(farm.engine, ident)
+            row = control.show(farm.db, ident)
         except KeyError as exc:
             raise click.ClickException(str(exc).strip("'\"")) from None
     click.echo(json.dumps(row, default=str, indent=2))
@@ -83,7 +83,7 @@ def batches_cancel(ctx: click.Context, ident: str) -> None:
     with farm_client(ctx) as farm:
         client = make_client(settings)
         try:
-            done = control.cancel(farm.engine, client, ident)
+            done = control.cancel(farm.db, client, ident)
         except KeyError as exc:
             raise click.ClickException(str(exc).strip("'\"")) from None
         finally:

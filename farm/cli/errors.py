@@ -19,6 +19,7 @@ def explain(exc: BaseException) -> str | None:
     """One line for an exception the CLI expects from its surroundings; None for the rest
     (a bug: its traceback is what a developer needs)."""
     from kombu.exceptions import OperationalError as BrokerError
+    from psycopg import errors as pg
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeout
     from sqlalchemy import exc as sa_exc
@@ -27,10 +28,13 @@ def explain(exc: BaseException) -> str | None:
 
     if isinstance(exc, SubmitError):
         return f"submit cut short: {exc}"
-    if isinstance(exc, sa_exc.ProgrammingError) and "does not exist" in str(exc.orig):
+    # the job statements run on psycopg (farm.store.db), the reports on SQLAlchemy
+    if isinstance(exc, pg.UndefinedTable | sa_exc.ProgrammingError) and (
+            "does not exist" in str(getattr(exc, "orig", None) or exc)):
         return (f"the database has no farm schema ({_first_line(exc)}): "
                 "run `farm migrate` (`make migrate`)")
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+    if isinstance(exc, pg.OperationalError | pg.InterfaceError | sa_exc.OperationalError
+                  | sa_exc.InterfaceError):
         return f"cannot reach the database: {_first_line(exc)}"
     if isinstance(exc, BrokerError | RedisConnectionError | RedisTimeout):
         return f"cannot reach the broker (Redis): {_first_line(exc)}"

@@ -24,12 +24,12 @@ TIMEOUT_S = 5.0  # each Redis command and Postgres connection of a snapshot
 
 @contextmanager
 def sources(ctx: click.Context) -> Iterator[tuple[Any, Any]]:
-    """(Redis client, Postgres engine) of the farm, with short timeouts: a snapshot ends in
-    bounded time even when a service hangs."""
+    """(Redis client, Postgres connections) of the farm, with short timeouts: a snapshot
+    ends in bounded time even when a service hangs."""
     import redis
 
     from farm.services import resolve_urls
-    from farm.store.schema import make_engine
+    from farm.store.db import Database
 
     try:
         urls = resolve_urls(settings_of(ctx))
@@ -37,23 +37,19 @@ def sources(ctx: click.Context) -> Iterator[tuple[Any, Any]]:
         raise click.ClickException(str(exc)) from None
     client = redis.Redis.from_url(urls.broker_url, socket_timeout=TIMEOUT_S,
                                   socket_connect_timeout=TIMEOUT_S)
-    from sqlalchemy.engine import make_url
-
-    database = make_url(urls.database_url).update_query_dict(
-        {"connect_timeout": str(int(TIMEOUT_S))})
-    engine = make_engine(database.render_as_string(hide_password=False), pool_size=2,
-                         max_overflow=2)
+    db = Database(urls.database_url, size=2, timeout_s=TIMEOUT_S,
+                  connect_timeout_s=max(1, int(TIMEOUT_S)))
     try:
-        yield client, engine
+        yield client, db
     finally:
         client.close()
-        engine.dispose()
+        db.close()
 
 
-def _snapshot(ctx: click.Context, client: Any, engine: Any) -> Snapshot:
+def _snapshot(ctx: click.Context, client: Any, db: Any) -> Snapshot:
     from farm.observe.snapshot import take_for
 
-    return take_for(settings_of(ctx), client, engine)
+    return take_for(settings_of(ctx), client, db)
 
 
 @click.command()
@@ -63,8 +59,8 @@ def alerts(ctx: click.Context, as_json: bool) -> None:
     """The alerts firing now (the rules of ops/prometheus/farm-alerts.yml on a snapshot),
     with value and threshold. Exit status 0 whether or not any fires."""
     t = thresholds(settings_of(ctx))
-    with sources(ctx) as (client, engine):
-        snap = _snapshot(ctx, client, engine)
+    with sources(ctx) as (client, db):
+        snap = _snapshot(ctx, client, db)
     result = evaluate(snap, t, snap.taken_at)
     if as_json:
         click.echo(json.dumps({"firing": [a.as_json() for a in result.firing],
@@ -115,9 +111,9 @@ def exporter(ctx: click.Context, port: int, host: str, webhook: str | None,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if webhook and not webhook.startswith(("http://", "https://")):
         raise click.BadParameter("--webhook must be an http:// or https:// URL")
-    with sources(ctx) as (client, engine):
+    with sources(ctx) as (client, db):
         def take() -> Snapshot:
-            return _snapshot(ctx, client, engine)
+            return _snapshot(ctx, client, db)
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ClusterCollector(take))
@@ -155,9 +151,9 @@ def top(ctx: click.Context, once: bool, every_s: float) -> None:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a pipe or a file: rows whole, not cut at 80 columns
-    with sources(ctx) as (client, engine):
+    with sources(ctx) as (client, db):
         def render() -> Any:
-            snap = _snapshot(ctx, client, engine)
+            snap = _snapshot(ctx, client, db)
             return frame(snap, evaluate(snap, t, snap.taken_at))
 
         if once:

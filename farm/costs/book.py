@@ -8,11 +8,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from farm.costs.budgets import Budget
 from farm.costs.estimate import to_nano
 from farm.store import budgets as rows
+from farm.store.db import Database
 
 PREFIX = "farm:budget"
 
@@ -22,8 +21,8 @@ def _text(v: Any) -> str:
 
 
 class BudgetBook:
-    def __init__(self, redis_client: Any, engine: Engine, prefix: str = PREFIX) -> None:
-        self.redis, self.engine, self.prefix = redis_client, engine, prefix
+    def __init__(self, redis_client: Any, db: Database, prefix: str = PREFIX) -> None:
+        self.redis, self.db, self.prefix = redis_client, db, prefix
 
     def _def(self, budget_id: str) -> str:
         return f"{self.prefix}:def:{budget_id}"
@@ -39,13 +38,13 @@ class BudgetBook:
 
     def set(self, budget: Budget) -> None:
         """Create or change a budget: Postgres first (the record), then the mirror."""
-        rows.save(self.engine, budget)
+        rows.save(self.db, budget)
         pipe = self.redis.pipeline(transaction=True)
         self._mirror(pipe, budget)
         pipe.execute()
 
     def remove(self, budget_id: str) -> bool:
-        found = rows.remove(self.engine, budget_id)
+        found = rows.remove(self.db, budget_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self._def(budget_id))
         pipe.srem(f"{self.prefix}:ids", budget_id)
@@ -53,11 +52,11 @@ class BudgetBook:
         return found
 
     def all(self) -> list[Budget]:
-        return rows.load(self.engine)
+        return rows.load(self.db)
 
     def sync(self) -> list[Budget]:
         """Load the mirror from Postgres (after Redis lost it, or to repair it)."""
-        budgets = rows.load(self.engine)
+        budgets = rows.load(self.db)
         ids = {_text(i) for i in self.redis.smembers(f"{self.prefix}:ids")}
         pipe = self.redis.pipeline(transaction=True)
         for stale in ids - {x.id for x in budgets}:

@@ -19,13 +19,13 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.engine import Engine
 
 from farm.costs import budgets as b
 from farm.costs.book import BudgetBook
 from farm.costs.ledger import Ledger, LedgerConfig, budget_reason
 from farm.costs.money import ExactUsd
 from farm.store import budgets as rows
+from farm.store.db import Database
 
 REFUSING_S = 120.0  # twice the longest deferral: a waiting job asks again within it
 
@@ -65,11 +65,11 @@ def make(scope: str | None = None, name: str = "", *, usd: Decimal | str | int,
 
 
 class Budgets:
-    def __init__(self, redis_client: Any, engine: Engine, wake: Callable[[str], int], *,
+    def __init__(self, redis_client: Any, db: Database, wake: Callable[[str], int], *,
                  now: Callable[[], datetime] | None = None) -> None:
-        self.book = BudgetBook(redis_client, engine)
-        self.engine, self._wake = engine, wake
-        self._ledger = Ledger(redis_client, engine, LedgerConfig(), self.book.mirrored, now=now)
+        self.book = BudgetBook(redis_client, db)
+        self.db, self._wake = db, wake
+        self._ledger = Ledger(redis_client, db, LedgerConfig(), self.book.mirrored, now=now)
         self._now = now or (lambda: datetime.now(UTC))
 
     def set(self, *, tenant: str | None = None, queue: str | None = None,
@@ -104,7 +104,7 @@ class Budgets:
         window, spent, reserved, refused_ago = self._ledger.standing_at(budget)
         counted = spent is not None
         if spent is None:
-            spent = rows.spent(self.engine, budget, window.start, window.end)
+            spent = rows.spent(self.db, budget, window.start, window.end)
         used = float((spent + reserved) / budget.limit_usd)
         share = budget.alert_share if budget.alert_share is not None else (
             1.0 if budget.mode is b.Mode.HARD else None)

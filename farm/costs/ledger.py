@@ -27,13 +27,13 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.engine import Engine
 
 from farm.costs import budgets as b
 from farm.costs.estimate import from_nano, to_nano
 from farm.costs.ledger_lua import SEED, SETTLE
 from farm.costs.money import usd
 from farm.store import budgets as rows
+from farm.store.db import Database
 
 log = logging.getLogger("farm.ledger")
 OVERALL = "all"
@@ -115,13 +115,13 @@ def budget_reason(budget_id: str) -> str:
 class Ledger:
     """One per worker process (thread-safe: Redis scripts, and a cached budget list)."""
 
-    def __init__(self, redis_client: Any, engine: Engine | None, config: LedgerConfig,
+    def __init__(self, redis_client: Any, db: Database | None, config: LedgerConfig,
                  definitions: Callable[[], Sequence[b.Budget]], *,
                  prefix: str = "farm:budget", now: Callable[[], datetime] | None = None,
                  clock: Callable[[], float] | None = None) -> None:
         """``now`` picks the budgets' periods (the host's UTC clock); ``clock`` replaces Redis
         TIME in the scripts, as the limiter's does (tests only)."""
-        self.redis, self.engine, self.config, self.prefix = redis_client, engine, config, prefix
+        self.redis, self.db, self.config, self.prefix = redis_client, db, config, prefix
         self._clock = clock
         self._definitions = definitions
         self._now = now or (lambda: datetime.now(UTC))
@@ -184,8 +184,8 @@ class Ledger:
         """Rebuild the spend of budget ``index``'s period from the attempt rows (Redis has no
         count of it: the period began, or Redis lost its data). The first seed wins."""
         c = charge.covered[index]
-        spent = Decimal(0) if self.engine is None else rows.spent(
-            self.engine, c.budget, c.window.start, c.window.end)
+        spent = Decimal(0) if self.db is None else rows.spent(
+            self.db, c.budget, c.window.start, c.window.end)
         expire = int(c.window.end.timestamp()) + 86400
         if self._seed(keys=[self.totals_key(c)], args=[str(to_nano(spent)), str(expire)]):
             log.info("budget %s: the spend of %s rebuilt from Postgres: %s", c.budget.id,

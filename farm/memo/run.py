@@ -84,19 +84,19 @@ def check(runtime: rt.Runtime, job: jobs_store.StartedJob) -> Hit | Wait | Memo 
         return None
     tenant, patience = job.request.tenant, settings.db_patience_s
     key = memo_key_of(wire_body(job.model, job.request))
-    found = store.lookup(runtime.engine, tenant, key, policy.ttl_s, patience_s=patience)
+    found = store.lookup(runtime.db, tenant, key, policy.ttl_s, patience_s=patience)
     if found is not None:
         return _hit(runtime, job, key, found)
     claimed, waited_s = _claim(runtime, tenant, key, job.id)
     if claimed is Claimed.WAIT:
         assert runtime.inflight is not None
         countdown = wait_countdown(waited_s, runtime.inflight.wait_s)
-        jobs_store.unstart(runtime.engine, job, countdown, WAITING, patience_s=patience)
+        jobs_store.unstart(runtime.db, job, countdown, WAITING, patience_s=patience)
         log.info("job %s waits %.1fs for an identical job in flight", job.id, countdown)
         return Wait(countdown)
     memo = Memo(job.id, tenant, key, job.model, holds=claimed is Claimed.HOLD)
     # the answer may have landed between the lookup and the claim
-    found = store.lookup(runtime.engine, tenant, key, policy.ttl_s, patience_s=patience)
+    found = store.lookup(runtime.db, tenant, key, policy.ttl_s, patience_s=patience)
     if found is not None:
         release(runtime, memo)
         return _hit(runtime, job, key, found)
@@ -108,7 +108,7 @@ def check(runtime: rt.Runtime, job: jobs_store.StartedJob) -> Hit | Wait | Memo 
 
 def _hit(runtime: rt.Runtime, job: jobs_store.StartedJob, key: str,
          original: store.Original) -> Hit:
-    recorded = store.record_hit(runtime.engine, job, key, original,
+    recorded = store.record_hit(runtime.db, job, key, original,
                                 patience_s=runtime.settings.db_patience_s)
     if recorded:
         log.info("job %s answered from job %s (memo; saved $%s)", job.id, original.id,
@@ -141,7 +141,7 @@ def remember(runtime: rt.Runtime, memo: Memo | None, sent: jobs_store.StartedJob
     if reusable(sent.request, spec, fallback=model != memo.model,
                 stop_reason=result.stop_reason, text=result.text,
                 short_budget=settings.escalate_short_budget):
-        store.remember(runtime.engine, memo.job_id, memo.key,
+        store.remember(runtime.db, memo.job_id, memo.key,
                        patience_s=settings.db_patience_s)
 
 

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection, Engine
+import psycopg
 
+from farm.store.db import Database
 from farm.store.jobs import StartedJob, fetch_one, status_in
 
 LOOKUP_SQL = """
@@ -53,16 +53,17 @@ WAITING_HIT_SQL = f"""
 """
 
 # the newest answer for each of many (tenant, key, TTL): one statement (farm.batches.memo)
-LOOKUP_MANY_SQL = text("""
+LOOKUP_MANY_SQL = """
     SELECT w.i, j.id, j.response_text, j.stop_reason, j.served_model, j.cost_usd
-    FROM unnest(CAST(:tenants AS text[]), CAST(:keys AS text[]), CAST(:ttls AS float8[]))
+    FROM unnest(CAST(%(tenants)s AS text[]), CAST(%(keys)s AS text[]),
+                CAST(%(ttls)s AS float8[]))
          WITH ORDINALITY AS w(tenant, key, ttl_s, i)
     CROSS JOIN LATERAL (
         SELECT id, response_text, stop_reason, served_model, cost_usd FROM jobs
         WHERE tenant = w.tenant AND memo_key = w.key AND status = 'succeeded'
           AND NOT cache_hit AND finished_at >= now() - make_interval(secs => w.ttl_s)
         ORDER BY finished_at DESC LIMIT 1) j
-""")
+"""
 
 REMEMBER_SQL = """
     UPDATE jobs SET memo_key = %(key)s
@@ -82,10 +83,10 @@ class Original:
     cost_usd: Decimal | None  # what it cost; None: unknown
 
 
-def lookup(engine: Engine, tenant: str, key: str, ttl_s: float, *,
+def lookup(db: Database, tenant: str, key: str, ttl_s: float, *,
            patience_s: float = 0.0) -> Original | None:
     """The newest answer of ``tenant`` with ``key`` at most ``ttl_s`` old, if any."""
-    row = fetch_one(engine, LOOKUP_SQL, {"tenant": tenant, "key": key, "ttl_s": ttl_s},
+    row = fetch_one(db, LOOKUP_SQL, {"tenant": tenant, "key": key, "ttl_s": ttl_s},
                     patience_s)
     if row is None:
         return None
@@ -94,7 +95,7 @@ def lookup(engine: Engine, tenant: str, key: str, ttl_s: float, *,
                     served_model=served_model, cost_usd=None if cost is None else Decimal(cost))
 
 
-def lookup_many(conn: Connection, wanted: Sequence[tuple[str, str, float]]
+def lookup_many(conn: psycopg.Connection[Any], wanted: Sequence[tuple[str, str, float]]
                 ) -> list[Original | None]:
     """``lookup`` of each (tenant, key, ttl_s) of ``wanted``, in one statement on ``conn``."""
     found: list[Original | None] = [None] * len(wanted)
@@ -110,11 +111,11 @@ def lookup_many(conn: Connection, wanted: Sequence[tuple[str, str, float]]
     return found
 
 
-def record_hit(engine: Engine, job: StartedJob, key: str, original: Original, *,
+def record_hit(db: Database, job: StartedJob, key: str, original: Original, *,
                patience_s: float = 0.0) -> bool:
     """End the started ``job`` as a hit on ``original``'s answer; False when it is no longer
     this start's to end (cancelled meanwhile, or started again elsewhere)."""
-    row = fetch_one(engine, HIT_SQL, {
+    row = fetch_one(db, HIT_SQL, {
         "job_id": job.id, "attempt": job.attempt, "key": key,
         "response_text": original.response_text, "stop_reason": original.stop_reason,
         "served_model": original.served_model, "saved_usd": original.cost_usd,
@@ -122,12 +123,12 @@ def record_hit(engine: Engine, job: StartedJob, key: str, original: Original, *,
     return row is not None
 
 
-def record_waiting_hit(engine: Engine, job_id: uuid.UUID, attempts: int, key: str,
+def record_waiting_hit(db: Database, job_id: uuid.UUID, attempts: int, key: str,
                        original: Original, *, patience_s: float = 0.0) -> datetime | None:
     """End a job waiting for a Message Batch (with ``attempts`` so far) as a hit on
     ``original``'s answer; returns its created_at, None when it no longer waits (cancelled
     meanwhile)."""
-    row = fetch_one(engine, WAITING_HIT_SQL, {
+    row = fetch_one(db, WAITING_HIT_SQL, {
         "job_id": job_id, "attempt": attempts, "key": key,
         "response_text": original.response_text, "stop_reason": original.stop_reason,
         "served_model": original.served_model, "saved_usd": original.cost_usd,
@@ -135,8 +136,8 @@ def record_waiting_hit(engine: Engine, job_id: uuid.UUID, attempts: int, key: st
     return None if row is None else cast(datetime, row[0])
 
 
-def remember(engine: Engine, job_id: uuid.UUID, key: str, *, patience_s: float = 0.0) -> bool:
+def remember(db: Database, job_id: uuid.UUID, key: str, *, patience_s: float = 0.0) -> bool:
     """Record ``key`` on a job that succeeded from its own call, for its answer to serve later
     jobs; False when the job is not (or no longer) such a job."""
-    return fetch_one(engine, REMEMBER_SQL, {"job_id": job_id, "key": key},
+    return fetch_one(db, REMEMBER_SQL, {"job_id": job_id, "key": key},
                      patience_s) is not None

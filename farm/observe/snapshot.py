@@ -19,9 +19,6 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
-
 from farm.broker import layout
 from farm.broker.layout import UNACKED, queue_keys
 from farm.capacity.breaker import Breaker
@@ -41,6 +38,7 @@ from farm.observe.figures import (
 )
 from farm.reliability import hold as farm_hold
 from farm.settings import Settings
+from farm.store.db import Database
 
 UNACKED_MAX = 100_000  # more unacknowledged messages than this are not read one by one
 # the window figures read jobs created at most this long before the window (an index scan
@@ -144,24 +142,24 @@ def limiter_use(limiter: Limiter, model: str) -> list[LimiterUse]:
 
 # --- Postgres ---------------------------------------------------------------------------
 
-QUEUED_SQL = text("""
+QUEUED_SQL = ("""
     SELECT queue, count(*) AS jobs, extract(epoch FROM now() - min(created_at)) AS oldest_s
     FROM jobs WHERE status = 'queued' GROUP BY queue""")
-STATUS_SQL = text("SELECT status, count(*) FROM jobs GROUP BY status")
-WINDOW_SQL = text("""
+STATUS_SQL = ("SELECT status, count(*) FROM jobs GROUP BY status")
+WINDOW_SQL = ("""
     SELECT queue, count(*) AS finished,
            count(*) FILTER (WHERE status IN ('failed', 'dead')) AS failed,
            percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
                (ORDER BY extract(epoch FROM finished_at - created_at)) AS pct
     FROM jobs
     WHERE status IN ('succeeded', 'failed', 'dead')
-      AND finished_at >= now() - make_interval(secs => :window)
-      AND created_at >= now() - make_interval(secs => :window + :horizon)
+      AND finished_at >= now() - make_interval(secs => %(window)s)
+      AND created_at >= now() - make_interval(secs => %(window)s + %(horizon)s)
     GROUP BY GROUPING SETS ((queue), ())""")
-COST_SQL = text("""
+COST_SQL = ("""
     SELECT model, coalesce(sum(cost_usd), 0) AS usd FROM attempts
-    WHERE finished_at >= now() - make_interval(secs => :window)
-      AND started_at >= now() - make_interval(secs => :window + :horizon)
+    WHERE finished_at >= now() - make_interval(secs => %(window)s)
+      AND started_at >= now() - make_interval(secs => %(window)s + %(horizon)s)
     GROUP BY model""")
 
 
@@ -171,11 +169,11 @@ def _window(row: Any) -> Window:
                                                        for p in pct))
 
 
-def from_postgres(engine: Engine, *, window_s: float = WINDOW_S,
+def from_postgres(db: Database, *, window_s: float = WINDOW_S,
                   cost_window_s: float = COST_WINDOW_S) -> dict[str, Any]:
     """The Postgres figures, in one read-only transaction with a statement timeout."""
-    with engine.connect() as conn:
-        conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+    with db.connect() as conn, conn.transaction(force_rollback=True):
+        conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
         queued = {r.queue: (int(r.jobs), float(r.oldest_s))
                   for r in conn.execute(QUEUED_SQL)}
         statuses = tuple(sorted((str(s), int(n)) for s, n in conn.execute(STATUS_SQL)))
@@ -187,7 +185,6 @@ def from_postgres(engine: Engine, *, window_s: float = WINDOW_S,
                 windows[row.queue] = _window(row)
         cost = {str(r.model): float(r.usd) for r in conn.execute(
             COST_SQL, {"window": cost_window_s, "horizon": 3600.0})}
-        conn.rollback()
     return {"queued": queued, "statuses": statuses, "windows": windows, "total": total,
             "cost": cost, "cost_per_hour": sum(cost.values()) * 3600.0 / cost_window_s}
 
@@ -199,7 +196,7 @@ def _problem(source: str, exc: Exception) -> str:
     return f"{source}: {type(exc).__name__}: {first}"
 
 
-def take(*, broker: Any, engine: Engine | None, queues: Iterable[str], models: Iterable[str],
+def take(*, broker: Any, db: Database | None, queues: Iterable[str], models: Iterable[str],
          breaker: Breaker, limiter: Limiter, now: float | None = None,
          costs: Settings | None = None) -> Snapshot:
     """One snapshot. A source that fails leaves its figures out and names itself in
@@ -220,42 +217,42 @@ def take(*, broker: Any, engine: Engine | None, queues: Iterable[str], models: I
     limiters = tuple(u for m in model_list for u in limiter_use(limiter, m))
     flag = farm_hold.current(broker)
     held = None if flag is None else Hold(str(flag.get("reason")), flag.get("since"))
-    db: dict[str, Any] = {"queued": {}, "statuses": (), "windows": {}, "total": Window(),
-                          "cost": {}, "cost_per_hour": 0.0}
-    if engine is not None:
+    found: dict[str, Any] = {"queued": {}, "statuses": (), "windows": {}, "total": Window(),
+                             "cost": {}, "cost_per_hour": 0.0}
+    if db is not None:
         try:
-            db = from_postgres(engine)
+            found = from_postgres(db)
         except Exception as exc:  # the broker's figures are still worth showing
             problems.append(_problem("Postgres", exc))
     budgets: tuple[BudgetFigures, ...] = ()
-    if costs is not None and engine is not None and not any(
+    if costs is not None and db is not None and not any(
             p.startswith("Postgres") for p in problems):  # Postgres keeps the budgets
         try:
-            budgets = spend.budgets(broker, engine)
+            budgets = spend.budgets(broker, db)
         except Exception as exc:  # the other figures are still worth showing
             problems.append(_problem("budgets", exc))
     breakers = () if costs is None else spend.cost_breakers(broker, costs)
     figures = []
     for q in names:
-        jobs, oldest = db["queued"].get(q, (0, None))
+        jobs, oldest = found["queued"].get(q, (0, None))
         slots, busy = pools.get(q, (0, 0))
         figures.append(QueueFigures(
             q, waiting=lengths[q], unacked=unacked.get(q, 0), delayed=delayed.get(q, 0),
             queued_jobs=jobs, oldest_wait_s=oldest, slots=slots, busy=busy,
-            window=db["windows"].get(q, Window())))
+            window=found["windows"].get(q, Window())))
     return Snapshot(
-        taken_at=now, queues=tuple(figures), jobs_by_status=db["statuses"], total=db["total"],
+        taken_at=now, queues=tuple(figures), jobs_by_status=found["statuses"], total=found["total"],
         circuits=circuits, limiters=limiters, hold=held,
-        cost_usd_per_hour=db["cost_per_hour"],
-        cost_by_model=tuple(sorted(db["cost"].items())), budgets=budgets,
+        cost_usd_per_hour=found["cost_per_hour"],
+        cost_by_model=tuple(sorted(found["cost"].items())), budgets=budgets,
         cost_breakers=breakers, problems=tuple(problems))
 
 
-def take_for(settings: Settings, broker: Any, engine: Engine | None) -> Snapshot:
+def take_for(settings: Settings, broker: Any, db: Database | None) -> Snapshot:
     """A snapshot of the farm these settings describe (its queues and models)."""
     from farm.capacity.build import redis_breaker, redis_limiter
 
     limiter = redis_limiter(broker, settings)
-    return take(broker=broker, engine=engine, queues=settings.servable_queues,
+    return take(broker=broker, db=db, queues=settings.servable_queues,
                 models=models_of(settings, limiter.models()),
                 breaker=redis_breaker(broker, settings), limiter=limiter, costs=settings)

@@ -13,18 +13,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from farm.costs.ledger import OVERALL, Ledger
 from farm.observe.figures import BudgetFigures, CostBreaker
 from farm.settings import Settings
+from farm.store.db import Database
 
 
-def budgets(broker: Any, engine: Engine) -> tuple[BudgetFigures, ...]:
+def budgets(broker: Any, db: Database) -> tuple[BudgetFigures, ...]:
     """Every budget in its current period, by id."""
     from farm.costs.controls import Budgets
 
-    views = Budgets(broker, engine, lambda _reason: 0).list()  # reading never wakes a job
+    views = Budgets(broker, db, lambda _reason: 0).list()  # reading never wakes a job
     return tuple(sorted((BudgetFigures(
         budget=v.budget.id, scope=v.budget.scope.value, period=v.budget.period.value,
         mode=v.budget.mode.value, limit_usd=v.budget.limit_usd, spent_usd=v.spent_usd,

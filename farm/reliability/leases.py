@@ -21,49 +21,41 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
-
 from farm.broker import layout
 from farm.reliability.fencing import Held
+from farm.store.db import Database, scalars
 
 log = logging.getLogger("farm.leases")
 
 # only leases still ours: the same generation (no later start), not finished meanwhile (a
 # cancelled job's call may finish: its result is still recorded)
-RENEW_SQL = text(
-    """
-    UPDATE jobs SET lease_until = now() + make_interval(secs => :lease_s)
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:gens AS int[])) AS held(id, generation)
+RENEW_SQL = """
+    UPDATE jobs SET lease_until = now() + make_interval(secs => %(lease_s)s)
+    FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(gens)s AS int[])) AS held(id, generation)
     WHERE jobs.id = held.id AND jobs.attempts = held.generation
       AND jobs.status IN ('running', 'cancelled')
     RETURNING jobs.id
-    """
-)
+"""
 # SKIP LOCKED: several reapers (one per worker) never fight over a row
 # next_run_at is set so that, should this worker die before publishing, the orphan sweep
 # publishes the job again
-REAP_SQL = text(
-    """
+REAP_SQL = """
     UPDATE jobs SET status = 'queued', lease_until = NULL,
-                    next_run_at = now() + make_interval(secs => :grace_s),
+                    next_run_at = now() + make_interval(secs => %(grace_s)s),
                     error = 'lease expired: its worker was lost; re-queued'
     WHERE id IN (SELECT id FROM jobs
                  WHERE status = 'running' AND lease_until < now()
-                 ORDER BY lease_until LIMIT :limit FOR UPDATE SKIP LOCKED)
+                 ORDER BY lease_until LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
     RETURNING id, queue, priority
-    """
-)
+"""
 # queued jobs whose message is gone (a dead worker took it and never started it, or Redis
 # lost it): they are due again now, and the stamp keeps two loops from publishing them twice
-REPUBLISH_QUEUED_SQL = text(
-    """
-    UPDATE jobs SET next_run_at = now() + make_interval(secs => :grace_s)
-    WHERE id = ANY(:ids) AND status = 'queued'
-      AND (next_run_at IS NULL OR next_run_at < now() - make_interval(secs => :grace_s))
+REPUBLISH_QUEUED_SQL = """
+    UPDATE jobs SET next_run_at = now() + make_interval(secs => %(grace_s)s)
+    WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND status = 'queued'
+      AND (next_run_at IS NULL OR next_run_at < now() - make_interval(secs => %(grace_s)s))
     RETURNING id, queue, priority
-    """
-)
+"""
 
 class Running:
     """The jobs this process is running (thread-safe): each one's generation, the thread
@@ -153,43 +145,45 @@ class Running:
             return held is not None and self._sent(held.thread)
 
 
-def renew(engine: Engine, running: Running, lease_s: float) -> int:
+def renew(db: Database, running: Running, lease_s: float) -> int:
     """Renew the leases of the jobs ``running`` holds; note the ones found lost."""
     asked = running.held()
     if not asked:
         return 0
     at = running.clock()
     ids = list(asked)
-    with engine.begin() as conn:
-        kept = set(conn.execute(RENEW_SQL, {"ids": ids, "gens": [asked[i].generation
-                                                                 for i in ids],
-                                            "lease_s": lease_s}).scalars())
+    with db.begin() as conn:
+        kept = set(scalars(conn.execute(RENEW_SQL, {"ids": ids, "gens": [asked[i].generation
+                                                                         for i in ids],
+                                                    "lease_s": lease_s})))
     running.renewed(asked, kept, at)
     return len(kept)
 
 
-def hand_back(engine: Engine, ids: list[uuid.UUID]) -> int:
+def hand_back(db: Database, ids: list[uuid.UUID]) -> int:
     """End the leases of jobs this process gives up (a shutdown past its grace): the reaper
     of any live worker re-queues and publishes them again."""
     if not ids:
         return 0
-    with engine.begin() as conn:
-        return int(conn.execute(text(
+    with db.begin() as conn:
+        return int(conn.execute(
             "UPDATE jobs SET lease_until = now() - interval '1 second' "
-            "WHERE id = ANY(:ids) AND status = 'running'"), {"ids": ids}).rowcount)
+            "WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND status = 'running'",
+            {"ids": ids}).rowcount)
 
 
 Republish = Callable[[uuid.UUID, str, str], None]  # (job id, queue, priority)
 
 
-def reap(engine: Engine, republish: Republish, *, grace_s: float, broker: Any = None,
+def reap(db: Database, republish: Republish, *, grace_s: float, broker: Any = None,
          limit: int = 500) -> int:
     """Re-queue and re-publish jobs whose lease ran out or whose message died unstarted with
     its worker."""
     taken = layout.long_reserved(broker, grace_s) if broker is not None else []
-    with engine.begin() as conn:
-        lost = conn.execute(REAP_SQL, {"limit": limit, "grace_s": grace_s}).all()
-        unstarted = (conn.execute(REPUBLISH_QUEUED_SQL, {"ids": taken, "grace_s": grace_s}).all()
+    with db.begin() as conn:
+        lost = conn.execute(REAP_SQL, {"limit": limit, "grace_s": grace_s}).fetchall()
+        unstarted = (conn.execute(REPUBLISH_QUEUED_SQL,
+                                  {"ids": taken, "grace_s": grace_s}).fetchall()
                      if taken else [])
     for row in (*lost, *unstarted):
         republish(row.id, row.queue, row.priority)

@@ -8,16 +8,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy.engine import Engine
-
 from farm.reliability.fencing import to_abandon
 from farm.reliability.leases import Republish, Running, reap, renew
 from farm.reliability.orphans import sweep_if_due
+from farm.store.db import Database
 
 log = logging.getLogger("farm.leases")
 
 
-def start_threads(engine: Engine, running: Running, republish: Republish, *, lease_s: float,
+def start_threads(db: Database, running: Running, republish: Republish, *, lease_s: float,
                   reaper_interval_s: float, stop: threading.Event, broker: Any = None,
                   orphan_sweep_s: float = 30.0, orphan_age_s: float = 60.0,
                   consumed: Sequence[str] = (), abandon_share: float = 0.75,
@@ -39,7 +38,7 @@ def start_threads(engine: Engine, running: Running, republish: Republish, *, lea
                             abandon_share * 100)
 
     def sweep() -> None:
-        sweep_if_due(engine, broker, republish, every_s=orphan_sweep_s, age_s=orphan_age_s,
+        sweep_if_due(db, broker, republish, every_s=orphan_sweep_s, age_s=orphan_age_s,
                      grace_s=lease_s, consumed=consumed)
 
     def loop(name: str, interval: float, step: Callable[[], Any]) -> threading.Thread:
@@ -55,10 +54,10 @@ def start_threads(engine: Engine, running: Running, republish: Republish, *, lea
         return thread
 
     return [
-        loop("lease-renewal", lease_s / 4, lambda: renew(engine, running, lease_s)),
+        loop("lease-renewal", lease_s / 4, lambda: renew(db, running, lease_s)),
         loop("lease-watchdog", min(1.0, lease_s / 20), watch),
         loop("reaper", reaper_interval_s,
-             lambda: reap(engine, republish, grace_s=lease_s, broker=broker)),
+             lambda: reap(db, republish, grace_s=lease_s, broker=broker)),
         *([loop("sweep", min(reaper_interval_s, orphan_sweep_s), sweep)]
           if broker is not None else []),
     ]

@@ -17,34 +17,30 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
-
 from farm.broker import layout
 from farm.reliability.leases import REPUBLISH_QUEUED_SQL, Republish
 from farm.reliability.strays import rescue_strays
+from farm.store.db import Database
 
 log = logging.getLogger("farm.orphans")
 
-CANDIDATES_SQL = text(
-    """
+CANDIDATES_SQL = """
     SELECT id, queue FROM jobs
     WHERE status = 'queued' AND NOT batched
-      AND ((next_run_at IS NULL AND created_at < now() - make_interval(secs => :age_s))
-           OR next_run_at < now() - make_interval(secs => :grace_s))
-    ORDER BY created_at LIMIT :limit
-    """
-)
+      AND ((next_run_at IS NULL AND created_at < now() - make_interval(secs => %(age_s)s))
+           OR next_run_at < now() - make_interval(secs => %(grace_s)s))
+    ORDER BY created_at LIMIT %(limit)s
+"""
 SWEEP_LOCK = "farm:orphan-sweep"
 
 
-def sweep_orphans(engine: Engine, broker: Any, republish: Republish, *, age_s: float,
+def sweep_orphans(db: Database, broker: Any, republish: Republish, *, age_s: float,
                   grace_s: float, scan_max: int = 50_000, limit: int = 5000) -> int:
     """Publish again the jobs queued in Postgres whose message is nowhere in Redis: never
     started after age_s, or due more than grace_s ago."""
-    with engine.connect() as conn:
+    with db.connect() as conn:
         rows = conn.execute(CANDIDATES_SQL,
-                            {"age_s": age_s, "grace_s": grace_s, "limit": limit}).all()
+                            {"age_s": age_s, "grace_s": grace_s, "limit": limit}).fetchall()
     if not rows:
         return 0
     candidates = {row.id for row in rows}
@@ -55,8 +51,9 @@ def sweep_orphans(engine: Engine, broker: Any, republish: Republish, *, age_s: f
     orphans = list(candidates - present)
     if not orphans:
         return 0
-    with engine.begin() as conn:
-        rows = conn.execute(REPUBLISH_QUEUED_SQL, {"ids": orphans, "grace_s": grace_s}).all()
+    with db.begin() as conn:
+        rows = conn.execute(REPUBLISH_QUEUED_SQL,
+                            {"ids": orphans, "grace_s": grace_s}).fetchall()
     for row in rows:
         republish(row.id, row.queue, row.priority)
     if rows:
@@ -71,14 +68,14 @@ def take_turn(broker: Any, every_s: float) -> bool:
     return bool(broker.set(SWEEP_LOCK, "1", nx=True, px=max(1, int(every_s * 1000))))
 
 
-def sweep_if_due(engine: Engine, broker: Any, republish: Republish, *, every_s: float,
+def sweep_if_due(db: Database, broker: Any, republish: Republish, *, every_s: float,
                  age_s: float, grace_s: float, consumed: Sequence[str] | None = None) -> int:
     """Sweep for orphans unless another worker of the cluster did in the last every_s; with
     ``consumed`` (the farm's queues), for strays too (farm.reliability.strays). Returns the
     orphans published again."""
     if not take_turn(broker, every_s):
         return 0
-    found = sweep_orphans(engine, broker, republish, age_s=age_s, grace_s=grace_s)
+    found = sweep_orphans(db, broker, republish, age_s=age_s, grace_s=grace_s)
     if consumed is not None:
         rescue_strays(broker, consumed)
     return found

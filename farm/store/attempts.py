@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy.engine import Engine
-
 from farm.jobs import JobStatus, Usage
 from farm.reliability.fencing import SUPERSEDED, Verdict
+from farm.store.db import Database
 from farm.store.jobs import StartedJob, fetch_one
 
 
@@ -135,7 +134,7 @@ RECORD_SQL = """
 """
 
 
-def record(engine: Engine, job: StartedJob, outcome: Outcome, *,
+def record(db: Database, job: StartedJob, outcome: Outcome, *,
            patience_s: float = 0.0) -> Recorded | None:
     """Record the attempt and, if it is current, move the job on. None when this attempt
     had been recorded already (nothing changed)."""
@@ -164,7 +163,7 @@ def record(engine: Engine, job: StartedJob, outcome: Outcome, *,
         "note": move.note, "escalated_from": move.escalated_from,
         "clear_opinion": move.clear_second_opinion, "routing_call": move.routing_call,
     }
-    row = fetch_one(engine, RECORD_SQL, params, patience_s)
+    row = fetch_one(db, RECORD_SQL, params, patience_s)
     if row is None:
         return None
     return Recorded(JobStatus(row[0]), Verdict.CURRENT if row[1] else Verdict.SUPERSEDED)

@@ -1,5 +1,5 @@
-"""Job persistence: every read and write of `jobs` (SQLAlchemy Core; the hot path's two
-statements as plain SQL). A call's attempt row and the job's move are
+"""Job persistence: every read and write of `jobs`, as plain SQL on the farm's psycopg
+connections (``farm.store.db``). A call's attempt row and the job's move are
 ``farm.store.attempts``'s.
 
 Writes are idempotent: a job starts only when queued or its lease ran out, and each start
@@ -18,14 +18,12 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from sqlalchemy import TextClause, func, insert, select, text, update
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Connection, Engine
+from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
 
 from farm.jobs import JobRequest, JobStatus, Route
 from farm.reliability.idempotency import keyed_hash
-from farm.store.schema import jobs
+from farm.store.db import Database, dicts, scalars
 
 log = logging.getLogger("farm.store")
 
@@ -71,34 +69,67 @@ def new_job_row(job_id: uuid.UUID, request: JobRequest, route: Route) -> dict[st
     }
 
 
-def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+# every column of `jobs`, in the schema's order (farm.store.schema; a test checks they agree):
+# the names a caller may ask get_jobs and list_jobs for
+JOB_COLUMNS = (
+    "id", "status", "complexity", "queue", "model", "priority", "tenant", "route_reason",
+    "request", "response_text", "stop_reason", "served_model", "input_tokens",
+    "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd",
+    "cost_unknown", "attempts", "error", "created_at", "started_at", "finished_at",
+    "replay_of", "lease_until", "next_run_at", "wait_reason", "route_score", "second_opinion",
+    "escalated_from", "routing_calls", "idempotency_key", "request_hash", "memo_key",
+    "cache_hit", "saved_usd", "batched",
+)
+_DOCUMENTS = frozenset({"request"})  # JSONB columns: a dict goes in as Jsonb
+
+
+def insert_sql(columns: Sequence[str], suffix: str = "") -> str:
+    """``INSERT INTO jobs`` of these columns, one row of %(name)s parameters."""
+    for name in columns:
+        _column(name)
+    return (f"INSERT INTO jobs ({', '.join(columns)}) "
+            f"VALUES ({', '.join(f'%({name})s' for name in columns)}) {suffix}")
+
+
+def row_params(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values as statement parameters: its documents as JSONB."""
+    return {name: Jsonb(value) if name in _DOCUMENTS and value is not None else value
+            for name, value in row.items()}
+
+
+def insert_jobs(conn: psycopg.Connection[Any], rows: Sequence[dict[str, Any]]) -> None:
+    """New rows, all with the same columns (new_job_row's), in one pipelined executemany."""
     if rows:
-        conn.execute(insert(jobs), list(rows))
+        with conn.cursor() as cursor:
+            cursor.executemany(insert_sql(list(rows[0])), [row_params(r) for r in rows])
 
 
-def insert_job_once(conn: Connection, row: dict[str, Any]) -> None:
-    conn.execute(pg_insert(jobs).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+def insert_job_once(conn: psycopg.Connection[Any], row: dict[str, Any]) -> None:
+    conn.execute(insert_sql(list(row), "ON CONFLICT (id) DO NOTHING"), row_params(row))
 
 
 def insert_failed_job(
-    conn: Connection, job_id: uuid.UUID, raw: Any, queue: str, error: str
+    conn: psycopg.Connection[Any], job_id: uuid.UUID, raw: Any, queue: str, error: str
 ) -> None:
     """A message that carried an invalid job: record it as failed with the reason."""
     conn.execute(
-        pg_insert(jobs)
-        .values(
-            id=job_id, status=JobStatus.FAILED.value, complexity="unknown", queue=queue,
-            model="unknown", priority="normal", tenant="unknown",
-            request=raw if isinstance(raw, dict) else {"raw": repr(raw)[:2000]},
-            error=error[:4000], finished_at=func.now(),
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
+        "INSERT INTO jobs (id, status, complexity, queue, model, priority, tenant, request, "
+        "error, finished_at) VALUES (%(id)s, %(status)s, 'unknown', %(queue)s, 'unknown', "
+        "'normal', 'unknown', %(request)s, %(error)s, now()) ON CONFLICT (id) DO NOTHING",
+        {"id": job_id, "status": JobStatus.FAILED.value, "queue": queue,
+         "request": Jsonb(raw if isinstance(raw, dict) else {"raw": repr(raw)[:2000]}),
+         "error": error[:4000]},
     )
 
 
-# The worker's two statements per job (start, record) are the hot path: they run as plain
-# SQL on the DBAPI connection of the engine's pool, which costs about 0.15 ms of CPU less per
-# statement than a SQLAlchemy execution (measured); everything else uses SQLAlchemy Core.
+def _column(name: str) -> str:
+    if name not in JOB_COLUMNS:
+        raise ValueError(f"jobs has no column {name!r}")
+    return name
+
+
+# The worker's two statements per job (start, record) are the hot path: each is one
+# statement on a pooled connection, its row a plain tuple (fetch_one).
 # A job runs when it is queued, or running under a lease that has run out (its worker
 # died): a second copy of its message finds a live lease or a final status and is skipped.
 # A batch job (farm.batches) never runs from a message: its batch carries its call.
@@ -126,34 +157,25 @@ def status_in(*statuses: str) -> str:
     return f"CASE WHEN status IN ({listed}) THEN true ELSE false END"
 
 
-def status_is(*statuses: str) -> TextClause:
-    """status_in as a clause for SQLAlchemy statements on ``jobs``."""
-    return text(status_in(*statuses))
-
-
 class DatabaseUnavailable(RuntimeError):
     """Postgres stayed unreachable for longer than the caller's patience."""
 
 
-def _fetch_one_now(engine: Engine, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    raw = engine.raw_connection()
+def _fetch_one_now(db: Database, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    conn = db.checkout()
+    broken = False
     try:
-        cursor = raw.cursor()
-        try:
+        with conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(sql, params)
-            row: tuple[Any, ...] | None = cursor.fetchone()
-        finally:
-            cursor.close()
-        raw.commit()  # a no-op on the worker's autocommit engine
-        return row
+            return cursor.fetchone()
     except psycopg.OperationalError:
-        raw.invalidate()  # a broken connection must not go back to the pool
+        broken = True  # a broken connection must not go back to the pool
         raise
     finally:
-        raw.close()  # back to the pool (or discarded, when invalidated)
+        db.checkin(conn, broken=broken)
 
 
-def fetch_one(engine: Engine, sql: str, params: dict[str, Any],
+def fetch_one(db: Database, sql: str, params: dict[str, Any],
                patience_s: float) -> tuple[Any, ...] | None:
     """Run one idempotent statement, riding out a Postgres outage of up to patience_s: the
     caller keeps what it has (a provider result, say) and nothing is called twice."""
@@ -161,9 +183,9 @@ def fetch_one(engine: Engine, sql: str, params: dict[str, Any],
     delay = 0.2
     while True:
         try:
-            return _fetch_one_now(engine, sql, params)
-        # TimeoutError: no pool connection free in time, every one stuck on the outage too
-        except (psycopg.OperationalError, sa_exc.OperationalError, sa_exc.TimeoutError) as exc:
+            return _fetch_one_now(db, sql, params)
+        # a PoolTimeout too: no pool connection free in time, every one stuck on the outage
+        except psycopg.OperationalError as exc:
             if time.monotonic() + delay > deadline:
                 raise DatabaseUnavailable(f"Postgres unreachable for {patience_s:.0f}s: "
                                           f"{type(exc).__name__}") from None
@@ -173,10 +195,10 @@ def fetch_one(engine: Engine, sql: str, params: dict[str, Any],
             delay = min(delay * 2, 5.0)
 
 
-def start_job(engine: Engine, job_id: uuid.UUID, *, lease_s: float = 60.0,
+def start_job(db: Database, job_id: uuid.UUID, *, lease_s: float = 60.0,
               patience_s: float = 0.0) -> StartedJob | None:
     """Mark the job running under a lease and count the attempt; None if it must not run."""
-    row = fetch_one(engine, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
+    row = fetch_one(db, START_SQL, {"job_id": job_id, "lease_s": lease_s}, patience_s)
     if row is None:
         return None
     request, queue, model, attempt, created_at, spent, opinion, escalated_from, routing = row
@@ -197,26 +219,26 @@ UNSTART_SQL = f"""
 """
 
 
-def unstart(engine: Engine, job: StartedJob, wait_s: float, reason: str, *,
+def unstart(db: Database, job: StartedJob, wait_s: float, reason: str, *,
             patience_s: float = 0.0) -> None:
     """Put a started job back to queued without a call (it must wait: capacity, an open
     circuit, a paused queue): the attempt it was counted is given back, and it is due again
     in wait_s; ``reason`` is what `farm status` says meanwhile."""
-    fetch_one(engine, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
+    fetch_one(db, UNSTART_SQL, {"job_id": job.id, "attempt": job.attempt,
                                      "wait_s": wait_s, "reason": reason[:500]}, patience_s)
 
 
 DEFER_SQL = f"""
-    UPDATE jobs SET next_run_at = now() + make_interval(secs => :s), wait_reason = :reason
-    WHERE id = :id AND {status_in("queued")}
+    UPDATE jobs SET next_run_at = now() + make_interval(secs => %(s)s), wait_reason = %(reason)s
+    WHERE id = %(id)s AND {status_in("queued")}
 """
 
 
-def defer(engine: Engine, job_id: uuid.UUID, seconds: float, reason: str) -> None:
+def defer(db: Database, job_id: uuid.UUID, seconds: float, reason: str) -> None:
     """A queued job that will be looked at again in `seconds` (its message is delayed);
     ``reason`` is what `farm status` says meanwhile."""
-    with engine.begin() as conn:
-        conn.execute(text(DEFER_SQL), {"id": job_id, "s": seconds, "reason": reason[:500]})
+    with db.connect() as conn:
+        conn.execute(DEFER_SQL, {"id": job_id, "s": seconds, "reason": reason[:500]})
 
 
 HELD = "held: "  # wait_reason of a job held by the farm-wide hold
@@ -236,7 +258,7 @@ def limited(model: str, limit: str, over_share: bool = False) -> str:
     return f"{model}: {limit}" + (" (tenant over its fair share)" if over_share else "")
 
 
-def wake(engine: Engine, reason: str, queue: str | None = None
+def wake(db: Database, reason: str, queue: str | None = None
          ) -> list[tuple[uuid.UUID, str, str]]:
     """Queued jobs waiting on a countdown for ``reason`` (its start: a hold, a paused
     queue), of one queue or all: due now, the reason cleared. Returns (id, queue, priority)
@@ -244,93 +266,89 @@ def wake(engine: Engine, reason: str, queue: str | None = None
     later and find the job taken or finished. Jobs waiting for other reasons (a retry's
     backoff, capacity) keep waiting."""
     sql = ("UPDATE jobs SET next_run_at = now(), wait_reason = NULL WHERE status = 'queued' "
-           "AND next_run_at > now() AND starts_with(wait_reason, :reason)"
-           + (" AND queue = :queue" if queue is not None else "")
+           "AND next_run_at > now() AND starts_with(wait_reason, %(reason)s)"
+           + (" AND queue = %(queue)s" if queue is not None else "")
            + " RETURNING id, queue, priority")
-    with engine.begin() as conn:
-        rows = conn.execute(text(sql), {"reason": reason, "queue": queue}).all()
+    with db.connect() as conn:
+        rows = conn.execute(sql, {"reason": reason, "queue": queue}).fetchall()
     return [(row.id, row.queue, row.priority) for row in rows]
 
 
-def kill_job(engine: Engine, job_id: uuid.UUID, error: str, *, uncount: bool = False) -> None:
+KILL_SQL = f"""
+    UPDATE jobs SET status = 'dead', error = %(error)s, finished_at = now(), lease_until = NULL,
+                    attempts = attempts - %(uncount)s
+    WHERE id = %(id)s AND {status_in("running")}
+"""
+
+
+def kill_job(db: Database, job_id: uuid.UUID, error: str, *, uncount: bool = False) -> None:
     """End a running job as dead without a provider call (a poison message; with
     ``uncount``, a job stopped before its call: the attempt its start counted is given
     back)."""
-    values: dict[str, Any] = {"status": JobStatus.DEAD.value, "error": error,
-                              "finished_at": func.now(), "lease_until": None}
-    if uncount:
-        values["attempts"] = jobs.c.attempts - 1
-    with engine.begin() as conn:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, status_is(JobStatus.RUNNING.value))
-            .values(**values)
-        )
+    with db.connect() as conn:
+        conn.execute(KILL_SQL, {"id": job_id, "error": error, "uncount": int(uncount)})
 
 
-def fail_unpublished(conn: Connection, job_ids: Sequence[uuid.UUID], error: str) -> None:
+def fail_unpublished(conn: psycopg.Connection[Any], job_ids: Sequence[uuid.UUID],
+                     error: str) -> None:
     """Jobs whose message could not be published: failed, with the reason."""
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.id.in_(list(job_ids)), jobs.c.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.FAILED.value, error=error, finished_at=func.now())
-    )
+    conn.execute("UPDATE jobs SET status = 'failed', error = %(error)s, finished_at = now() "
+                 "WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND status = 'queued'",
+                 {"ids": list(job_ids), "error": error})
 
 
-def cancel_job(engine: Engine, job_id: uuid.UUID) -> tuple[str, bool] | None:
+CANCEL_SQL = f"""
+    UPDATE jobs SET status = 'cancelled', finished_at = now()
+    WHERE id = %(id)s AND {status_in("queued", "running")}
+    RETURNING id
+"""
+
+
+def cancel_job(db: Database, job_id: uuid.UUID) -> tuple[str, bool] | None:
     """Cancel a job that is not finished. Returns its status after the call and whether
     this call cancelled it (False: it had finished before); None when there is no job."""
-    with engine.begin() as conn:
-        done = conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, status_is("queued", "running"))
-            .values(status=JobStatus.CANCELLED.value, finished_at=func.now())
-            .returning(jobs.c.id)
-        ).first()
-        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
-    return None if status is None else (status, done is not None)
+    with db.begin() as conn:
+        done = conn.execute(CANCEL_SQL, {"id": job_id}).fetchone()
+        row = conn.execute("SELECT status FROM jobs WHERE id = %(id)s", {"id": job_id}).fetchone()
+    return None if row is None else (row.status, done is not None)
 
 
-def get_jobs(engine: Engine, job_ids: Iterable[uuid.UUID],
+def get_jobs(db: Database, job_ids: Iterable[uuid.UUID],
              columns: Sequence[str] | None = None) -> dict[uuid.UUID, dict[str, Any]]:
     """Rows by id (only `columns`, when given: the request, say, can be large). One array
     parameter, however many ids."""
     ids = list(job_ids)
-    chosen = [jobs.c[name] for name in columns] if columns else [jobs]
-    with engine.connect() as conn:
-        rows = conn.execute(select(*chosen).where(jobs.c.id == func.any(ids))).mappings().all()
-    return {row["id"]: dict(row) for row in rows}
+    selected = ", ".join(_column(name) for name in (columns or JOB_COLUMNS))
+    sql = f"SELECT {selected} FROM jobs WHERE id = ANY(CAST(%(ids)s AS uuid[]))"
+    with db.connect() as conn:
+        return {row["id"]: row for row in dicts(conn, sql, {"ids": ids})}
 
 
-def list_jobs(engine: Engine, columns: Sequence[str], *, tenant: str | None = None,
+def list_jobs(db: Database, columns: Sequence[str], *, tenant: str | None = None,
               statuses: Sequence[str] = (), queue: str | None = None,
               since: datetime | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Jobs newest first (created_at, then id), each filter applied when given; served by
     the created_at and (tenant, created_at) indexes."""
-    query = select(*[jobs.c[name] for name in columns])
-    if tenant is not None:
-        query = query.where(jobs.c.tenant == tenant)
-    if statuses:
-        query = query.where(jobs.c.status.in_(list(statuses)))
-    if queue is not None:
-        query = query.where(jobs.c.queue == queue)
-    if since is not None:
-        query = query.where(jobs.c.created_at >= since)
-    query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-    with engine.connect() as conn:
-        return [dict(row) for row in conn.execute(query).mappings()]
+    where = [test for test, value in (
+        ("tenant = %(tenant)s", tenant), ("status = ANY(%(statuses)s)", statuses or None),
+        ("queue = %(queue)s", queue), ("created_at >= %(since)s", since)) if value is not None]
+    sql = (f"SELECT {', '.join(_column(name) for name in columns)} FROM jobs"
+           + (f" WHERE {' AND '.join(where)}" if where else "")
+           + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+    with db.connect() as conn:
+        return dicts(conn, sql, {"tenant": tenant, "statuses": list(statuses), "queue": queue,
+                                 "since": since, "limit": limit})
 
 
-FINISHED_SQL = text(
-    "SELECT id FROM jobs WHERE id = ANY(:ids) AND status NOT IN ('queued', 'running')"
-)
+FINISHED_SQL = ("SELECT id FROM jobs WHERE id = ANY(CAST(%(ids)s AS uuid[])) "
+                "AND status NOT IN ('queued', 'running')")
 
 
-def unfinished(engine: Engine, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+def unfinished(db: Database, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """The jobs among `job_ids` not finished yet, including those with no row yet (a job
     sent inline with send_task gets its row when a worker takes it). One array parameter."""
-    with engine.connect() as conn:
-        finished = set(conn.execute(FINISHED_SQL, {"ids": list(job_ids)}).scalars())
+    with db.connect() as conn:
+        finished = set(scalars(conn.execute(FINISHED_SQL, {"ids": list(job_ids)})))
     return set(job_ids) - finished
 
 

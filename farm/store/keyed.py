@@ -12,23 +12,27 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Connection, Engine
+from psycopg import Connection
 
 from farm.jobs import JobRequest, Route
 from farm.reliability.idempotency import Holder, request_hash, resolve
-from farm.store.jobs import new_job_row
-from farm.store.schema import jobs
+from farm.store.db import Database, scalars
+from farm.store.jobs import JOB_COLUMNS, new_job_row, row_params
+from farm.store.jobs import insert_jobs as insert_unkeyed
 
-HOLDERS_SQL = text(
+HOLDERS_SQL = (
     "SELECT j.tenant, j.idempotency_key, j.id, j.request_hash FROM jobs j "
-    "JOIN unnest(CAST(:tenants AS text[]), CAST(:keys AS text[])) AS k(tenant, key) "
+    "JOIN unnest(CAST(%(tenants)s AS text[]), CAST(%(keys)s AS text[])) AS k(tenant, key) "
     "ON j.tenant = k.tenant AND j.idempotency_key = k.key"
 )
 
+# the keyed rows' statement: the unique index ux_jobs_idempotency decides who holds a key
+KEYED_CONFLICT = ("ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL "
+                  "DO NOTHING RETURNING id")
+MAX_ROWS = 1000  # rows of one statement (each row's columns are parameters: 65,535 at most)
 
-def _holders(conn: Connection, wanted: Iterable[tuple[str, str]]
+
+def _holders(conn: Connection[Any], wanted: Iterable[tuple[str, str]]
              ) -> dict[tuple[str, str], Holder]:
     """The jobs holding these (tenant, key) pairs, by pair: one query."""
     pairs = list(dict.fromkeys(wanted))
@@ -39,29 +43,52 @@ def _holders(conn: Connection, wanted: Iterable[tuple[str, str]]
     return {(t, k): Holder(job_id, digest) for t, k, job_id, digest in found}
 
 
-def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[uuid.UUID, uuid.UUID]:
-    """Record one transaction's rows: those without a key in one statement, the keyed ones
-    in another, ``INSERT … ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS
-    NOT NULL DO NOTHING RETURNING id``, in (tenant, key) order (two transactions take the
+def _insert_keyed_rows(conn: Connection[Any], rows: Sequence[dict[str, Any]]
+                       ) -> set[uuid.UUID]:
+    """One multi-row ``INSERT … ON CONFLICT … DO NOTHING RETURNING id`` per MAX_ROWS rows,
+    in the rows' order; their columns (the first row's, the same for all) are checked
+    against the schema's (JOB_COLUMNS): no name from elsewhere reaches the SQL. Returns the
+    ids inserted."""
+    columns = list(rows[0])
+    for name in columns:
+        if name not in JOB_COLUMNS:
+            raise ValueError(f"jobs has no column {name!r}")
+    inserted: set[uuid.UUID] = set()
+    one_row = f"({', '.join(['%s'] * len(columns))})"
+    for first in range(0, len(rows), MAX_ROWS):
+        part = rows[first:first + MAX_ROWS]
+        params: list[Any] = []
+        for row in part:
+            if row.keys() != set(columns):
+                raise ValueError("the rows of one insert must have the same columns")
+            values = row_params(row)
+            params += [values[name] for name in columns]
+        sql = (f"INSERT INTO jobs ({', '.join(columns)}) "
+               f"VALUES {', '.join([one_row] * len(part))} {KEYED_CONFLICT}")
+        inserted.update(scalars(conn.execute(sql, params)))
+    return inserted
+
+
+def insert_jobs(conn: Connection[Any], rows: Sequence[dict[str, Any]]
+                ) -> dict[uuid.UUID, uuid.UUID]:
+    """Record one transaction's rows: those without a key in one pipelined executemany
+    (farm.store.jobs), the keyed ones in another statement (one per MAX_ROWS rows),
+    ``INSERT … ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO
+    NOTHING RETURNING id``, in (tenant, key) order (two transactions take the
     keys' index entries in the same order and never deadlock; a repeated key keeps its
     first row), then one read of the holders of the keys not inserted. Returns, by the id
     of each row not inserted, the id of the job holding its key (a row already there under
     its own id, a message delivered again, is not in it); a key held with a different
     request raises IdempotencyConflictError (the caller's transaction then writes nothing)."""
     plain = [row for row in rows if row["idempotency_key"] is None]
-    if plain:
-        conn.execute(pg_insert(jobs), plain)
+    insert_unkeyed(conn, plain)
     left = sorted((row for row in rows if row["idempotency_key"] is not None),
                   key=lambda row: (row["tenant"], row["idempotency_key"]))
     held: dict[uuid.UUID, uuid.UUID] = {}
     for _ in range(3):  # a holder gone between the two statements (jobs are not deleted)
         if not left:
             return held
-        statement = (pg_insert(jobs).values(left)
-                     .on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"],
-                                             index_where=jobs.c.idempotency_key.isnot(None))
-                     .returning(jobs.c.id))
-        inserted = set(conn.execute(statement).scalars())
+        inserted = _insert_keyed_rows(conn, left)
         left = [row for row in left if row["id"] not in inserted]
         holders = _holders(conn, ((row["tenant"], row["idempotency_key"]) for row in left))
         again = []
@@ -76,7 +103,7 @@ def insert_jobs(conn: Connection, rows: Sequence[dict[str, Any]]) -> dict[uuid.U
     raise RuntimeError("the holders of idempotency keys kept vanishing")
 
 
-def insert_keyed(conn: Connection, row: dict[str, Any]) -> uuid.UUID:
+def insert_keyed(conn: Connection[Any], row: dict[str, Any]) -> uuid.UUID:
     """Record one keyed job's row unless its key is held (insert_jobs). Returns the job that
     has the key: the row's own id (inserted, or there already: a message delivered again),
     else the holder's, for the same request; IdempotencyConflictError for another."""
@@ -86,7 +113,7 @@ def insert_keyed(conn: Connection, row: dict[str, Any]) -> uuid.UUID:
     return insert_jobs(conn, [row]).get(job_id, job_id)
 
 
-def record(conn: Connection, chunk: Sequence[tuple[uuid.UUID, tuple[JobRequest, Route]]],
+def record(conn: Connection[Any], chunk: Sequence[tuple[uuid.UUID, tuple[JobRequest, Route]]],
            extra: Sequence[dict[str, Any]] = ()) -> list[uuid.UUID]:
     """Record routed jobs (their new ids given; ``extra``: more columns of each row, e.g. a
     batch job's) in the caller's transaction. Returns, for each, the job that is it: its own
@@ -105,7 +132,7 @@ def inserted(chunk: Sequence[tuple[uuid.UUID, Any]], taken: Sequence[uuid.UUID]
     return [job for job, got in zip(chunk, taken, strict=True) if job[0] == got]
 
 
-def check_held(engine: Engine, requests: Sequence[JobRequest]) -> None:
+def check_held(db: Database, requests: Sequence[JobRequest]) -> None:
     """Before a batch's first row is written: IdempotencyConflictError for a request whose
     key is held already with a different request, so that nothing of the batch is enqueued
     (one held by a job recorded meanwhile is found at its insert). One query, none without
@@ -113,7 +140,7 @@ def check_held(engine: Engine, requests: Sequence[JobRequest]) -> None:
     wanted = {(r.tenant, r.idempotency_key): r for r in requests if r.idempotency_key}
     if not wanted:
         return
-    with engine.connect() as conn:
+    with db.connect() as conn:
         holders = _holders(conn, wanted)
     for (tenant, key), holder in holders.items():
         resolve(key, tenant, request_hash(wanted[tenant, key]), holder)

@@ -27,7 +27,7 @@ def dead_letter(app: Celery, runtime: rt.Runtime, job_id: uuid.UUID, queue: str,
                 error_class: str, message: str) -> None:
     """``dead`` outside a task (the batch loop, farm.batches): the message goes out on
     ``app``."""
-    if dlq.record(runtime.engine, job_id, error_class, message):
+    if dlq.record(runtime.db, job_id, error_class, message):
         events.job_dead.send(None, queue=queue, error_class=error_class)
         app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
                       kwargs={"job_id": str(job_id), "error_class": error_class})

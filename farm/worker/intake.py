@@ -10,9 +10,9 @@ import logging
 import uuid
 from typing import Any, NoReturn
 
+import psycopg
 from celery import Task
 from celery.exceptions import Retry
-from sqlalchemy import exc as sa_exc
 
 from farm.batches import submit as batch_submit
 from farm.broker.layout import INTAKE_QUEUE
@@ -29,8 +29,9 @@ log = logging.getLogger("farm.tasks")
 
 # An intake write that fails on the data (Postgres cannot store it) fails the job; one that
 # fails on the database (down, overloaded, not migrated) is tried again later
-_UNSTORABLE = (sa_exc.DataError, sa_exc.IntegrityError)
-_DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+# (a PoolTimeout, no connection free in time, is an OperationalError: the database's)
+_UNSTORABLE = (psycopg.DataError, psycopg.IntegrityError)
+_DATABASE_ERRORS = (psycopg.Error,)
 
 
 def db_error(exc: BaseException) -> str:
@@ -71,7 +72,7 @@ def intake(
     if row.get("batched"):  # recorded unpublished: the batch collector takes it from there
         log.info("job %s waits for a Message Batch", job_id)
     try:
-        with runtime.engine.begin() as conn:
+        with runtime.db.begin() as conn:
             if row["idempotency_key"] is None:
                 store.insert_job_once(conn, row)
                 return job_id
@@ -90,7 +91,7 @@ def duplicate(runtime: rt.Runtime, job_id: uuid.UUID, holder: uuid.UUID) -> dict
     """The result of a message whose job is another's (its idempotency key is held, with the
     same request): it names the holder and its status; nothing runs, the message is
     acknowledged."""
-    row = store.get_jobs(runtime.engine, [holder], columns=("id", "status")).get(holder)
+    row = store.get_jobs(runtime.db, [holder], columns=("id", "status")).get(holder)
     status = None if row is None else str(row["status"])
     log.info("job %s: its idempotency key is held by job %s (%s), sent with the same "
              "request: not run again", job_id, holder, status)
@@ -104,10 +105,10 @@ def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue:
     reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
     try:
         try:
-            with runtime.engine.begin() as conn:
+            with runtime.db.begin() as conn:
                 store.insert_failed_job(conn, job_id, raw, queue, reason)
         except _UNSTORABLE as exc:
-            with runtime.engine.begin() as conn:
+            with runtime.db.begin() as conn:
                 store.insert_failed_job(conn, job_id, {"not_stored": db_error(exc)}, queue,
                                         reason)
         dead(task, runtime, job_id, queue, "invalid", reason)

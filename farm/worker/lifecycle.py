@@ -50,7 +50,7 @@ def bound_the_grace(how: Any) -> None:
     def expire() -> None:
         if built.stop.wait(grace):
             return  # the worker stopped in time
-        handed_back = leases.hand_back(built.engine, built.running.snapshot())
+        handed_back = leases.hand_back(built.db, built.running.snapshot())
         log.warning("shutdown grace of %.0fs is over: %d running job(s) handed back to the "
                     "queue; exiting", grace, handed_back)
         logging.shutdown()

@@ -24,7 +24,6 @@ from typing import Any
 import redis
 from celery import bootsteps
 from celery.worker import state
-from sqlalchemy import text
 
 from farm.pool.process import Limits, ProcessPool
 from farm.pool.slots import Change
@@ -57,8 +56,8 @@ def _database_probe() -> None:
     built = rt.current()
     if built is None:
         raise RuntimeError("the worker's runtime is not built yet")
-    with built.engine.connect() as conn:
-        conn.execute(text("select 1"))
+    with built.db.connect() as conn:
+        conn.execute("select 1")
 
 
 def _drain() -> None:

@@ -145,7 +145,7 @@ def restart(runtime: rt.Runtime, job: store.StartedJob) -> store.StartedJob | No
     """Start the job again in this delivery (its next attempt, a fresh lease), held by this
     process under its new generation; None if it must not run (cancelled meanwhile)."""
     settings = runtime.settings
-    again = store.start_job(runtime.engine, job.id, lease_s=settings.lease_s,
+    again = store.start_job(runtime.db, job.id, lease_s=settings.lease_s,
                             patience_s=settings.db_patience_s)
     if again is not None:
         runtime.running.add(again.id, again.attempt, again.queue)

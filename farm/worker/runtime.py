@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import anthropic
 import redis
-from sqlalchemy.engine import Engine
 
 from farm.broker.layout import DEAD_LETTER_QUEUE
 from farm.capacity.admission import Gate
@@ -24,13 +23,13 @@ from farm.reliability.loops import start_threads
 from farm.reliability.policies import RetryPolicy, policy_for
 from farm.services import resolve_urls
 from farm.settings import Settings
-from farm.store.schema import make_engine
+from farm.store.db import Database
 
 
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
-    engine: Engine
+    db: Database
     client: anthropic.Anthropic
     prices: PriceBook
     policies: Mapping[str, RetryPolicy]
@@ -80,16 +79,15 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
     calls = Calls()  # the lease watchdog stops a call through it
     clients = Clients(lambda connections: make_client(settings, calls, connections),
                       settings.worker_concurrency)
-    # every worker statement stands alone: autocommit saves BEGIN/COMMIT round trips.
     # Up to 3x FARM_DB_POOL_SIZE connections, opened as the threads need them and kept. An
-    # overflow connection (as before: pool_size=pool, max_overflow=2*pool) is closed when it
-    # is checked in to a full pool: in the CPU-bound bench 13 new backends and logins a
-    # second, Postgres at 3.2-4.0 ms of CPU per job; kept, 1.1 ms
-    engine = make_engine(urls.database_url, pool_size=pool * WORKER_POOL_FACTOR, max_overflow=0,
-                         autocommit=True, pre_ping=False)
+    # overflow connection (SQLAlchemy's pool_size=pool, max_overflow=2*pool, before) is
+    # closed when it is checked in to a full pool: in the CPU-bound bench 13 new backends
+    # and logins a second, Postgres at 3.2-4.0 ms of CPU per job; kept, 1.1 ms. No ping
+    # before use: a dead connection raises, is discarded, and the store's retry takes another
+    db = Database(urls.database_url, size=pool * WORKER_POOL_FACTOR, ping_s=None)
     runtime = Runtime(
         settings=settings,
-        engine=engine,
+        db=db,
         client=clients.first,
         clients=clients,
         prices=default_pricebook(),
@@ -97,11 +95,11 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
         running=Running(abort=calls.abandon, clear=calls.clear, sent=calls.sent),
         stop=threading.Event(),
         hold=HoldCheck(broker, every_s=min(2.0, settings.hold_recheck_s)),
-        gate=redis_gate(broker, settings, engine),
+        gate=redis_gate(broker, settings, db),
         inflight=InFlight(broker, wait_s=settings.memo_wait_s),
     )
     if republish is not None:
-        start_threads(runtime.engine, runtime.running, republish, lease_s=settings.lease_s,
+        start_threads(runtime.db, runtime.running, republish, lease_s=settings.lease_s,
                       reaper_interval_s=settings.reaper_interval_s, stop=runtime.stop,
                       broker=broker, orphan_sweep_s=settings.orphan_sweep_s,
                       orphan_age_s=settings.orphan_age_s,
@@ -133,6 +131,6 @@ def reset() -> None:
     with _lock:
         if _runtime is not None:
             _runtime.stop.set()
-            _runtime.engine.dispose()
+            _runtime.db.close()
             (_runtime.clients or _runtime.client).close()
         _runtime = None

@@ -88,20 +88,20 @@ def execute(task: Task, runtime: rt.Runtime, job_id: str | None,
     held = runtime.hold.held()
     if held is not None:
         # the farm is on hold (spend limit): keep the job queued, use no attempt, call nothing
-        store.defer(runtime.engine, job_uuid, settings.hold_recheck_s,
+        store.defer(runtime.db, job_uuid, settings.hold_recheck_s,
                     f"{store.HELD}{held.get('reason')}")
         log.info("job %s held: %s", job_uuid, held.get("reason"))
         events.job_deferred.send(None, reason=events.HELD, queue=(
             task.request.delivery_info or {}).get("routing_key") or "")
         raise _again(task, job_uuid, settings.hold_recheck_s)
     patience = settings.db_patience_s
-    job = store.start_job(runtime.engine, job_uuid, lease_s=settings.lease_s,
+    job = store.start_job(runtime.db, job_uuid, lease_s=settings.lease_s,
                           patience_s=patience)
     if job is None:
         return _not_runnable(task, runtime, job_uuid)
     if job.deliveries > settings.max_deliveries:
         reason = f"started {job.deliveries} times without finishing (poison message?)"
-        store.kill_job(runtime.engine, job.id, reason)
+        store.kill_job(runtime.db, job.id, reason)
         _dead(task, runtime, job.id, job.queue, "poison", reason)
         _finished(job, job.model, JobStatus.DEAD.value)
         raise JobFailed(str(job.id), JobStatus.DEAD, "poison")
@@ -131,7 +131,7 @@ def _admitted(task: Task, runtime: rt.Runtime, job: store.StartedJob, opinion: b
     admitted = runtime.gate.admit(sent)
     if isinstance(admitted, Later):
         # waiting for capacity, a healthy model or a resumed queue uses no attempt
-        store.unstart(runtime.engine, job, admitted.wait_s, admitted.reason,
+        store.unstart(runtime.db, job, admitted.wait_s, admitted.reason,
                       patience_s=patience)
         log.info("job %s deferred %.1fs: %s", job.id, admitted.wait_s, admitted.reason)
         events.job_deferred.send(None, queue=job.queue,
@@ -148,7 +148,7 @@ def _admitted(task: Task, runtime: rt.Runtime, job: store.StartedJob, opinion: b
     runtime.gate.done(admitted, result.usage, result.ratelimit, cost)
     step = (reroute.opinion_given if opinion else reroute.answered)(
         runtime, job, result, cost, started)
-    recorded = attempts.record(runtime.engine, job, step.outcome, patience_s=patience)
+    recorded = attempts.record(runtime.db, job, step.outcome, patience_s=patience)
     if recorded is not None and not recorded.current:
         return _superseded(task, runtime, job, recorded)
     memo_run.remember(runtime, memo, sent, model=admitted.model, result=result,
@@ -187,7 +187,7 @@ def _stopped(task: Task, runtime: rt.Runtime, job: store.StartedJob,
              stop: Stop) -> dict[str, Any]:
     """A job that must make no call (its cost cap, a spent budget that fails its jobs):
     dead, with the reason, into the dead-letter queue; `farm dlq replay` runs it again."""
-    store.kill_job(runtime.engine, job.id, stop.reason, uncount=True)
+    store.kill_job(runtime.db, job.id, stop.reason, uncount=True)
     log.warning("job %s stopped: %s", job.id, stop.reason)
     _dead(task, runtime, job.id, job.queue, stop.error_class, stop.reason)
     _finished(job, job.model, JobStatus.DEAD.value)
@@ -250,7 +250,7 @@ def _end(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, status: str | None,
         if status is None:
             raise JobFailed(str(job_id), outcome.DROPPED, outcome.UNKNOWN_JOB)
         raise JobFailed(str(job_id), status,
-                        error_class or dlq.error_class(runtime.engine, job_id) or status)
+                        error_class or dlq.error_class(runtime.db, job_id) or status)
     if end is Ending.REVOKED:
         task.send_event("task-revoked", terminated=False, signum=None, expired=False)
     raise Ignore()
@@ -272,7 +272,7 @@ def _not_runnable(task: Task, runtime: rt.Runtime, job_id: uuid.UUID) -> dict[st
     """A delivery of a job that must not run (finished, cancelled, running under another
     worker's live lease, or unknown): acknowledged unrun; it reports the job as it stands, so
     a repeated delivery of a succeeded job is no failure and one of a dead job no success."""
-    row = store.get_jobs(runtime.engine, [job_id], columns=("id", "status")).get(job_id)
+    row = store.get_jobs(runtime.db, [job_id], columns=("id", "status")).get(job_id)
     status = None if row is None else str(row["status"])
     log.info("job %s is not runnable (%s): acknowledged", job_id, status or "no such job")
     return _end(task, runtime, job_id, status, None,
@@ -300,7 +300,7 @@ def _failed(
     next_status = {
         Action.RETRY: JobStatus.QUEUED, Action.DEAD: JobStatus.DEAD,
     }.get(decision.action, JobStatus.FAILED)
-    recorded = attempts.record(runtime.engine, job, attempts.Outcome(
+    recorded = attempts.record(runtime.db, job, attempts.Outcome(
         status=next_status, model=model, outcome=exc.kind.value, started_at=started,
         latency_s=exc.latency_s, http_status=exc.status, request_id=exc.request_id,
         error=exc.message if decision.action is Action.RETRY

@@ -120,7 +120,7 @@ def _cancelled_before_delivery(farm: Farm) -> uuid.UUID:
     [(request, route)] = validate([{"prompt": "never run me", "complexity": "simple"}],
                                   farm.settings)
     job = uuid.uuid4()
-    with farm.engine.begin() as conn:
+    with farm.db.begin() as conn:
         store.insert_jobs(conn, [store.new_job_row(job, request, route)])
     assert farm.cancel(job) is JobStatus.CANCELLED
     send_job(farm.app, job, route.queue, request.priority)

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from tests_batches import admin, batching, in_process_sim, until
 
-from farm.batches import loop, memo, rows
+from farm.batches import loop, memo
 from farm.batches.context import Batching
 from farm.batches.reconcile import Reconciler
 from farm.client import Farm
@@ -27,6 +26,7 @@ from farm.provider.body import wire_body
 from farm.routing.escalation import as_sent
 from farm.settings import Settings
 from farm.store import jobs as job_store
+from farm.store.db import Database, scalar, scalars
 from farm.worker import events, reroute
 
 HAIKU = "claude-haiku-4-5"
@@ -87,32 +87,32 @@ def job(tenant: str, prompt: str = "What does a memo save?", **fields: Any) -> d
             "memo": True, **fields}
 
 
-def jobs(farm: Farm, ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
-    with farm.engine.connect() as conn:
-        found = conn.execute(text("select * from jobs where id = any(:ids)"), {"ids": ids})
+def jobs(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    with db.connect() as conn:
+        found = conn.execute("select * from jobs where id = any(%(ids)s)", {"ids": ids})
         return {row.id: row for row in found}
 
 
-def items(farm: Farm, ids: list[uuid.UUID]) -> list[Any]:
-    with farm.engine.connect() as conn:
-        return list(conn.execute(text("select * from batch_items where job_id = any(:ids)"),
-                                 {"ids": ids}))
+def items(db: Database, ids: list[uuid.UUID]) -> list[Any]:
+    with db.connect() as conn:
+        return conn.execute("select * from batch_items where job_id = any(%(ids)s)",
+                            {"ids": ids}).fetchall()
 
 
-def attempt_count(farm: Farm, ids: list[uuid.UUID]) -> int:
-    with farm.engine.connect() as conn:
-        return int(conn.execute(text("select count(*) from attempts where job_id = any(:ids)"),
-                                {"ids": ids}).scalar_one())
+def attempt_count(db: Database, ids: list[uuid.UUID]) -> int:
+    with db.connect() as conn:
+        return int(scalar(conn.execute(
+            "select count(*) from attempts where job_id = any(%(ids)s)", {"ids": ids})))
 
 
-def drive(b: Batching, farm: Farm, ids: list[uuid.UUID], timeout: float = 30) -> None:
+def drive(b: Batching, ids: list[uuid.UUID], timeout: float = 30) -> None:
     """Run the batch loop's rounds (collector, poller) until every job is finished."""
     reconciler = Reconciler(b)
 
     def left() -> str | None:
         loop.collect(b, reconciler)
         loop.poll(b)
-        busy = [r.status for r in jobs(farm, ids).values() if r.status in ("queued", "running")]
+        busy = [r.status for r in jobs(b.db, ids).values() if r.status in ("queued", "running")]
         return f"{len(busy)} job(s) unfinished" if busy else None
 
     until(left, timeout)
@@ -129,24 +129,25 @@ def key_of(fields: dict[str, Any]) -> str:
 
 
 def test_a_batch_answer_is_memoized_and_later_identical_jobs_are_hits_at_flush(
-        farm: Farm, b: Batching, sim: str, tenant: str, heard: list[dict[str, Any]]) -> None:
+        farm: Farm, db: Database, b: Batching, sim: str, tenant: str,
+        heard: list[dict[str, Any]]) -> None:
     [first] = farm.submit_many([job(tenant)])
-    drive(b, farm, [first])
-    original = jobs(farm, [first])[first]
+    drive(b, [first])
+    original = jobs(db, [first])[first]
     key = key_of(job(tenant))
     assert (original.status, original.cache_hit, original.memo_key) == ("succeeded", False, key)
-    assert original.cost_usd > 0 and [i.memo_key for i in items(farm, [first])] == [key]
+    assert original.cost_usd > 0 and [i.memo_key for i in items(db, [first])] == [key]
     # identical jobs: hits at flush, never sent; one with a TTL the answer is past, one that
     # does not memoize and one of another tenant are sent
-    with farm.engine.begin() as conn:
-        conn.execute(text("update jobs set finished_at = now() - interval '30 seconds' "
-                          "where id = :id"), {"id": first})
+    with db.begin() as conn:
+        conn.execute("update jobs set finished_at = now() - interval '30 seconds' "
+                     "where id = %(id)s", {"id": first})
     hits = farm.submit_many([job(tenant), job(tenant)])
     sent = farm.submit_many([job(tenant, memo_ttl_s=10), job(tenant, memo=False),
                              job(f"{tenant}-other")])
     heard.clear()
-    drive(b, farm, hits + sent)
-    found = jobs(farm, hits + sent)
+    drive(b, hits + sent)
+    found = jobs(db, hits + sent)
     for hit in hits:
         row = found[hit]
         assert (row.status, row.cache_hit, row.cost_usd, row.saved_usd, row.attempts) == (
@@ -154,7 +155,7 @@ def test_a_batch_answer_is_memoized_and_later_identical_jobs_are_hits_at_flush(
         assert (row.response_text, row.served_model, row.memo_key) == (
             original.response_text, original.served_model, key)
         assert row.started_at is not None and row.wait_reason is None
-    assert attempt_count(farm, hits) == 0 and items(farm, hits) == []
+    assert attempt_count(db, hits) == 0 and items(db, hits) == []
     assert [(found[s].status, found[s].cache_hit, found[s].memo_key) for s in sent] == [
         ("succeeded", False, key), ("succeeded", False, None), ("succeeded", False, key)]
     assert batch_stats(sim)["requests"] == 1 + 3
@@ -164,28 +165,28 @@ def test_a_batch_answer_is_memoized_and_later_identical_jobs_are_hits_at_flush(
         "succeeded"] * 5
     # a synchronous identical job is answered from the newest batch answer
     sync = farm.submit(**{**job(tenant), "batch": False})
-    started = job_store.start_job(b.engine, sync)
+    started = job_store.start_job(b.db, sync)
     assert started is not None
     hit = memo_run.check(b.runtime, reroute.call_job(started, False))
     assert isinstance(hit, memo_run.Hit) and hit.recorded and hit.original.id == sent[0]
 
 
 def test_identical_jobs_make_one_request_the_others_wait_then_are_hits(
-        farm: Farm, b: Batching, sim: str, tenant: str) -> None:
+        farm: Farm, db: Database, b: Batching, sim: str, tenant: str) -> None:
     ids = farm.submit_many([job(tenant)] * 3)
     other = farm.submit_many([job(f"{tenant}-other"), job(tenant, memo=False)])
     reconciler = Reconciler(b)
     assert len(loop.collect(b, reconciler)) == 1
-    [first] = [i.job_id for i in items(farm, ids)]  # the first of the flush's order
-    assert {i.job_id for i in items(farm, other)} == set(other)
+    [first] = [i.job_id for i in items(db, ids)]  # the first of the flush's order
+    assert {i.job_id for i in items(db, other)} == set(other)
     rest = [i for i in ids if i != first]
-    assert {(r.status, r.attempts, r.wait_reason) for r in jobs(farm, rest).values()} == {
+    assert {(r.status, r.attempts, r.wait_reason) for r in jobs(db, rest).values()} == {
         ("queued", 0, memo.WAITING)}
     # while the first is in a batch in flight, they are due but not sent
     assert loop.collect(b, reconciler) == []
-    assert {r.status for r in jobs(farm, rest).values()} == {"queued"}
-    drive(b, farm, ids + other)
-    found = jobs(farm, ids)
+    assert {r.status for r in jobs(db, rest).values()} == {"queued"}
+    drive(b, ids + other)
+    found = jobs(db, ids)
     assert (found[first].status, found[first].cache_hit) == ("succeeded", False)
     assert [(found[i].status, found[i].cache_hit, found[i].response_text) for i in rest] == [
         ("succeeded", True, found[first].response_text)] * 2
@@ -193,32 +194,33 @@ def test_identical_jobs_make_one_request_the_others_wait_then_are_hits(
 
 
 def test_an_answer_that_may_not_serve_is_not_memoized_and_the_next_job_is_sent(
-        farm: Farm, b: Batching, sim: str, tenant: str) -> None:
+        farm: Farm, db: Database, b: Batching, sim: str, tenant: str) -> None:
     """On a simple queue, an answer cut at a short max_tokens stands only because the job
     would not escalate: it gets no key, and the identical job that waited is sent."""
     cut = job(tenant, "[[sim:tokens=200]] Describe Jupiter.", max_tokens=64)
     ids = farm.submit_many([cut, cut])
     assert len(loop.collect(b, Reconciler(b))) == 1
-    assert len(items(farm, ids)) == 1  # the other waits
-    drive(b, farm, ids)
-    found = jobs(farm, ids)
+    assert len(items(db, ids)) == 1  # the other waits
+    drive(b, ids)
+    found = jobs(db, ids)
     assert [(found[i].status, found[i].stop_reason, found[i].cache_hit, found[i].memo_key)
             for i in ids] == [("succeeded", "max_tokens", False, None)] * 2
-    assert [i.memo_key for i in items(farm, ids)] == [key_of(cut)] * 2
+    assert [i.memo_key for i in items(db, ids)] == [key_of(cut)] * 2
     assert batch_stats(sim)["requests"] == 2 and batch_stats(sim)["created"] == 2
 
 
-def test_many_lookups_in_one_statement_each_by_its_tenant_and_ttl(farm: Farm, tenant: str
-                                                                   ) -> None:
+def test_many_lookups_in_one_statement_each_by_its_tenant_and_ttl(
+        farm: Farm, db: Database, tenant: str) -> None:
     from farm.memo import store as memo_store
 
     key, other_key = "a" * 64, "b" * 64
     answered = farm.submit(prompt="an answer", tenant=tenant, memo=True)
-    with farm.engine.begin() as conn:
-        conn.execute(text("update jobs set status = 'succeeded', memo_key = :k, cost_usd = 0.01, "
-                          "response_text = 'it', finished_at = now() - interval '100 seconds' "
-                          "where id = :id"), {"k": key, "id": answered})
-    with farm.engine.connect() as conn:
+    with db.begin() as conn:
+        conn.execute("update jobs set status = 'succeeded', memo_key = %(k)s, cost_usd = 0.01, "
+                     "response_text = 'it', finished_at = now() - interval '100 seconds' "
+                     "where id = %(id)s", {"k": key, "id": answered})
+    # the planner setting is rolled back with the transaction: the pooled connection is clean
+    with db.connect() as conn, conn.transaction(force_rollback=True):
         found = memo_store.lookup_many(conn, [
             (tenant, key, 1000), (tenant, key, 10), (f"{tenant}-other", key, 1000),
             (tenant, other_key, 1000), (tenant, key, 1000)])
@@ -226,26 +228,25 @@ def test_many_lookups_in_one_statement_each_by_its_tenant_and_ttl(farm: Farm, te
             (answered, "it", Decimal("0.01")), None, None, None,
             (answered, "it", Decimal("0.01"))]
         assert memo_store.lookup_many(conn, []) == []
-        conn.execute(text("set enable_seqscan = off"))
-        plan = "\n".join(conn.execute(text("explain " + memo_store.LOOKUP_MANY_SQL.text), {
-            "tenants": [tenant], "keys": [key], "ttls": [60.0]}).scalars())
-        conn.rollback()
+        conn.execute("set enable_seqscan = off")
+        plan = "\n".join(scalars(conn.execute("explain " + memo_store.LOOKUP_MANY_SQL, {
+            "tenants": [tenant], "keys": [key], "ttls": [60.0]})))
     assert "ix_jobs_memo" in plan, plan
 
 
 def test_a_key_is_in_flight_while_its_job_is_on_the_batch_or_its_results_are_recorded(
-        farm: Farm, b: Batching, tenant: str) -> None:
+        farm: Farm, db: Database, b: Batching, tenant: str) -> None:
     from farm.batches import store
 
     ids = farm.submit_many([job(tenant)])
     assert len(loop.collect(b, Reconciler(b))) == 1
-    [item] = items(farm, ids)
+    [item] = items(db, ids)
     key = key_of(job(tenant))
 
     def flying(status: str | None = None) -> set[tuple[str, str]]:
-        with rows.connection(b.engine) as conn:
+        with b.db.connect() as conn:
             if status is not None:
-                conn.execute(text("update batches set status = :s where id = :id"),
+                conn.execute("update batches set status = %(s)s where id = %(id)s",
                              {"s": status, "id": item.batch_id})
             return store.keys_in_flight(conn, {(tenant, key), (tenant, "x" * 64),
                                                (f"{tenant}-other", key)})

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
 
 from farm.cli.main import main
 from farm.client import Farm
@@ -81,9 +80,9 @@ def test_a_change_sends_the_jobs_waiting_for_the_budget_back(env: dict[str, str]
     with Farm(settings) as client:
         waiting, other = client.submit_many([{"prompt": "a", "tenant": "a"},
                                              {"prompt": "b", "tenant": "b"}])
-        wait = text("UPDATE jobs SET next_run_at = now() + interval '1 hour', "
-                    "wait_reason = :r WHERE id = :id")
-        with client.engine.begin() as conn:
+        wait = ("UPDATE jobs SET next_run_at = now() + interval '1 hour', "
+                "wait_reason = %(r)s WHERE id = %(id)s")
+        with client.db.begin() as conn:
             conn.execute(wait, {"r": "budget tenant:a:day: spent $1.00 of $1.00", "id": waiting})
             conn.execute(wait, {"r": "budget tenant:ab:day: spent $1.00 of $1.00", "id": other})
         budget, woken = client.budgets.set(tenant="a", usd="2")

@@ -53,7 +53,7 @@ def farm(service_urls: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
         settings = Settings(broker_url=service_urls[0], database_url=url,
                             data_dir=tmp_path_factory.mktemp("estimates"))
         with Farm(settings) as handle:
-            with handle.engine.begin() as conn:
+            with handle.db.begin() as conn:
                 store.insert_jobs(conn, HISTORY)
             yield handle
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from sqlalchemy import create_engine, text
 
 from farm.client import Farm
 from farm.jobs import JobRequest, JobStatus, Usage
@@ -27,6 +26,7 @@ from farm.reliability import fencing, leases, loops
 from farm.settings import Settings
 from farm.store import attempts
 from farm.store import jobs as store
+from farm.store.db import Database
 from tests_e2e import API_KEY
 
 
@@ -59,21 +59,23 @@ def test_the_store_follows_the_fencing_rule_for_every_status(farm: Farm) -> None
     seen: set[fencing.Verdict] = set()
     for job, (status, attempt, intended) in zip(ids, cases, strict=True):
         # the job is at generation 2, with an earlier result and totals
-        with farm.engine.begin() as conn:
-            conn.execute(text(
-                "update jobs set status = :s, attempts = 2, response_text = 'earlier', "
+        with farm.db.begin() as conn:
+            conn.execute(
+                "update jobs set status = %(s)s, attempts = 2, response_text = 'earlier', "
                 "input_tokens = 10, output_tokens = 5, cost_usd = 0.001, "
-                "lease_until = now() + interval '1 minute' where id = :id"),
+                "lease_until = now() + interval '1 minute' where id = %(id)s",
                 {"s": status.value, "id": job})
-        got = attempts.record(farm.engine, started(job, attempt), ok(intended, "late or not"))
+        got = attempts.record(farm.db, started(job, attempt), ok(intended, "late or not"))
         want = fencing.verdict(status, generation=2, attempt=attempt)
         assert got is not None and got.verdict is want, (status, attempt, intended)
         assert got.status is fencing.next_status(status, want, intended)
         seen.add(want)
-        with farm.engine.connect() as conn:
-            row = conn.execute(text("select * from jobs where id = :id"), {"id": job}).one()
-            shot = conn.execute(text("select outcome, error, cost_usd from attempts "
-                                     "where job_id = :id"), {"id": job}).one()
+        with farm.db.connect() as conn:
+            row = conn.execute("select * from jobs where id = %(id)s", {"id": job}).fetchone()
+            shots = conn.execute("select outcome, error, cost_usd from attempts "
+                                 "where job_id = %(id)s", {"id": job}).fetchall()
+        assert row is not None and len(shots) == 1
+        shot = shots[0]
         assert row.status == got.status.value
         # billed either way: the totals count the call
         assert (row.input_tokens, row.output_tokens) == (110, 55)
@@ -87,7 +89,7 @@ def test_the_store_follows_the_fencing_rule_for_every_status(farm: Farm) -> None
             assert shot.outcome == "ok" and row.response_text == "late or not"
             assert row.lease_until is None
         # the same attempt delivered again changes nothing
-        assert attempts.record(farm.engine, started(job, attempt), ok(intended, "x")) is None
+        assert attempts.record(farm.db, started(job, attempt), ok(intended, "x")) is None
     assert seen == set(fencing.Verdict)
 
 
@@ -96,15 +98,16 @@ def test_two_successes_race_and_only_the_current_one_counts(farm: Farm) -> None:
     whichever answers first, only attempt 2 can succeed the job."""
     for late_first in (True, False):
         job = farm.submit(prompt="stalled")
-        first = store.start_job(farm.engine, job, lease_s=-1)  # its lease already ran out
-        second = store.start_job(farm.engine, job, lease_s=60)
+        first = store.start_job(farm.db, job, lease_s=-1)  # its lease already ran out
+        second = store.start_job(farm.db, job, lease_s=60)
         assert first is not None and second is not None and second.attempt == 2
         order = [(first, "zombie"), (second, "healthy")]
         for run, text_ in (order if late_first else order[::-1]):
-            attempts.record(farm.engine, run, ok(JobStatus.SUCCEEDED, text_))
-        with farm.engine.connect() as conn:
-            outcomes = dict(conn.execute(text(
-                "select attempt, outcome from attempts where job_id = :id"), {"id": job}).all())
+            attempts.record(farm.db, run, ok(JobStatus.SUCCEEDED, text_))
+        with farm.db.connect() as conn:
+            outcomes = dict(conn.execute(
+                "select attempt, outcome from attempts where job_id = %(id)s",
+                {"id": job}).fetchall())
         assert outcomes == {1: "superseded", 2: "ok"}
         view = farm.status(job)
         assert view.status is JobStatus.SUCCEEDED and view.response_text == "healthy"
@@ -115,14 +118,14 @@ def test_a_renewal_finds_a_lease_taken_over(farm: Farm) -> None:
     job, mine = farm.submit(prompt="taken over"), farm.submit(prompt="still mine")
     zombie = leases.Running()
     for jid in (job, mine):
-        run = store.start_job(farm.engine, jid, lease_s=60)
+        run = store.start_job(farm.db, jid, lease_s=60)
         assert run is not None
         zombie.add(jid, run.attempt)
-    with farm.engine.begin() as conn:  # reaped and started again elsewhere
-        conn.execute(text("update jobs set lease_until = now() - interval '1 second' "
-                          "where id = :id"), {"id": job})
-    assert store.start_job(farm.engine, job, lease_s=60) is not None
-    assert leases.renew(farm.engine, zombie, 60) == 1
+    with farm.db.begin() as conn:  # reaped and started again elsewhere
+        conn.execute("update jobs set lease_until = now() - interval '1 second' "
+                     "where id = %(id)s", {"id": job})
+    assert store.start_job(farm.db, job, lease_s=60) is not None
+    assert leases.renew(farm.db, zombie, 60) == 1
     assert zombie.lost() == {job}
     assert fencing.to_abandon(zombie.held(), zombie.clock(), lease_s=60, abandon_share=0.75,
                               lost=zombie.lost()) == [job]
@@ -157,7 +160,7 @@ def test_a_worker_whose_renewal_stalls_abandons_its_call(
     calls = Calls()
     running = leases.Running(abort=calls.abandon, clear=calls.clear)
     client = llm.make_client(settings, calls)
-    stalled = create_engine(stalled_postgres)
+    stalled = Database(stalled_postgres, size=1)
     stop = threading.Event()
     threads = loops.start_threads(stalled, running, lambda *_: None, lease_s=8,
                                   reaper_interval_s=60, stop=stop, abandon_share=0.5)

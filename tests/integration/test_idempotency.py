@@ -17,8 +17,6 @@ import pytest
 import redis
 from celery import Celery, Task
 from click.testing import CliRunner
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from celeryconfig import farm_retry_policies
 from farm import client as client_module
@@ -34,7 +32,7 @@ from farm.routing.route import parse_and_route
 from farm.settings import Settings
 from farm.store import jobs as store
 from farm.store import keyed
-from farm.store.schema import make_engine
+from farm.store.db import Database, dicts, scalar
 from farm.worker import intake as intake_module
 from farm.worker import runtime as rt
 from farm.worker import tasks
@@ -60,13 +58,6 @@ def farm(broker_url: str, database_url: str, tmp_path: Path) -> Iterator[Farm]:
         yield f
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    made = make_engine(database_url, autocommit=True)
-    yield made
-    made.dispose()
-
-
 def messages(broker_url: str) -> Counter[str]:
     """How many messages each job id has in the broker's lists."""
     client = redis.Redis.from_url(broker_url)
@@ -81,15 +72,14 @@ def messages(broker_url: str) -> Counter[str]:
     return found
 
 
-def rows(engine: Engine, key: str) -> list[dict[str, Any]]:
-    with engine.connect() as conn:
-        return [dict(r) for r in conn.execute(text(
-            "SELECT id, tenant, status, error, request_hash FROM jobs "
-            "WHERE idempotency_key = :k ORDER BY tenant"), {"k": key}).mappings()]
+def rows(db: Database, key: str) -> list[dict[str, Any]]:
+    with db.connect() as conn:
+        return dicts(conn, "SELECT id, tenant, status, error, request_hash FROM jobs "
+                           "WHERE idempotency_key = %(k)s ORDER BY tenant", {"k": key})
 
 
 def test_clients_racing_for_one_key_get_one_job_and_one_message(
-        broker_url: str, database_url: str, engine: Engine, tmp_path: Path) -> None:
+        broker_url: str, database_url: str, db: Database, tmp_path: Path) -> None:
     first, second = _key(), _key()
     jobs = {first: {"prompt": PROMPT, "idempotency_key": first},
             second: {"prompt": "another job", "idempotency_key": second, "priority": "high"}}
@@ -120,37 +110,37 @@ def test_clients_racing_for_one_key_get_one_job_and_one_message(
     assert not failed, failed
     assert len(got) == racers and all(g == got[0] for g in got), got
     for key in (first, second):
-        assert [r["id"] for r in rows(engine, key)] == [got[0][key]]
+        assert [r["id"] for r in rows(db, key)] == [got[0][key]]
     assert messages(broker_url) == {str(got[0][first]): 1, str(got[0][second]): 1}
 
 
 def test_a_concurrent_insert_of_a_held_key_waits_for_the_holder_then_gets_its_job(
-        engine: Engine, database_url: str) -> None:
+        db: Database, database_url: str) -> None:
     """The index decides, not a read: a second transaction inserting the key while the first
     has not committed waits on it, then finds the first's job."""
     key = _key()
     routed = parse_and_route(JobRequest(prompt=PROMPT, idempotency_key=key),
                              Settings().queues)
     holder, late = uuid.uuid4(), uuid.uuid4()
-    engines = [make_engine(database_url) for _ in range(2)]  # transactions, not autocommit
+    pools = [Database(database_url, size=1) for _ in range(2)]  # a transaction each
     pid: list[int] = []
     got: list[uuid.UUID] = []
 
     def second() -> None:
-        with engines[1].begin() as conn:
-            pid.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with pools[1].begin() as conn:
+            pid.append(scalar(conn.execute("SELECT pg_backend_pid()")))
             got.extend(keyed.record(conn, [(late, routed)]))
 
-    waiting = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p "
-                   "AND wait_event_type = 'Lock'")
+    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE pid = %(p)s "
+               "AND wait_event_type = 'Lock'")
     try:
-        with engines[0].begin() as conn:
+        with pools[0].begin() as conn:
             assert keyed.record(conn, [(holder, routed)]) == [holder]
             thread = threading.Thread(target=second)
             thread.start()
             for _ in range(400):  # until the second insert waits on the first's row
-                with engine.connect() as look:
-                    if pid and look.execute(waiting, {"p": pid[0]}).scalar_one():
+                with db.connect() as look:
+                    if pid and scalar(look.execute(waiting, {"p": pid[0]})):
                         break
                 threading.Event().wait(0.025)
             else:
@@ -158,24 +148,24 @@ def test_a_concurrent_insert_of_a_held_key_waits_for_the_holder_then_gets_its_jo
             assert not got
         thread.join(10)
     finally:
-        for made in engines:
-            made.dispose()
+        for made in pools:
+            made.close()
     assert got == [holder]
-    assert [r["id"] for r in rows(engine, key)] == [holder]
+    assert [r["id"] for r in rows(db, key)] == [holder]
 
 
-def test_the_same_key_in_two_tenants_is_two_jobs(farm: Farm, engine: Engine) -> None:
+def test_the_same_key_in_two_tenants_is_two_jobs(farm: Farm, db: Database) -> None:
     key = _key()
     one = farm.submit(prompt=PROMPT, tenant="t-one", idempotency_key=key)
     two = farm.submit(prompt=PROMPT, tenant="t-two", idempotency_key=key)
     assert one != two
-    assert [(r["id"], r["tenant"]) for r in rows(engine, key)] == [(one, "t-one"),
+    assert [(r["id"], r["tenant"]) for r in rows(db, key)] == [(one, "t-one"),
                                                                     (two, "t-two")]
     assert farm.submit(prompt=PROMPT, tenant="t-two", idempotency_key=key) == two
 
 
 def test_a_different_request_under_a_held_key_is_refused_and_nothing_is_enqueued(
-        farm: Farm, engine: Engine, broker_url: str) -> None:
+        farm: Farm, db: Database, broker_url: str) -> None:
     key = _key()
     holder = farm.submit(prompt=PROMPT, max_tokens=100, idempotency_key=key, tenant="svc")
     assert messages(broker_url) == {str(holder): 1}
@@ -183,8 +173,8 @@ def test_a_different_request_under_a_held_key_is_refused_and_nothing_is_enqueued
     again = {"tenant": "svc", "idempotency_key": key, "priority": "normal",
              "max_tokens": 100, "prompt": PROMPT}
     assert farm.submit(again) == holder
-    with engine.connect() as conn:
-        before = conn.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+    with db.connect() as conn:
+        before = scalar(conn.execute("SELECT count(*) FROM jobs"))
     for batch in ([{"prompt": PROMPT, "max_tokens": 101, "idempotency_key": key,
                     "tenant": "svc"}],
                   [{"prompt": "a fine new job"},
@@ -194,14 +184,14 @@ def test_a_different_request_under_a_held_key_is_refused_and_nothing_is_enqueued
         assert conflict.value.holder == holder and conflict.value.key == key
         assert f"{key!r} (tenant 'svc') is held by job {holder}" in str(conflict.value)
         assert PROMPT not in str(conflict.value)
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == before
+    with db.connect() as conn:
+        assert scalar(conn.execute("SELECT count(*) FROM jobs")) == before
     assert messages(broker_url) == {str(holder): 1}
     assert farm.status(holder).status is JobStatus.QUEUED
 
 
 def test_a_conflict_found_only_at_the_insert_rolls_its_chunk_back(
-        farm: Farm, engine: Engine, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        farm: Farm, db: Database, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A holder recorded after the check (a race) is found by the insert: the chunk's
     transaction writes nothing."""
     key = _key()
@@ -210,12 +200,12 @@ def test_a_conflict_found_only_at_the_insert_rolls_its_chunk_back(
     with pytest.raises(IdempotencyConflictError) as conflict:
         farm.submit_many([{"prompt": "new"}, {"prompt": "other", "idempotency_key": key}])
     assert conflict.value.holder == holder
-    assert [r["id"] for r in rows(engine, key)] == [holder]
+    assert [r["id"] for r in rows(db, key)] == [holder]
     assert messages(broker_url) == {str(holder): 1}
 
 
 def test_a_batch_repeating_a_key_is_one_job_within_and_across_chunks(
-        farm: Farm, engine: Engine, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        farm: Farm, db: Database, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_module, "SUBMIT_CHUNK", 2)
     a, b = _key(), _key()
     ids = farm.submit_many([
@@ -225,7 +215,7 @@ def test_a_batch_repeating_a_key_is_one_job_within_and_across_chunks(
     ])
     assert ids[0] == ids[1] == ids[5] and ids[3] != ids[0]
     assert len({ids[0], ids[2], ids[3], ids[4]}) == 4  # jobs without a key stay apart
-    assert [r["id"] for r in rows(engine, a)] == [ids[0]]
+    assert [r["id"] for r in rows(db, a)] == [ids[0]]
     assert messages(broker_url) == {str(i): 1 for i in (ids[0], ids[2], ids[3], ids[4])}
     # submitted again: the same ids, nothing published
     assert farm.submit_many([{"prompt": "B", "idempotency_key": b},
@@ -235,11 +225,11 @@ def test_a_batch_repeating_a_key_is_one_job_within_and_across_chunks(
         farm.submit_many([{"prompt": "C", "idempotency_key": "c-" + a},
                           {"prompt": "D", "idempotency_key": "c-" + a}])
     assert [(i, f) for i, f, _ in refused.value.problems] == [(1, "idempotency_key")]
-    assert rows(engine, "c-" + a) == []
+    assert rows(db, "c-" + a) == []
 
 
 def test_an_unpublished_keyed_job_stays_failed_and_a_holder_is_never_failed_by_another(
-        farm: Farm, engine: Engine, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        farm: Farm, db: Database, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     held, lost = _key(), _key()
     holder = farm.submit(prompt=PROMPT, idempotency_key=held)
 
@@ -263,16 +253,16 @@ def test_an_unpublished_keyed_job_stays_failed_and_a_holder_is_never_failed_by_a
 
 
 def test_a_replayed_dead_keyed_job_is_a_new_job_without_the_key(
-        farm: Farm, engine: Engine) -> None:
+        farm: Farm, db: Database) -> None:
     key = _key()
     dead = farm.submit(prompt=PROMPT, idempotency_key=key)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE jobs SET status = 'dead' WHERE id = :j"), {"j": dead})
-    dlq.record(engine, dead, "test", "made dead by the test")
+    with db.begin() as conn:
+        conn.execute("UPDATE jobs SET status = 'dead' WHERE id = %(j)s", {"j": dead})
+    dlq.record(db, dead, "test", "made dead by the test")
     [(old, new)] = farm.replay([dead])
     assert old == dead and new != dead
     assert farm.submit(prompt=PROMPT, idempotency_key=key) == dead
-    assert [r["id"] for r in rows(engine, key)] == [dead]
+    assert [r["id"] for r in rows(db, key)] == [dead]
 
 
 # --- the CLI --------------------------------------------------------------------------
@@ -289,7 +279,7 @@ def env(broker_url: str, database_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def test_farm_submit_with_a_key_prints_the_same_job_and_names_a_conflict(
-        env: dict[str, str], engine: Engine, broker_url: str) -> None:
+        env: dict[str, str], db: Database, broker_url: str) -> None:
     key = _key()
     args = ("submit", "--prompt", PROMPT, "--tenant", "cli", "--idempotency-key", key)
     code, out, err = cli(env, *args)
@@ -303,25 +293,25 @@ def test_farm_submit_with_a_key_prints_the_same_job_and_names_a_conflict(
     assert err.startswith(f"Error: idempotency_key {key!r} (tenant 'cli') is held by job "
                           f"{job}, submitted with a different request")
     assert len(err.strip().splitlines()) == 1
-    assert [str(r["id"]) for r in rows(engine, key)] == [job]
+    assert [str(r["id"]) for r in rows(db, key)] == [job]
     assert messages(broker_url)[job] == 1
 
 
 def test_farm_submit_passes_the_saving_options_to_the_job(
-        env: dict[str, str], engine: Engine) -> None:
+        env: dict[str, str], db: Database) -> None:
     code, out, err = cli(env, "submit", "--prompt", PROMPT, "--memo", "--memo-ttl-s", "60",
                          "--cache", "1h", "--no-batch")
     assert code == 0, err
-    with engine.connect() as conn:
-        request = conn.execute(text("SELECT request FROM jobs WHERE id = :j"),
-                               {"j": out.strip()}).scalar_one()
+    with db.connect() as conn:
+        request = scalar(conn.execute("SELECT request FROM jobs WHERE id = %(j)s",
+                                      {"j": out.strip()}))
     assert (request["memo"], request["memo_ttl_s"], request["cache"], request["batch"]) == (
         True, 60, "1h", False)
     code, _, err = cli(env, "submit", "--prompt", PROMPT, "--cache", "2h")
     assert code == 2 and "--cache" in err
 
 
-def test_farm_submit_file_lines_carry_keys(env: dict[str, str], engine: Engine,
+def test_farm_submit_file_lines_carry_keys(env: dict[str, str], db: Database,
                                            tmp_path: Path) -> None:
     key = _key()
     path = tmp_path / "jobs.jsonl"
@@ -346,7 +336,7 @@ def test_farm_submit_file_lines_carry_keys(env: dict[str, str], engine: Engine,
     assert code == 1
     assert err.startswith(f"Error: {path}:1: idempotency_key {key!r} (tenant 'default') "
                           f"is held by job {ids[0]}")
-    assert rows(engine, "n-" + key) == [] and len(rows(engine, key)) == 1
+    assert rows(db, "n-" + key) == [] and len(rows(db, key)) == 1
     code, _, err = cli(env, "submit", "--file", str(path), "--idempotency-key", "k")
     assert code == 2 and "--idempotency-key: with --file, each job's fields come from its " \
         "line" in err
@@ -358,10 +348,10 @@ class Worker:
     """A farm worker's task on an in-memory broker (dead letters go nowhere else), taking
     inline jobs' messages from farm-intake against the real database."""
 
-    def __init__(self, engine: Engine, tmp_path: Path) -> None:
+    def __init__(self, db: Database, tmp_path: Path) -> None:
         self.app: Celery = create_app(Settings(data_dir=tmp_path), broker_url="memory://")
         self.runtime = rt.Runtime(
-            settings=Settings(data_dir=tmp_path), engine=engine, client=None,
+            settings=Settings(data_dir=tmp_path), db=db, client=None,
             prices=default_pricebook(), policies=farm_retry_policies, running=Running(),
             stop=threading.Event(), hold=None, gate=None)
         tasks.register(self.app, lambda: self.runtime)
@@ -392,14 +382,14 @@ class Worker:
 
 
 @pytest.fixture
-def worker(engine: Engine, tmp_path: Path) -> Iterator[Worker]:
-    made = Worker(engine, tmp_path)
+def worker(db: Database, tmp_path: Path) -> Iterator[Worker]:
+    made = Worker(db, tmp_path)
     yield made
     made.app.close()
 
 
 def test_an_inline_job_under_a_held_key_is_the_holder_and_runs_never(
-        farm: Farm, engine: Engine, worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+        farm: Farm, db: Database, worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
     key = _key()
     holder = farm.submit(prompt=PROMPT, tenant="svc", idempotency_key=key)
     message = uuid.uuid4()
@@ -411,12 +401,12 @@ def test_an_inline_job_under_a_held_key_is_the_holder_and_runs_never(
     assert (f"job {message}: its idempotency key is held by job {holder} (queued), sent with "
             "the same request: not run again") in caplog.text
     assert PROMPT not in caplog.text
-    assert store.get_jobs(engine, [message]) == {}  # no row: nothing of it can run
-    assert [r["id"] for r in rows(engine, key)] == [holder]
+    assert store.get_jobs(db, [message]) == {}  # no row: nothing of it can run
+    assert [r["id"] for r in rows(db, key)] == [holder]
 
 
 def test_an_inline_keyed_job_holds_the_key_for_every_client_and_a_redelivery_is_itself(
-        farm: Farm, engine: Engine, worker: Worker) -> None:
+        farm: Farm, db: Database, worker: Worker) -> None:
     key = _key()
     first = uuid.uuid4()
     request = {"prompt": PROMPT, "idempotency_key": key}
@@ -425,11 +415,11 @@ def test_an_inline_keyed_job_holds_the_key_for_every_client_and_a_redelivery_is_
     assert farm.submit(prompt=PROMPT, idempotency_key=key) == first
     with pytest.raises(IdempotencyConflictError):
         farm.submit(prompt="changed", idempotency_key=key)
-    assert [r["id"] for r in rows(engine, key)] == [first]
+    assert [r["id"] for r in rows(db, key)] == [first]
 
 
 def test_an_inline_job_under_a_key_held_with_another_request_fails_naming_both(
-        farm: Farm, engine: Engine, worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
+        farm: Farm, db: Database, worker: Worker, caplog: pytest.LogCaptureFixture) -> None:
     key = _key()
     holder = farm.submit(prompt="the first request", idempotency_key=key)
     message = uuid.uuid4()
@@ -437,12 +427,12 @@ def test_an_inline_job_under_a_key_held_with_another_request_fails_naming_both(
         worker.deliver(message, {"prompt": PROMPT, "idempotency_key": key})
     assert (ended.value.job_id, ended.value.status, ended.value.error_class) == (
         str(message), "failed", "invalid")
-    row = store.get_jobs(engine, [message], columns=["id", "status", "error"])[message]
+    row = store.get_jobs(db, [message], columns=["id", "status", "error"])[message]
     assert row["status"] == "failed"
     assert row["error"] == (f"invalid job: idempotency_key {key!r} (tenant 'default') is held "
                             f"by job {holder}, submitted with a different request: this one "
                             "is refused (a key comes with the same request every time; a new "
                             "job needs a new key)")
-    assert dlq.entry(engine, message) is not None
-    assert [r["id"] for r in rows(engine, key)] == [holder]
+    assert dlq.entry(db, message) is not None
+    assert [r["id"] for r in rows(db, key)] == [holder]
     assert PROMPT not in caplog.text

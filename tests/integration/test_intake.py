@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 from celery import Celery, Task
 from celery.exceptions import Retry
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from celeryconfig import farm_retry_policies
 from farm.app import create_app
@@ -26,7 +24,7 @@ from farm.reliability.leases import Running
 from farm.services import free_port
 from farm.settings import Settings
 from farm.store import jobs as store
-from farm.store.schema import make_engine
+from farm.store.db import Database, dict_one
 from farm.worker import runtime as rt
 from farm.worker import tasks
 from farm.worker.outcome import JobFailed
@@ -48,11 +46,11 @@ def worker_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     app.close()
 
 
-def _deliverer(worker_app: App, engine: Engine, tmp_path: Path) -> Deliver:
+def _deliverer(worker_app: App, db: Database, tmp_path: Path) -> Deliver:
     app, current = worker_app
-    # what intake uses of a worker's runtime: settings, the engine, the prices (the cost
+    # what intake uses of a worker's runtime: settings, the database, the prices (the cost
     # cap), the retry policies
-    runtime = rt.Runtime(settings=Settings(data_dir=tmp_path), engine=engine, client=None,
+    runtime = rt.Runtime(settings=Settings(data_dir=tmp_path), db=db, client=None,
                          prices=default_pricebook(), policies=farm_retry_policies,
                          running=Running(), stop=threading.Event(), hold=None, gate=None)
     current[0] = runtime
@@ -71,19 +69,13 @@ def _deliverer(worker_app: App, engine: Engine, tmp_path: Path) -> Deliver:
     return deliver
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url, autocommit=True)
-    yield engine
-    engine.dispose()
-
-
-def _row(engine: Engine, job_id: uuid.UUID) -> dict[str, Any]:
-    with engine.connect() as conn:
-        job = conn.execute(text("select status, request, error from jobs where id = :j"),
-                           {"j": job_id}).mappings().one()
-        dead = conn.execute(text("select error_class, error_message from dead_letters "
-                                 "where job_id = :j"), {"j": job_id}).mappings().one()
+def _row(db: Database, job_id: uuid.UUID) -> dict[str, Any]:
+    with db.connect() as conn:
+        job = dict_one(conn, "select status, request, error from jobs where id = %(j)s",
+                       {"j": job_id})
+        dead = dict_one(conn, "select error_class, error_message from dead_letters "
+                              "where job_id = %(j)s", {"j": job_id})
+    assert job is not None and dead is not None
     return {**job, **{f"dead_{k}": v for k, v in dead.items()}}
 
 
@@ -91,8 +83,7 @@ def test_an_inline_job_the_database_cannot_take_comes_back_later(
     worker_app: App, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # nothing listens there: every statement fails to connect
-    down = make_engine(f"postgresql+psycopg://farm:pw@127.0.0.1:{free_port()}/farm",
-                       autocommit=True, pre_ping=False)
+    down = Database(f"postgresql://farm:pw@127.0.0.1:{free_port()}/farm", ping_s=None)
     deliver = _deliverer(worker_app, down, tmp_path)
     request = {"prompt": f"{PROMPT} what is 2 + 2?"}
     job = uuid.uuid4()
@@ -102,7 +93,7 @@ def test_an_inline_job_the_database_cannot_take_comes_back_later(
         with pytest.raises(Retry) as later:
             deliver(job, request, retries=3)
     finally:
-        down.dispose()
+        down.close()
     # the message comes back, with the request (there is no row to run it from), later
     assert first.value.sig.kwargs["request"] == request
     assert first.value.when == 1.0 and later.value.when == 8.0
@@ -114,7 +105,7 @@ def test_an_inline_job_the_database_cannot_take_comes_back_later(
 
 
 def test_an_inline_job_postgres_cannot_store_fails_without_its_text(
-    worker_app: App, engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    worker_app: App, db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # a row Postgres refuses although the job passed validation (here: a NUL slipped in);
@@ -126,14 +117,14 @@ def test_an_inline_job_postgres_cannot_store_fails_without_its_text(
         return {**row, "request": {**row["request"], "prompt": row["request"]["prompt"] + "\0"}}
 
     monkeypatch.setattr(store, "new_job_row", with_nul)
-    deliver = _deliverer(worker_app, engine, tmp_path)
+    deliver = _deliverer(worker_app, db, tmp_path)
     request = {"prompt": f"{PROMPT} what is 2 + 2?"}
     job = uuid.uuid4()
     with caplog.at_level(logging.INFO), pytest.raises(JobFailed) as ended:
         deliver(job, request)
     assert (ended.value.job_id, ended.value.status, ended.value.error_class) == (
         str(job), "failed", "invalid")
-    row = _row(engine, job)
+    row = _row(db, job)
     assert row["status"] == "failed" and row["request"] == request  # as sent: storable
     assert row["error"] == ("the job could not be stored: UntranslatableCharacter "
                             "(SQLSTATE 22P05)")
@@ -152,15 +143,15 @@ def test_an_inline_job_postgres_cannot_store_fails_without_its_text(
      "at $5.00/M on claude-haiku-4-5 = $0.1000) exceeds the job's cost cap $0.0500"),
 ])
 def test_an_invalid_inline_job_is_recorded_failed_naming_the_field_not_the_prompt(
-    worker_app: App, engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    worker_app: App, db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     request_: dict[str, Any], named: str,
 ) -> None:
-    deliver = _deliverer(worker_app, engine, tmp_path)
+    deliver = _deliverer(worker_app, db, tmp_path)
     job = uuid.uuid4()
     with caplog.at_level(logging.INFO), pytest.raises(JobFailed) as ended:
         deliver(job, request_)
     assert ended.value.status == "failed"
-    row = _row(engine, job)
+    row = _row(db, job)
     assert row["status"] == "failed" and row["error"].startswith(f"invalid job: {named}")
     assert row["dead_error_message"] == row["error"]
     # the request is kept when Postgres can store it, left out when it cannot (a NUL)

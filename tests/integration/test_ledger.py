@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from farm.capacity.config import LimiterConfig, ModelLimits
 from farm.capacity.limiter import Limiter
@@ -26,7 +24,7 @@ from farm.costs.book import BudgetBook
 from farm.costs.estimate import from_nano, to_nano
 from farm.costs.ledger import Charge, Ledger, LedgerConfig, OverBudget
 from farm.jobs import Priority
-from farm.store.schema import make_engine
+from farm.store.db import Database
 from tests_support import fresh_database
 
 MODEL = "claude-haiku-4-5"
@@ -46,11 +44,11 @@ class Clock:
 
 
 @pytest.fixture(scope="module")
-def engine(database_url: str) -> Iterator[Engine]:
+def db(database_url: str) -> Iterator[Database]:
     with fresh_database(database_url, "ledger", "head") as url:
-        eng = make_engine(url, pool_size=2, max_overflow=2)
-        yield eng
-        eng.dispose()
+        made = Database(url, size=4)
+        yield made
+        made.close()
 
 
 @pytest.fixture
@@ -61,18 +59,18 @@ def client(broker_url: str) -> Iterator[redis.Redis]:
 
 
 class Rig:
-    def __init__(self, client: redis.Redis, engine: Engine, budgets: list[b.Budget], *,
+    def __init__(self, client: redis.Redis, db: Database, budgets: list[b.Budget], *,
                  limits: ModelLimits | None = None, keep_rows: bool = False,
                  **config: Any) -> None:
         self.clock = Clock(NOW.timestamp())
-        self.book = BudgetBook(client, engine)
-        with engine.begin() as conn:
-            conn.execute(text("DELETE FROM budgets"))
+        self.book = BudgetBook(client, db)
+        with db.begin() as conn:
+            conn.execute("DELETE FROM budgets")
             if not keep_rows:
-                conn.execute(text("DELETE FROM attempts; DELETE FROM jobs"))
+                conn.execute("DELETE FROM attempts; DELETE FROM jobs")
         for budget in budgets:
             self.book.set(budget)
-        self.ledger = Ledger(client, engine, LedgerConfig(**config), self.book.mirrored,
+        self.ledger = Ledger(client, db, LedgerConfig(**config), self.book.mirrored,
                              now=lambda: datetime.fromtimestamp(self.clock.t, UTC),
                              clock=self.clock)
         models = {MODEL: limits} if limits else {}
@@ -109,22 +107,23 @@ def hard(limit: str, scope: b.Scope = b.Scope.TENANT, name: str = "a",
 
 
 def test_a_new_period_is_seeded_from_postgres_then_counted(client: redis.Redis,
-                                                           engine: Engine) -> None:
+                                                           db: Database) -> None:
     job = uuid.uuid4()
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM attempts; DELETE FROM jobs"))
-        conn.execute(text(
+    with db.begin() as conn:
+        conn.execute("DELETE FROM attempts; DELETE FROM jobs")
+        conn.execute(
             "INSERT INTO jobs (id, status, complexity, queue, model, priority, tenant, request)"
-            " VALUES (:id, 'succeeded', 'simple', 'q', :m, 'normal', 'a', '{}')"),
+            " VALUES (%(id)s, 'succeeded', 'simple', 'q', %(m)s, 'normal', 'a', '{}')",
             {"id": job, "m": MODEL})
         for n, (at, cost) in enumerate([(NOW - timedelta(hours=1), "0.30"),
                                         (NOW - timedelta(days=1), "5.00")], 1):
-            conn.execute(text(
+            conn.execute(
                 "INSERT INTO attempts (job_id, attempt, queue, model, outcome, cost_usd,"
-                " started_at, finished_at) VALUES (:j, :n, 'q', :m, 'ok', :c, :t, :t)"),
+                " started_at, finished_at) VALUES (%(j)s, %(n)s, 'q', %(m)s, 'ok', %(c)s, %(t)s,"
+                " %(t)s)",
                 {"j": job, "n": n, "m": MODEL, "c": Decimal(cost), "t": at})
     budget = hard("1.00")
-    rig = Rig(client, engine, [budget], keep_rows=True)
+    rig = Rig(client, db, [budget], keep_rows=True)
     charge = rig.charge("0.50")
     assert rig.acquire(charge) == b.Seed(0)  # Redis has no count of today yet
     got = rig.admit(charge)
@@ -138,15 +137,15 @@ def test_a_new_period_is_seeded_from_postgres_then_counted(client: redis.Redis,
     assert isinstance(rig.admit(rig.charge("0.50")), Grant)
     # Redis loses everything (a restart): the mirror and today's count come back from Postgres
     client.flushdb()
-    rig2 = Rig(client, engine, [budget], keep_rows=True)
+    rig2 = Rig(client, db, [budget], keep_rows=True)
     assert isinstance(rig2.admit(rig2.charge("0.50")), Grant)
     assert rig2.standing(budget) == (Decimal("0.3"), Decimal("0.5"))
 
 
 def test_a_spent_budget_waits_or_fails_as_it_says_and_a_raise_lets_calls_through(
-        client: redis.Redis, engine: Engine) -> None:
+        client: redis.Redis, db: Database) -> None:
     budget = hard("1.00", on_exceed=b.OnExceed.FAIL)
-    rig = Rig(client, engine, [budget])
+    rig = Rig(client, db, [budget])
     first = rig.charge("0.60")
     assert isinstance(rig.admit(first), Grant)
     rig.ledger.settle(first, Decimal("0.60"))
@@ -164,10 +163,10 @@ def test_a_spent_budget_waits_or_fails_as_it_says_and_a_raise_lets_calls_through
     assert isinstance(rig.admit(rig.charge("0.60")), Grant)
 
 
-def test_soft_budgets_never_block_but_count(client: redis.Redis, engine: Engine) -> None:
+def test_soft_budgets_never_block_but_count(client: redis.Redis, db: Database) -> None:
     soft = b.Budget(scope=b.Scope.GLOBAL, period=b.Period.HOUR, limit_usd=Decimal("0.1"),
                     mode=b.Mode.SOFT, alert_share=0.8)
-    rig = Rig(client, engine, [soft])
+    rig = Rig(client, db, [soft])
     crossed = []
     for _ in range(3):
         charge = rig.charge("0.10")
@@ -178,9 +177,9 @@ def test_soft_budgets_never_block_but_count(client: redis.Redis, engine: Engine)
     assert crossed == [[], [soft], []]
 
 
-def test_reservations_of_a_dead_worker_come_back(client: redis.Redis, engine: Engine) -> None:
+def test_reservations_of_a_dead_worker_come_back(client: redis.Redis, db: Database) -> None:
     budget = hard("1.00")
-    rig = Rig(client, engine, [budget], reservation_ttl_s=30)
+    rig = Rig(client, db, [budget], reservation_ttl_s=30)
     assert isinstance(rig.admit(rig.charge("0.90")), Grant)  # never settled
     assert isinstance(rig.admit(rig.charge("0.50")), Wait)
     rig.clock.t += 31
@@ -189,12 +188,12 @@ def test_reservations_of_a_dead_worker_come_back(client: redis.Redis, engine: En
 
 
 @pytest.mark.parametrize("limited", [False, True])
-def test_300_concurrent_calls_never_cross_a_hard_budget(client: redis.Redis, engine: Engine,
+def test_300_concurrent_calls_never_cross_a_hard_budget(client: redis.Redis, db: Database,
                                                         limited: bool) -> None:
     """Every grant reserves its worst case atomically: whatever the interleaving, what is
     granted fits the limit; the settled spend (actual <= worst) does too."""
     budgets = [hard("1.00"), hard("0.70", b.Scope.GLOBAL)]
-    rig = Rig(client, engine, budgets, limits=ModelLimits(rpm=100_000) if limited else None)
+    rig = Rig(client, db, budgets, limits=ModelLimits(rpm=100_000) if limited else None)
     seeding = rig.charge("0.01")
     assert isinstance(rig.admit(seeding), Grant)  # seeds both periods first
     rig.ledger.settle(seeding, Decimal(0))
@@ -225,14 +224,14 @@ def test_300_concurrent_calls_never_cross_a_hard_budget(client: redis.Redis, eng
     assert held == 0 and spent is not None and spent <= Decimal("0.70")
 
 
-def test_the_script_decides_as_its_twin(client: redis.Redis, engine: Engine) -> None:
+def test_the_script_decides_as_its_twin(client: redis.Redis, db: Database) -> None:
     """Random asks and settlements on three budgets (one soft, one that fails): the script's
     answer and the standings after each step equal farm.costs.budgets' pure ones."""
     rng = random.Random(11)
     budgets = [hard("0.50"), hard("0.80", b.Scope.QUEUE, "q", b.OnExceed.FAIL),
                b.Budget(scope=b.Scope.MODEL, name=MODEL, period=b.Period.MONTH,
                         limit_usd=Decimal("0.2"), mode=b.Mode.SOFT, alert_share=0.5)]
-    rig = Rig(client, engine, budgets)
+    rig = Rig(client, db, budgets)
     order = sorted(budgets, key=lambda x: x.id)
     twin = [b.Standing(to_nano(x.limit_usd), x.mode is b.Mode.HARD,
                        x.on_exceed is b.OnExceed.FAIL, seeded=False) for x in order]
@@ -270,8 +269,8 @@ def test_the_script_decides_as_its_twin(client: redis.Redis, engine: Engine) -> 
 
 
 def test_the_cost_breaker_opens_holds_and_closes_as_its_twin(client: redis.Redis,
-                                                             engine: Engine) -> None:
-    rig = Rig(client, engine, [], breaker_usd_per_min=Decimal("1.00"), breaker_window_s=60,
+                                                             db: Database) -> None:
+    rig = Rig(client, db, [], breaker_usd_per_min=Decimal("1.00"), breaker_window_s=60,
               breaker_close_share=0.5)
     window, is_open, opened = sr.SpendWindow(), False, 0
     for step in range(240):  # four minutes, a call a second, $0.02 each (20 % more)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import text
 
 from celeryconfig import farm_retry_policies
 from farm.client import Farm
@@ -31,6 +30,7 @@ from farm.routing.escalation import as_sent
 from farm.settings import Settings
 from farm.store import attempts
 from farm.store import jobs as store
+from farm.store.db import scalars
 from farm.worker import runtime as rt
 
 KEY = "k" * 64
@@ -44,13 +44,15 @@ def farm(broker_url: str, database_url: str, tmp_path: Path) -> Iterator[Farm]:
 
 
 def row(farm: Farm, job: uuid.UUID) -> Any:
-    with farm.engine.connect() as conn:
-        return conn.execute(text("select * from jobs where id = :id"), {"id": job}).one()
+    with farm.db.connect() as conn:
+        found = conn.execute("select * from jobs where id = %(id)s", {"id": job}).fetchone()
+    assert found is not None
+    return found
 
 
 def sql(farm: Farm, statement: str, **params: Any) -> None:
-    with farm.engine.begin() as conn:
-        conn.execute(text(statement), params)
+    with farm.db.begin() as conn:
+        conn.execute(statement, params)
 
 
 def answered(status: JobStatus, cost: str, answer: str) -> attempts.Outcome:
@@ -65,55 +67,56 @@ def original(farm: Farm, *, tenant: str = "acme", cost: str = "0.01", age_s: flo
     """A job of ``tenant`` that ended ``status`` from its own call ``age_s`` ago, keyed."""
     job_id = farm.submit(prompt=f"original {uuid.uuid4()}", tenant=tenant, memo=True,
                          complexity="simple")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None
-    attempts.record(farm.engine, job, answered(status, cost, f"answer of {job_id}"))
-    sql(farm, "update jobs set memo_key = :k, finished_at = now() - make_interval(secs => :a)"
-        " where id = :id", k=key, a=age_s, id=job_id)
+    attempts.record(farm.db, job, answered(status, cost, f"answer of {job_id}"))
+    sql(farm, "update jobs set memo_key = %(k)s, "
+        "finished_at = now() - make_interval(secs => %(a)s) where id = %(id)s",
+        k=key, a=age_s, id=job_id)
     return job_id
 
 
 def test_the_lookup_finds_the_newest_answer_of_the_tenant_within_the_ttl(farm: Farm) -> None:
     old = original(farm, cost="0.01", age_s=100)
     new = original(farm, cost="0.02", age_s=10)
-    found = memo_store.lookup(farm.engine, "acme", KEY, 1_000)
+    found = memo_store.lookup(farm.db, "acme", KEY, 1_000)
     assert found is not None and found.id == new
     assert found.cost_usd == Decimal("0.02") and found.response_text == f"answer of {new}"
     assert found.served_model == "claude-haiku-4-5" and found.stop_reason == "end_turn"
-    assert memo_store.lookup(farm.engine, "acme", KEY, 60).id == new  # type: ignore[union-attr]
-    assert memo_store.lookup(farm.engine, "acme", KEY, 5) is None  # both too old
-    sql(farm, "update jobs set finished_at = now() - interval '200 seconds' where id = :id",
+    assert memo_store.lookup(farm.db, "acme", KEY, 60).id == new  # type: ignore[union-attr]
+    assert memo_store.lookup(farm.db, "acme", KEY, 5) is None  # both too old
+    sql(farm, "update jobs set finished_at = now() - interval '200 seconds' where id = %(id)s",
         id=new)
-    assert memo_store.lookup(farm.engine, "acme", KEY, 150).id == old  # type: ignore[union-attr]
+    assert memo_store.lookup(farm.db, "acme", KEY, 150).id == old  # type: ignore[union-attr]
     # another tenant's identical job, another key: nothing
-    assert memo_store.lookup(farm.engine, "other", KEY, 1_000) is None
-    assert memo_store.lookup(farm.engine, "acme", "j" * 64, 1_000) is None
+    assert memo_store.lookup(farm.db, "other", KEY, 1_000) is None
+    assert memo_store.lookup(farm.db, "acme", "j" * 64, 1_000) is None
     original(farm, tenant="other", key="o" * 64)
-    assert memo_store.lookup(farm.engine, "acme", "o" * 64, 1_000) is None
-    assert memo_store.lookup(farm.engine, "other", "o" * 64, 1_000) is not None
+    assert memo_store.lookup(farm.db, "acme", "o" * 64, 1_000) is None
+    assert memo_store.lookup(farm.db, "other", "o" * 64, 1_000) is not None
 
 
 def test_only_answers_that_succeeded_from_their_own_call_serve(farm: Farm) -> None:
     failed = original(farm, status=JobStatus.FAILED, key="f" * 64)
-    assert memo_store.lookup(farm.engine, "acme", "f" * 64, 1_000) is None
-    sql(farm, "update jobs set memo_key = null where id = :id", id=failed)
-    assert not memo_store.remember(farm.engine, failed, "f" * 64)  # a failed job: no key
+    assert memo_store.lookup(farm.db, "acme", "f" * 64, 1_000) is None
+    sql(farm, "update jobs set memo_key = null where id = %(id)s", id=failed)
+    assert not memo_store.remember(farm.db, failed, "f" * 64)  # a failed job: no key
     assert row(farm, failed).memo_key is None
     hit = original(farm, key="h" * 64)
-    sql(farm, "update jobs set cache_hit = true where id = :id", id=hit)
-    assert memo_store.lookup(farm.engine, "acme", "h" * 64, 1_000) is None
-    assert not memo_store.remember(farm.engine, hit, "x" * 64)  # nor on a hit
+    sql(farm, "update jobs set cache_hit = true where id = %(id)s", id=hit)
+    assert memo_store.lookup(farm.db, "acme", "h" * 64, 1_000) is None
+    assert not memo_store.remember(farm.db, hit, "x" * 64)  # nor on a hit
 
 
 def test_a_hit_ends_the_job_succeeded_with_the_answer_cost_0_and_the_saving(
         farm: Farm) -> None:
     first = original(farm, cost="0.0123")
-    found = memo_store.lookup(farm.engine, "acme", KEY, 1_000)
+    found = memo_store.lookup(farm.db, "acme", KEY, 1_000)
     assert found is not None
     job_id = farm.submit(prompt="the same", tenant="acme", memo=True, complexity="simple")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None and job.attempt == 1
-    assert memo_store.record_hit(farm.engine, job, KEY, found)
+    assert memo_store.record_hit(farm.db, job, KEY, found)
     got = row(farm, job_id)
     assert (got.status, got.cache_hit, got.saved_usd, got.cost_usd) == (
         "succeeded", True, Decimal("0.0123"), Decimal(0))
@@ -123,26 +126,25 @@ def test_a_hit_ends_the_job_succeeded_with_the_answer_cost_0_and_the_saving(
     assert got.finished_at is not None and got.lease_until is None and got.error is None
     view = farm.status(job_id)
     assert view.cache_hit and view.saved_usd == Decimal("0.0123") and view.done
-    assert not memo_store.record_hit(farm.engine, job, KEY, found)  # ended already
+    assert not memo_store.record_hit(farm.db, job, KEY, found)  # ended already
     # the hit serves nobody: the original does
-    assert memo_store.lookup(farm.engine, "acme", KEY, 1_000).id == first  # type: ignore[union-attr]
+    assert memo_store.lookup(farm.db, "acme", KEY, 1_000).id == first  # type: ignore[union-attr]
     # a job cancelled meanwhile is not ended as a hit
     late = farm.submit(prompt="the same", tenant="acme", memo=True, complexity="simple")
-    late_job = store.start_job(farm.engine, late)
+    late_job = store.start_job(farm.db, late)
     assert late_job is not None
     farm.cancel(late)
-    assert not memo_store.record_hit(farm.engine, late_job, KEY, found)
+    assert not memo_store.record_hit(farm.db, late_job, KEY, found)
     assert row(farm, late).status == "cancelled" and not row(farm, late).cache_hit
 
 
 def test_the_lookup_is_served_by_the_partial_index(farm: Farm) -> None:
     original(farm)
-    with farm.engine.connect() as conn:
-        conn.execute(text("set enable_seqscan = off"))
-        plan = "\n".join(conn.execute(text("explain " + memo_store.LOOKUP_SQL.replace(
-            "%(tenant)s", "'acme'").replace("%(key)s", f"'{KEY}'").replace(
-            "%(ttl_s)s", "60"))).scalars())
-        conn.rollback()
+    # the planner setting is rolled back with the transaction: the pooled connection is clean
+    with farm.db.connect() as conn, conn.transaction(force_rollback=True):
+        conn.execute("set enable_seqscan = off")
+        plan = "\n".join(scalars(conn.execute("explain " + memo_store.LOOKUP_SQL,
+                                               {"tenant": "acme", "key": KEY, "ttl_s": 60})))
     assert "ix_jobs_memo" in plan, plan
 
 
@@ -210,7 +212,7 @@ def test_a_crashed_holders_mark_expires(client: redis.Redis) -> None:
 def test_the_memo_step_of_two_identical_jobs(farm: Farm, client: redis.Redis,
                                             tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, memo_wait_s=60)
-    runtime = rt.Runtime(settings=settings, engine=farm.engine, client=None,  # type: ignore[arg-type]
+    runtime = rt.Runtime(settings=settings, db=farm.db, client=None,  # type: ignore[arg-type]
                          prices=default_pricebook(), policies=farm_retry_policies,
                          running=Running(), stop=threading.Event(), hold=None,  # type: ignore[arg-type]
                          gate=None, inflight=InFlight(client, wait_s=60))  # type: ignore[arg-type]
@@ -219,7 +221,7 @@ def test_the_memo_step_of_two_identical_jobs(farm: Farm, client: redis.Redis,
     plain, warmer = farm.submit_many([{**job, "memo": False}, {**job, "temperature": 0.5}])
 
     def started(job_id: uuid.UUID) -> store.StartedJob:
-        got = store.start_job(farm.engine, job_id)
+        got = store.start_job(farm.db, job_id)
         assert got is not None
         return got.__class__(**{**got.__dict__, "request": as_sent(got.request)})
 
@@ -236,7 +238,7 @@ def test_the_memo_step_of_two_identical_jobs(farm: Farm, client: redis.Redis,
     other = memo_run.check(runtime, started(warmer))  # another temperature: another key
     assert isinstance(other, memo_run.Memo) and other.holds and other.key != memo.key
     # the first call's answer is recorded, keyed, and the mark released
-    attempts.record(farm.engine, first, answered(JobStatus.SUCCEEDED, "0.0042", "42"))
+    attempts.record(farm.db, first, answered(JobStatus.SUCCEEDED, "0.0042", "42"))
     memo_run.remember(runtime, memo, first, model=first.model, status=JobStatus.SUCCEEDED,
                       result=CallResult(text="42", stop_reason="end_turn", usage=Usage(),
                                         model=first.model, request_id=None, latency_s=0.5))
@@ -255,17 +257,17 @@ def test_the_memo_step_of_two_identical_jobs(farm: Farm, client: redis.Redis,
 
 def test_an_answer_of_the_fallback_model_gets_no_key(farm: Farm, client: redis.Redis,
                                                      tmp_path: Path) -> None:
-    runtime = rt.Runtime(settings=Settings(data_dir=tmp_path), engine=farm.engine,
+    runtime = rt.Runtime(settings=Settings(data_dir=tmp_path), db=farm.db,
                          client=None, prices=default_pricebook(),  # type: ignore[arg-type]
                          policies=farm_retry_policies, running=Running(),
                          stop=threading.Event(), hold=None, gate=None,  # type: ignore[arg-type]
                          inflight=InFlight(client, wait_s=60))
     job_id = farm.submit(prompt="Hello?", tenant="acme", memo=True, complexity="complex")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None
     memo = memo_run.check(runtime, job)
     assert isinstance(memo, memo_run.Memo)
-    attempts.record(farm.engine, job, answered(JobStatus.SUCCEEDED, "0.001", "hi"))
+    attempts.record(farm.db, job, answered(JobStatus.SUCCEEDED, "0.001", "hi"))
     memo_run.remember(runtime, memo, job, model="claude-haiku-4-5", status=JobStatus.SUCCEEDED,
                       result=CallResult(text="hi", stop_reason="end_turn", usage=Usage(),
                                         model="claude-haiku-4-5", request_id=None,

@@ -35,6 +35,7 @@ from farm.jobs import Priority
 from farm.observe.snapshot import take_for
 from farm.reliability import hold
 from farm.settings import QueueSpec, Settings
+from farm.store.db import Database
 from farm.store.schema import make_engine
 from tests_e2e import wait_until
 from tests_support import free_port, fresh_database, wait_port
@@ -111,7 +112,8 @@ def insert_jobs(engine: Engine, queue: str, rows: list[tuple[str, float, float]]
 
 
 def test_queue_depth_counts_every_priority_list_and_the_unacknowledged(
-        settings: Settings, broker: Any, engine: Engine, queues: tuple[str, str]) -> None:
+        settings: Settings, broker: Any, engine: Engine, db: Database,
+        queues: tuple[str, str]) -> None:
     a, b = queues
     with Farm(settings) as farm:
         for priority in (Priority.HIGH, Priority.NORMAL, Priority.NORMAL, Priority.LOW):
@@ -123,7 +125,7 @@ def test_queue_depth_counts_every_priority_list_and_the_unacknowledged(
     unack(broker, a, eta=datetime.now(UTC) - timedelta(seconds=5))  # due: taken, not delayed
     unack(broker, b)
     broker.hset(UNACKED, "garbage", "not json")  # skipped, not fatal
-    snap = take_for(settings, broker, engine)
+    snap = take_for(settings, broker, db)
     qa, qb = snap.queue(a), snap.queue(b)
     assert qa is not None and qb is not None
     assert (qa.waiting, qa.unacked, qa.delayed, qa.depth) == (4, 3, 1, 7)
@@ -134,7 +136,8 @@ def test_queue_depth_counts_every_priority_list_and_the_unacknowledged(
 
 
 def test_error_rate_and_percentiles_over_the_last_five_minutes(
-        settings: Settings, broker: Any, engine: Engine, queues: tuple[str, str]) -> None:
+        settings: Settings, broker: Any, engine: Engine, db: Database,
+        queues: tuple[str, str]) -> None:
     a, b = queues
     # 100 jobs finished a minute ago, taking 1..100 s; 3 failed and 1 dead among them
     rows = [("succeeded", 60.0, float(d)) for d in range(1, 97)]
@@ -144,7 +147,7 @@ def test_error_rate_and_percentiles_over_the_last_five_minutes(
     rows += [("failed", 600.0, 500.0), ("cancelled", 10.0, 1000.0)]
     insert_jobs(engine, a, rows)
     insert_jobs(engine, b, [("succeeded", 30.0, 2.0)])
-    snap = take_for(settings, broker, engine)
+    snap = take_for(settings, broker, db)
     qa, qb = snap.queue(a), snap.queue(b)
     assert qa is not None and qb is not None
     w = qa.window
@@ -160,7 +163,8 @@ def test_error_rate_and_percentiles_over_the_last_five_minutes(
 
 
 def test_utilisation_comes_from_the_pool_heartbeats(
-        settings: Settings, broker: Any, engine: Engine, queues: tuple[str, str]) -> None:
+        settings: Settings, broker: Any, engine: Engine, db: Database,
+        queues: tuple[str, str]) -> None:
     a, b = queues
     broker.hset(f"farm:pool:host1:{os.getpid()}", mapping={a: "10 9", b: "10 1",
                                                             "metrics_port": "9100"})
@@ -168,7 +172,7 @@ def test_utilisation_comes_from_the_pool_heartbeats(
     broker.hset("farm:pool:host3:78", mapping={a: "ten busy"})  # unreadable: skipped
     for key in (f"farm:pool:host1:{os.getpid()}", "farm:pool:host2:77"):
         broker.expire(key, 30)
-    snap = take_for(settings, broker, engine)
+    snap = take_for(settings, broker, db)
     qa, qb = snap.queue(a), snap.queue(b)
     assert qa is not None and qb is not None
     assert (qa.slots, qa.busy, qa.utilisation) == (20, 19, 0.95)
@@ -178,7 +182,8 @@ def test_utilisation_comes_from_the_pool_heartbeats(
     assert intake is not None and intake.utilisation is None  # no worker: no figure
 
 
-def test_limiter_use_per_model(settings: Settings, broker: Any, engine: Engine) -> None:
+def test_limiter_use_per_model(settings: Settings, broker: Any, engine: Engine,
+                               db: Database) -> None:
     limited = settings.model_copy(update={"limits": {"claude-sonnet-5-5": ModelLimits(
         rpm=100, max_concurrency=4)}})
     limiter = redis_limiter(broker, limited)
@@ -187,14 +192,15 @@ def test_limiter_use_per_model(settings: Settings, broker: Any, engine: Engine) 
         assert isinstance(limiter.acquire("claude-sonnet-5-5", input_tokens=10,
                                           output_tokens=10, priority=Priority.HIGH,
                                           tenant="obs"), Grant)
-    use = {(u.model, u.kind): u.ratio for u in take_for(limited, broker, engine).limiters}
+    use = {(u.model, u.kind): u.ratio for u in take_for(limited, broker, db).limiters}
     assert use[("claude-sonnet-5-5", "concurrency")] == 0.5  # 2 calls of 4 slots
     # 2 requests of the bucket's 8.2 (5 s of 98/min): the limiter paces, not the minute
     assert 0.2 < use[("claude-sonnet-5-5", "rpm")] < 0.3
     assert not any(model == "claude-haiku-4-5" for model, _ in use)  # no limits: no use
 
 
-def test_circuits_hold_and_cost(settings: Settings, broker: Any, engine: Engine) -> None:
+def test_circuits_hold_and_cost(settings: Settings, broker: Any, engine: Engine,
+                                db: Database) -> None:
     breaker = redis_breaker(broker, settings)
     for _ in range(settings.breaker_failures):
         breaker.record("claude-sonnet-5-5", success=False, probe=False)
@@ -213,7 +219,7 @@ def test_circuits_hold_and_cost(settings: Settings, broker: Any, engine: Engine)
                 "started_at, finished_at) VALUES (:j, :n, 'x', :m, 'ok', :usd, :t, :t)"),
                 {"j": job, "n": attempt + 1, "m": model, "usd": usd,
                  "t": now - timedelta(seconds=ago)})
-    snap = take_for(settings, broker, engine)
+    snap = take_for(settings, broker, db)
     circuits = {c.model: c for c in snap.circuits}
     sonnet = circuits["claude-sonnet-5-5"]
     assert sonnet.state == "open" and sonnet.open and sonnet.opened_at is not None
@@ -268,10 +274,10 @@ def test_farm_alerts_without_redis_or_postgres(env: dict[str, str], tmp_path: Pa
 def test_the_sources_have_timeouts(settings: Settings) -> None:
     from farm.cli.observe import TIMEOUT_S, sources
 
-    with click.Context(main, obj=settings) as ctx, sources(ctx) as (client, engine):
+    with click.Context(main, obj=settings) as ctx, sources(ctx) as (client, db):
         kwargs = client.connection_pool.connection_kwargs
         assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == TIMEOUT_S == 5
-        assert engine.url.query["connect_timeout"] == "5"
+        assert db.connect_timeout_s == 5 and db.timeout_s == 5
 
 
 def test_farm_top_once_prints_a_frame(env: dict[str, str], broker: Any,

@@ -18,7 +18,6 @@ import httpx2
 import pytest
 import redis
 from click.testing import CliRunner
-from sqlalchemy.engine import Engine
 
 from farm.capacity.build import ledger_config, redis_limiter
 from farm.capacity.limits import Grant, Wait
@@ -32,7 +31,7 @@ from farm.observe.evaluate import evaluate
 from farm.observe.rules import DEFAULTS
 from farm.observe.snapshot import take_for
 from farm.settings import QueueSpec, Settings
-from farm.store.schema import make_engine
+from farm.store.db import Database
 from tests_support import free_port, fresh_database, wait_port
 
 MODEL = "claude-haiku-4-5"
@@ -46,13 +45,6 @@ def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     """A database of this module's own: the snapshot reads every budget."""
     with fresh_database(service_urls[1], "farm_observe_spend", "head") as url:
         yield url
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    e = make_engine(database_url, pool_size=2, max_overflow=2)
-    yield e
-    e.dispose()
 
 
 @pytest.fixture
@@ -86,10 +78,10 @@ def call(ledger: Ledger, limiter: Any, worst: str) -> tuple[Charge, Any]:
         ledger.seed(charge, got.index)
 
 
-def spend(settings: Settings, client: redis.Redis, engine: Engine) -> None:
+def spend(settings: Settings, client: redis.Redis, db: Database) -> None:
     """Two calls of up to $0.50 costing $0.45 each ($0.90: 90 % of the budget), and a
     third call the cost breaker stops ($0.90 a minute >= $0.50)."""
-    ledger = Ledger(client, engine, ledger_config(settings), BudgetBook(client, engine).mirrored)
+    ledger = Ledger(client, db, ledger_config(settings), BudgetBook(client, db).mirrored)
     limiter = redis_limiter(client, settings)
     for _ in range(2):
         charge, got = call(ledger, limiter, "0.50")
@@ -101,19 +93,19 @@ def spend(settings: Settings, client: redis.Redis, engine: Engine) -> None:
 
 
 def test_a_soft_budget_at_its_share_and_an_open_breaker_fire_and_are_exported(
-        settings: Settings, env: dict[str, str], client: redis.Redis, engine: Engine,
+        settings: Settings, env: dict[str, str], client: redis.Redis, db: Database,
         tmp_path: Path) -> None:
     # a soft $1.00 budget alerting at 80 %; before any spend nothing fires
     with Farm(settings) as farm:
         budget, woken = farm.budgets.set(tenant=TENANT, usd="1.00", period="day", soft=0.8)
     assert budget.id == BUDGET and woken == 0
-    quiet = take_for(settings, client, engine)
+    quiet = take_for(settings, client, db)
     assert [(x.budget, x.spent_usd, x.alert_share) for x in quiet.budgets] == [
         (BUDGET, Decimal(0), 0.8)]
     assert evaluate(quiet, DEFAULTS, quiet.taken_at).firing == ()
 
-    spend(settings, client, engine)
-    snap = take_for(settings, client, engine)
+    spend(settings, client, db)
+    snap = take_for(settings, client, db)
     [figures] = snap.budgets
     assert (figures.mode, figures.limit_usd, figures.spent_usd, figures.reserved_usd) == (
         "soft", Decimal("1.00"), Decimal("0.9"), Decimal(0))

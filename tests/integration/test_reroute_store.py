@@ -57,19 +57,19 @@ def test_the_route_score_and_second_opinion_are_stored(farm: Farm) -> None:
     assert (row(farm, sure).second_opinion, row(farm, sure).route_score) == (False, None)
     view = farm.status(unsure)
     assert view.second_opinion and view.route_score == first.route_score
-    job = store.start_job(farm.engine, unsure)
+    job = store.start_job(farm.db, unsure)
     assert job is not None and job.second_opinion and job.escalated_from is None
     assert (job.attempt, job.routing_calls, job.deliveries) == (1, 0, 1)
 
 
 def test_an_escalated_attempt_moves_its_job_in_the_same_statement(farm: Farm) -> None:
     job_id = farm.submit(prompt="What is 2 + 2?", complexity="simple")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None and not job.second_opinion
     move = attempts.Move(queue="sonnet-complex", model="claude-sonnet-5-5",
                          note="; escalated: refusal", escalated_from="claude-haiku-4-5",
                          routing_call=True)
-    got = attempts.record(farm.engine, job, answered(
+    got = attempts.record(farm.db, job, answered(
         JobStatus.QUEUED, "escalated", move, error="escalated to sonnet-complex: refusal",
         wait_reason="escalated to sonnet-complex (refusal)"))
     assert got is not None and got.current and got.status is JobStatus.QUEUED
@@ -85,7 +85,7 @@ def test_an_escalated_attempt_moves_its_job_in_the_same_statement(farm: Farm) ->
     assert moved.next_run_at is not None and moved.lease_until is None
     assert moved.wait_reason == "escalated to sonnet-complex (refusal)"
     # the next start runs it on the complex model; the routing call is no delivery
-    again = store.start_job(farm.engine, job_id)
+    again = store.start_job(farm.db, job_id)
     assert again is not None and (again.queue, again.model) == ("sonnet-complex",
                                                                 "claude-sonnet-5-5")
     assert (again.attempt, again.routing_calls, again.deliveries) == (2, 1, 1)
@@ -103,10 +103,10 @@ def test_a_second_opinion_clears_the_flag_and_may_move_the_job(farm: Farm) -> No
                          (moved, attempts.Move(queue="sonnet-complex",
                                                model="claude-sonnet-5-5",
                                                note="; second opinion: complex"))):
-        job = store.start_job(farm.engine, job_id)
+        job = store.start_job(farm.db, job_id)
         assert job is not None and job.second_opinion
         full = replace(move, routing_call=True, clear_second_opinion=True)
-        got = attempts.record(farm.engine, job, answered(JobStatus.QUEUED, "second_opinion",
+        got = attempts.record(farm.db, job, answered(JobStatus.QUEUED, "second_opinion",
                                                          full))
         assert got is not None and got.current
     stayed, went = row(farm, kept), row(farm, moved)
@@ -121,14 +121,14 @@ def test_a_second_opinion_clears_the_flag_and_may_move_the_job(farm: Farm) -> No
 
 def test_a_late_routing_attempt_moves_nothing(farm: Farm) -> None:
     job_id = farm.submit(prompt="Say hi.")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None
     with farm.engine.begin() as conn:  # the job was started again meanwhile
         conn.execute(text("update jobs set attempts = 2 where id = :id"), {"id": job_id})
     move = attempts.Move(queue="sonnet-complex", model="claude-sonnet-5-5", note="; moved",
                          escalated_from="claude-haiku-4-5", routing_call=True,
                          clear_second_opinion=True)
-    got = attempts.record(farm.engine, job, answered(JobStatus.QUEUED, "escalated", move))
+    got = attempts.record(farm.db, job, answered(JobStatus.QUEUED, "escalated", move))
     assert got is not None and not got.current
     after = row(farm, job_id)
     assert (after.queue, after.model, after.escalated_from, after.routing_calls) == (
@@ -139,9 +139,9 @@ def test_a_late_routing_attempt_moves_nothing(farm: Farm) -> None:
 
 def test_a_capped_escalation_keeps_the_answer_with_a_note(farm: Farm) -> None:
     job_id = farm.submit(prompt="Say hi.", complexity="simple")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None
-    got = attempts.record(farm.engine, job, replace(answered(
+    got = attempts.record(farm.db, job, replace(answered(
         JobStatus.SUCCEEDED, "ok", attempts.Move(note="; not escalated (max_tokens): cap"),
         response_text="hi", stop_reason="max_tokens"), retry_in_s=None))
     assert got is not None and got.status is JobStatus.SUCCEEDED
@@ -157,21 +157,21 @@ def test_an_escalated_job_whose_message_was_never_published_is_swept_to_its_new_
     """The worker died between the attempt row and the publish: the job is queued and due
     on the complex queue, its message nowhere; the orphan sweep publishes it there."""
     job_id = farm.submit(prompt="What is 2 + 2?", complexity="simple")
-    job = store.start_job(farm.engine, job_id)
+    job = store.start_job(farm.db, job_id)
     assert job is not None
     move = attempts.Move(queue="sonnet-complex", model="claude-sonnet-5-5",
                          note="; escalated: refusal", escalated_from="claude-haiku-4-5",
                          routing_call=True)
-    attempts.record(farm.engine, job, answered(JobStatus.QUEUED, "escalated", move))
+    attempts.record(farm.db, job, answered(JobStatus.QUEUED, "escalated", move))
     broker = redis.Redis.from_url(broker_url)
     try:
         broker.flushdb()  # the old message was consumed, the new one never published
         republished: list[tuple[uuid.UUID, str]] = []
-        found = orphans.sweep_orphans(farm.engine, broker,
+        found = orphans.sweep_orphans(farm.db, broker,
                                       lambda j, q, p: republished.append((j, q)),
                                       age_s=60, grace_s=0)
     finally:
         broker.close()
     assert found >= 1 and (job_id, "sonnet-complex") in republished
-    again = store.start_job(farm.engine, job_id)
+    again = store.start_job(farm.db, job_id)
     assert again is not None and again.model == "claude-sonnet-5-5"

@@ -28,7 +28,7 @@ def sized() -> Iterator[None]:
 def _close(built: rt.Runtime) -> None:
     """What rt.reset does for the process's runtime, for one built here."""
     built.stop.set()
-    built.engine.dispose()
+    built.db.close()
     (built.clients or built.client).close()
 
 
@@ -74,7 +74,7 @@ def test_the_database_pool_keeps_what_it_opens(broker_url: str, database_url: st
 
     def backend(_: int) -> int:
         start.wait(timeout=10)  # all at once: the pool must hand out `cap` connections
-        row = fetch_one(built.engine, "SELECT pg_backend_pid(), pg_sleep(0.05)", {}, 0.0)
+        row = fetch_one(built.db, "SELECT pg_backend_pid(), pg_sleep(0.05)", {}, 0.0)
         assert row is not None
         return int(row[0])
 

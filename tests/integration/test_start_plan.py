@@ -1,4 +1,4 @@
-"""A statement on one job (its start, deferral, give-back, memo hit, kill) finds the row by
+"""A statement on one job (its start, deferral, give-back, memo hit, kill, cancel) finds the row by
 the primary key, whatever the statistics say.
 
 `ix_jobs_active` (status, partial: queued and running): its statistics say it is empty when
@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, text, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Connection, text
 
 from farm.memo.store import HIT_SQL
-from farm.store.jobs import DEFER_SQL, START_SQL, UNSTART_SQL, jobs, status_is
+from farm.store.jobs import CANCEL_SQL, DEFER_SQL, KILL_SQL, START_SQL, UNSTART_SQL
 from farm.store.schema import make_engine
 
 FINISHED = 40_000
@@ -50,12 +49,10 @@ def conn(database_url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
-def _scans(conn: Connection, sql: str, params: dict[str, Any], *, driver: bool) -> list[str]:
-    """The indexes the plan of ``sql`` scans jobs by (``driver``: the worker's raw
-    statements, in psycopg's parameter style; else a SQLAlchemy text statement)."""
-    explain = f"EXPLAIN (FORMAT JSON) {sql}"
-    row = (conn.exec_driver_sql(explain, params) if driver
-           else conn.execute(text(explain), params)).fetchone()
+def _scans(conn: Connection, sql: str, params: dict[str, Any]) -> list[str]:
+    """The indexes the plan of ``sql`` (the farm's SQL, in psycopg's parameter style) scans
+    jobs by."""
+    row = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchone()
     assert row is not None
     found: list[str] = []
 
@@ -78,30 +75,30 @@ def _pending(conn: Connection, status: str = "queued") -> uuid.UUID:
 
 def test_a_start_looks_its_job_up_by_the_primary_key(conn: Connection) -> None:
     params = {"job_id": _pending(conn), "lease_s": 60}
-    assert _scans(conn, START_SQL, params, driver=True) == ["jobs_pkey"]
+    assert _scans(conn, START_SQL, params) == ["jobs_pkey"]
 
 
 def test_a_deferral_looks_its_job_up_by_the_primary_key(conn: Connection) -> None:
     params = {"id": _pending(conn), "s": 5.0, "reason": "held: test"}
-    assert _scans(conn, DEFER_SQL, params, driver=False) == ["jobs_pkey"]
+    assert _scans(conn, DEFER_SQL, params) == ["jobs_pkey"]
 
 
 def test_a_give_back_looks_its_job_up_by_the_primary_key(conn: Connection) -> None:
     params = {"job_id": _pending(conn, "running"), "attempt": 1, "wait_s": 1.0,
               "reason": "test"}
-    assert _scans(conn, UNSTART_SQL, params, driver=True) == ["jobs_pkey"]
+    assert _scans(conn, UNSTART_SQL, params) == ["jobs_pkey"]
 
 
 def test_a_memo_hit_looks_its_job_up_by_the_primary_key(conn: Connection) -> None:
     params = {"job_id": _pending(conn, "running"), "attempt": 1, "response_text": "x",
               "stop_reason": "end_turn", "served_model": "m", "saved_usd": 0, "key": "k"}
-    assert _scans(conn, HIT_SQL, params, driver=True) == ["jobs_pkey"]
+    assert _scans(conn, HIT_SQL, params) == ["jobs_pkey"]
 
 
-def test_a_status_test_on_one_job_uses_the_primary_key(conn: Connection) -> None:
-    """farm.store.jobs.status_is, which kill_job (and cancel_job) use."""
-    statement = (update(jobs).where(jobs.c.id == _pending(conn, "running"),
-                                    status_is("running")).values(status="dead"))
-    sql = str(statement.compile(dialect=postgresql.dialect(),
-                                compile_kwargs={"literal_binds": True}))
-    assert _scans(conn, sql, {}, driver=False) == ["jobs_pkey"]
+def test_a_kill_looks_its_job_up_by_the_primary_key(conn: Connection) -> None:
+    params = {"id": _pending(conn, "running"), "error": "poison", "uncount": 0}
+    assert _scans(conn, KILL_SQL, params) == ["jobs_pkey"]
+
+
+def test_a_cancel_looks_its_job_up_by_the_primary_key(conn: Connection) -> None:
+    assert _scans(conn, CANCEL_SQL, {"id": _pending(conn)}) == ["jobs_pkey"]

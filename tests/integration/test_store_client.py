@@ -6,9 +6,9 @@ import json
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import redis
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from farm.broker.layout import queue_keys
@@ -17,7 +17,7 @@ from farm.jobs import JobRequest, JobStatus, new_job_id
 from farm.routing.route import parse_and_route
 from farm.settings import DEFAULT_QUEUES, Settings
 from farm.store import jobs as store
-from farm.store.schema import make_engine
+from farm.store.db import Database
 
 
 @pytest.fixture
@@ -103,24 +103,19 @@ def test_wait_counts_a_job_without_a_row_as_pending(farm: Farm) -> None:
         farm.wait([uuid.uuid4()], timeout=0.3, poll_s=0.1)
 
 
-def test_a_failing_statement_does_not_carry_its_parameters(database_url: str) -> None:
-    # the farm's engines hide bound parameters: an error (logged, shown in Flower) names
-    # the statement, never the request and its prompt
+def test_a_failing_statement_does_not_carry_its_parameters(db: Database) -> None:
+    # an error (logged, shown in Flower) says what Postgres said, never the request and its
+    # prompt
     request, route = parse_and_route({"prompt": "PARAM-SECRET-prompt", "system": "PARAM-SYS"},
                                      DEFAULT_QUEUES)
     row = store.new_job_row(new_job_id(), request, route)
-    engine = make_engine(database_url)
-    try:
-        with engine.begin() as conn:
-            store.insert_jobs(conn, [row])
-        with pytest.raises(sa_exc.IntegrityError) as failed, engine.begin() as conn:
-            store.insert_jobs(conn, [row])  # the same id again: a duplicate key
-    finally:
-        engine.dispose()
+    with db.begin() as conn:
+        store.insert_jobs(conn, [row])
+    with pytest.raises(psycopg.IntegrityError) as failed, db.begin() as conn:
+        store.insert_jobs(conn, [row])  # the same id again: a duplicate key
     message = str(failed.value)
-    assert "INSERT INTO jobs" in message and "duplicate key" in message
+    assert "duplicate key" in message
     assert "PARAM-SECRET" not in message and "PARAM-SYS" not in message
-    assert "parameters hidden" in message
 
 
 def test_unknown_ids_have_neither_a_row_nor_a_message(farm: Farm, broker_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 
+import psycopg
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa_exc
 
@@ -16,6 +17,13 @@ def test_expected_failures_get_one_line() -> None:
     assert explain(db) == "cannot reach the database: connection refused"
     schema = sa_exc.ProgrammingError("SELECT", {}, Exception('relation "jobs" does not exist'))
     assert "farm migrate" in (explain(schema) or "")
+    # the job statements' errors come from psycopg itself (farm.store.db)
+    refused = psycopg.OperationalError('connection to server at "127.0.0.1" failed: refused')
+    assert explain(refused) == ('cannot reach the database: connection to server at '
+                                '"127.0.0.1" failed: refused')
+    missing = psycopg.errors.UndefinedTable('relation "jobs" does not exist')
+    assert "farm migrate" in (explain(missing) or "")
+    assert explain(psycopg.errors.UniqueViolation("duplicate key")) is None
     assert explain(BrokerError("Error 111 connecting")) == (
         "cannot reach the broker (Redis): Error 111 connecting")
     assert explain(FileNotFoundError(errno.ENOENT, "No such file", "/x.jsonl")) == (
