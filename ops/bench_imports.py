@@ -3,7 +3,8 @@
 A worker's peak RSS (`make bench`, latency scenario) is mostly what it imports: this prints
 what Celery's worker, kombu's Redis transport and the SDK take (plain Celery's worker has
 those too), then what each of the farm's further imports adds, in the order a farm worker
-loads them, and the farm's total beyond the first three.
+loads them, and the farm's total beyond the first three; last, what SQLAlchemy would add
+(a worker's statements run on farm.store.db, psycopg alone).
 
     .venv/bin/python ops/bench_imports.py
 """
@@ -14,8 +15,9 @@ import importlib
 import sys
 
 SHARED = ("celery.worker", "kombu.transport.redis", "anthropic")
-FARM = ("sqlalchemy", "sqlalchemy.dialects.postgresql.psycopg", "psycopg", "pydantic_settings",
-        "farm.settings", "farm.worker.wiring")
+FARM = ("psycopg", "pydantic_settings", "farm.settings", "farm.worker.wiring")
+# what a worker imported before its statements moved to farm.store.db, for comparison
+BEFORE = ("sqlalchemy", "sqlalchemy.dialects.postgresql.psycopg")
 
 
 def rss_mb() -> float:
@@ -27,16 +29,19 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    for group in (SHARED, FARM):
+    for group in (SHARED, FARM, BEFORE):
         start = previous = rss_mb()
         for name in group:
             importlib.import_module(name)
             now = rss_mb()
             print(f"  {name:42s} +{now - previous:5.1f} MB")
             previous = now
-        print(f"{'shared with plain Celery' if group is SHARED else 'the farm beyond them'}: "
-              f"+{previous - start:.1f} MB (process {previous:.1f} MB)")
-    print("sqlalchemy.orm imported:", any(m.startswith("sqlalchemy.orm") for m in sys.modules))
+        if group is FARM:
+            loaded = any(m.split(".")[0] == "sqlalchemy" for m in sys.modules)
+            print(f"  (a worker's imports load SQLAlchemy: {loaded})")
+        label = {SHARED: "shared with plain Celery", FARM: "the farm beyond them",
+                 BEFORE: "SQLAlchemy, which a worker no longer imports"}[group]
+        print(f"{label}: +{previous - start:.1f} MB (process {previous:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -85,13 +85,56 @@ def test_imports_have_no_cycle() -> None:
 
 def test_the_celery_app_does_not_import_the_worker() -> None:
     """farm.app publishes; the worker is built on top of it, never the other way round."""
-    reached: set[str] = set()
-    todo = ["farm.app"]
+    reached = reach("farm.app") - {"farm.app"}
+    assert not {m for m in reached if m.startswith(("farm.worker", "farm.cli"))}, reached
+
+
+def reach(start: str) -> set[str]:
+    """The farm modules `start` imports, directly or through others (functions included)."""
+    reached = {start}
+    todo = [start]
     while todo:
         for nxt in GRAPH[todo.pop()] - reached:
             reached.add(nxt)
             todo.append(nxt)
-    assert not {m for m in reached if m.startswith(("farm.worker", "farm.cli"))}, reached
+    return reached
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level packages outside the farm that a module imports (functions included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"farm"}
+
+
+def test_a_worker_imports_no_sqlalchemy() -> None:
+    """A worker's statements run on farm.store.db (psycopg): SQLAlchemy (14 MB of a worker's
+    resident memory, ops/bench_imports.py) is the schema's, Alembic's and the reports'. No
+    module a worker reaches imports it, not even inside a function."""
+    worker = reach("farm.worker.wiring") | reach("farm")
+    assert {"farm.worker.tasks", "farm.store.jobs", "farm.batches.loop"} <= worker
+    users = sorted(m for m in worker
+                   if {"sqlalchemy", "alembic"} & external_imports(MODULES[m]))
+    assert not users, f"reached by a worker and importing SQLAlchemy: {users}"
+    # and the check sees such an import where there is one
+    assert "sqlalchemy" in external_imports(MODULES["farm.store.schema"])
+
+
+def test_a_worker_process_loads_no_sqlalchemy() -> None:
+    """What `celery -A farm worker` imports, in a fresh interpreter: no SQLAlchemy module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, celery.worker, celeryconfig, farm; "
+            "from farm.worker.wiring import worker_app; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=FARM.parent, check=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 @pytest.mark.parametrize("package", sorted(n for n, p in MODULES.items()
