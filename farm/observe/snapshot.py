@@ -142,11 +142,11 @@ def limiter_use(limiter: Limiter, model: str) -> list[LimiterUse]:
 
 # --- Postgres ---------------------------------------------------------------------------
 
-QUEUED_SQL = ("""
+QUEUED_SQL = """
     SELECT queue, count(*) AS jobs, extract(epoch FROM now() - min(created_at)) AS oldest_s
-    FROM jobs WHERE status = 'queued' GROUP BY queue""")
-STATUS_SQL = ("SELECT status, count(*) FROM jobs GROUP BY status")
-WINDOW_SQL = ("""
+    FROM jobs WHERE status = 'queued' GROUP BY queue"""
+STATUS_SQL = "SELECT status, count(*) FROM jobs GROUP BY status"
+WINDOW_SQL = """
     SELECT queue, count(*) AS finished,
            count(*) FILTER (WHERE status IN ('failed', 'dead')) AS failed,
            percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP
@@ -155,12 +155,12 @@ WINDOW_SQL = ("""
     WHERE status IN ('succeeded', 'failed', 'dead')
       AND finished_at >= now() - make_interval(secs => %(window)s)
       AND created_at >= now() - make_interval(secs => %(window)s + %(horizon)s)
-    GROUP BY GROUPING SETS ((queue), ())""")
-COST_SQL = ("""
+    GROUP BY GROUPING SETS ((queue), ())"""
+COST_SQL = """
     SELECT model, coalesce(sum(cost_usd), 0) AS usd FROM attempts
     WHERE finished_at >= now() - make_interval(secs => %(window)s)
       AND started_at >= now() - make_interval(secs => %(window)s + %(horizon)s)
-    GROUP BY model""")
+    GROUP BY model"""
 
 
 def _window(row: Any) -> Window:

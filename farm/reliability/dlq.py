@@ -36,7 +36,7 @@ LIST_SQL = """
 
 def record(db: Database, job_id: uuid.UUID, error_class: str, error_message: str) -> bool:
     """Add the job to the DLQ once; False when it was there already."""
-    with db.begin() as conn:
+    with db.connect() as conn:
         cursor = conn.execute(RECORD_SQL, {
             "job_id": job_id, "error_class": error_class, "error_message": error_message[:4000],
         })
@@ -91,5 +91,5 @@ def mark_replayed(db: Database, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]) ->
 
 def purge(db: Database) -> int:
     """Delete every DLQ row; returns how many. The jobs themselves stay."""
-    with db.begin() as conn:
+    with db.connect() as conn:
         return int(conn.execute("DELETE FROM dead_letters").rowcount)

@@ -152,7 +152,7 @@ def renew(db: Database, running: Running, lease_s: float) -> int:
         return 0
     at = running.clock()
     ids = list(asked)
-    with db.begin() as conn:
+    with db.connect() as conn:
         kept = set(scalars(conn.execute(RENEW_SQL, {"ids": ids, "gens": [asked[i].generation
                                                                          for i in ids],
                                                     "lease_s": lease_s})))
@@ -165,7 +165,7 @@ def hand_back(db: Database, ids: list[uuid.UUID]) -> int:
     of any live worker re-queues and publishes them again."""
     if not ids:
         return 0
-    with db.begin() as conn:
+    with db.connect() as conn:
         return int(conn.execute(
             "UPDATE jobs SET lease_until = now() - interval '1 second' "
             "WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND status = 'running'",
@@ -180,7 +180,7 @@ def reap(db: Database, republish: Republish, *, grace_s: float, broker: Any = No
     """Re-queue and re-publish jobs whose lease ran out or whose message died unstarted with
     its worker."""
     taken = layout.long_reserved(broker, grace_s) if broker is not None else []
-    with db.begin() as conn:
+    with db.connect() as conn:
         lost = conn.execute(REAP_SQL, {"limit": limit, "grace_s": grace_s}).fetchall()
         unstarted = (conn.execute(REPUBLISH_QUEUED_SQL,
                                   {"ids": taken, "grace_s": grace_s}).fetchall()

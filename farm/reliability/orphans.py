@@ -51,7 +51,7 @@ def sweep_orphans(db: Database, broker: Any, republish: Republish, *, age_s: flo
     orphans = list(candidates - present)
     if not orphans:
         return 0
-    with db.begin() as conn:
+    with db.connect() as conn:
         rows = conn.execute(REPUBLISH_QUEUED_SQL,
                             {"ids": orphans, "grace_s": grace_s}).fetchall()
     for row in rows:

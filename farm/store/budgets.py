@@ -28,12 +28,12 @@ COLUMNS = ("scope", "name", "period", "limit_usd", "mode", "alert_share", "on_ex
 def save(db: Database, budget: Budget) -> None:
     # the enums go in as their values (model_dump "json" mode); the limit stays a Decimal
     values = budget.model_dump(mode="json") | {"limit_usd": budget.limit_usd}
-    with db.begin() as conn:
+    with db.connect() as conn:
         conn.execute(UPSERT_SQL, {"id": budget.id, **values})
 
 
 def remove(db: Database, budget_id: str) -> bool:
-    with db.begin() as conn:
+    with db.connect() as conn:
         gone = conn.execute("DELETE FROM budgets WHERE id = %(id)s RETURNING id",
                             {"id": budget_id}).fetchone()
     return gone is not None

@@ -7,6 +7,8 @@ reports, which a worker never imports. A worker that imports no SQLAlchemy holds
 
 - ``begin()``: a connection in a transaction, committed when the block ends, rolled back if
   it raises; ``connect()``: a connection whose statements each commit alone (autocommit).
+  A statement that stands alone runs on ``connect()``: ``begin()`` costs a BEGIN and a
+  COMMIT round trip more, for statements that must commit together.
 - Rows are named tuples (``row.id``, ``row[0]``, unpacking); ``dicts()`` gives mappings.
 - Connections open as threads need them, up to ``size``, and are kept (an open-and-close
   per checkout costs Postgres a backend and a login). A thread that finds all ``size`` in

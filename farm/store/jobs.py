@@ -86,7 +86,7 @@ _DOCUMENTS = frozenset({"request"})  # JSONB columns: a dict goes in as Jsonb
 def insert_sql(columns: Sequence[str], suffix: str = "") -> str:
     """``INSERT INTO jobs`` of these columns, one row of %(name)s parameters."""
     for name in columns:
-        _column(name)
+        column(name)
     return (f"INSERT INTO jobs ({', '.join(columns)}) "
             f"VALUES ({', '.join(f'%({name})s' for name in columns)}) {suffix}")
 
@@ -122,7 +122,8 @@ def insert_failed_job(
     )
 
 
-def _column(name: str) -> str:
+def column(name: str) -> str:
+    """The name, if ``jobs`` has such a column (no other name reaches a statement)."""
     if name not in JOB_COLUMNS:
         raise ValueError(f"jobs has no column {name!r}")
     return name
@@ -162,17 +163,10 @@ class DatabaseUnavailable(RuntimeError):
 
 
 def _fetch_one_now(db: Database, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-    conn = db.checkout()
-    broken = False
-    try:
-        with conn.cursor(row_factory=tuple_row) as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-    except psycopg.OperationalError:
-        broken = True  # a broken connection must not go back to the pool
-        raise
-    finally:
-        db.checkin(conn, broken=broken)
+    # a connection that failed is closed, not given back to the pool (Database.connect)
+    with db.connect() as conn, conn.cursor(row_factory=tuple_row) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def fetch_one(db: Database, sql: str, params: dict[str, Any],
@@ -318,7 +312,7 @@ def get_jobs(db: Database, job_ids: Iterable[uuid.UUID],
     """Rows by id (only `columns`, when given: the request, say, can be large). One array
     parameter, however many ids."""
     ids = list(job_ids)
-    selected = ", ".join(_column(name) for name in (columns or JOB_COLUMNS))
+    selected = ", ".join(column(name) for name in (columns or JOB_COLUMNS))
     sql = f"SELECT {selected} FROM jobs WHERE id = ANY(CAST(%(ids)s AS uuid[]))"
     with db.connect() as conn:
         return {row["id"]: row for row in dicts(conn, sql, {"ids": ids})}
@@ -332,7 +326,7 @@ def list_jobs(db: Database, columns: Sequence[str], *, tenant: str | None = None
     where = [test for test, value in (
         ("tenant = %(tenant)s", tenant), ("status = ANY(%(statuses)s)", statuses or None),
         ("queue = %(queue)s", queue), ("created_at >= %(since)s", since)) if value is not None]
-    sql = (f"SELECT {', '.join(_column(name) for name in columns)} FROM jobs"
+    sql = (f"SELECT {', '.join(column(name) for name in columns)} FROM jobs"
            + (f" WHERE {' AND '.join(where)}" if where else "")
            + " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
     with db.connect() as conn:

@@ -17,7 +17,7 @@ from psycopg import Connection
 from farm.jobs import JobRequest, Route
 from farm.reliability.idempotency import Holder, request_hash, resolve
 from farm.store.db import Database, scalars
-from farm.store.jobs import JOB_COLUMNS, new_job_row, row_params
+from farm.store.jobs import column, new_job_row, row_params
 from farm.store.jobs import insert_jobs as insert_unkeyed
 
 HOLDERS_SQL = (
@@ -49,10 +49,7 @@ def _insert_keyed_rows(conn: Connection[Any], rows: Sequence[dict[str, Any]]
     in the rows' order; their columns (the first row's, the same for all) are checked
     against the schema's (JOB_COLUMNS): no name from elsewhere reaches the SQL. Returns the
     ids inserted."""
-    columns = list(rows[0])
-    for name in columns:
-        if name not in JOB_COLUMNS:
-            raise ValueError(f"jobs has no column {name!r}")
+    columns = [column(name) for name in rows[0]]
     inserted: set[uuid.UUID] = set()
     one_row = f"({', '.join(['%s'] * len(columns))})"
     for first in range(0, len(rows), MAX_ROWS):

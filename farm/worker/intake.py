@@ -72,7 +72,7 @@ def intake(
     if row.get("batched"):  # recorded unpublished: the batch collector takes it from there
         log.info("job %s waits for a Message Batch", job_id)
     try:
-        with runtime.db.begin() as conn:
+        with runtime.db.connect() as conn:
             if row["idempotency_key"] is None:
                 store.insert_job_once(conn, row)
                 return job_id
@@ -105,10 +105,10 @@ def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue:
     reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
     try:
         try:
-            with runtime.db.begin() as conn:
+            with runtime.db.connect() as conn:
                 store.insert_failed_job(conn, job_id, raw, queue, reason)
         except _UNSTORABLE as exc:
-            with runtime.db.begin() as conn:
+            with runtime.db.connect() as conn:
                 store.insert_failed_job(conn, job_id, {"not_stored": db_error(exc)}, queue,
                                         reason)
         dead(task, runtime, job_id, queue, "invalid", reason)

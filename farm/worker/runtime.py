@@ -79,9 +79,10 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
     calls = Calls()  # the lease watchdog stops a call through it
     clients = Clients(lambda connections: make_client(settings, calls, connections),
                       settings.worker_concurrency)
-    # Up to 3x FARM_DB_POOL_SIZE connections, opened as the threads need them and kept. An
-    # overflow connection (SQLAlchemy's pool_size=pool, max_overflow=2*pool, before) is
-    # closed when it is checked in to a full pool: in the CPU-bound bench 13 new backends
+    # Every worker statement stands alone (db.connect(), autocommit): no BEGIN/COMMIT round
+    # trips. Up to 3x FARM_DB_POOL_SIZE connections, opened as the threads need them and
+    # kept. An overflow connection (SQLAlchemy's pool_size=pool, max_overflow=2*pool, before)
+    # is closed when it is checked in to a full pool: in the CPU-bound bench 13 new backends
     # and logins a second, Postgres at 3.2-4.0 ms of CPU per job; kept, 1.1 ms. No ping
     # before use: a dead connection raises, is discarded, and the store's retry takes another
     db = Database(urls.database_url, size=pool * WORKER_POOL_FACTOR, ping_s=None)

@@ -10,12 +10,15 @@ import psycopg
 import pytest
 
 from farm.store import jobs as store
-from farm.store.db import PoolTimeout
+from farm.store.db import Database, PoolTimeout
 
 
 class Flaky:
     """A Database whose first checkouts fail as given, then hands out a working connection;
-    it counts the connections given back as broken."""
+    it counts the connections given back as broken (its connect() is Database's own, on
+    these checkouts)."""
+
+    connect = Database.connect
 
     def __init__(self, *failures: BaseException) -> None:
         self.failures = list(failures)
