@@ -2,8 +2,8 @@
 
 Every statement a worker runs and the Python API's job statements go through a
 ``Database``; SQLAlchemy is kept for the schema (``farm.store.schema``), Alembic and the SQL
-reports, which a worker never imports. A worker that imports no SQLAlchemy holds 14 MB less
-(ops/bench_imports.py), and a checkout here costs less CPU than SQLAlchemy's pool.
+reports, which a worker never imports: its imports take 12.4 MB less without SQLAlchemy and
+its PostgreSQL dialect (ops/bench_imports.py).
 
 - ``begin()``: a connection in a transaction, committed when the block ends, rolled back if
   it raises; ``connect()``: a connection whose statements each commit alone (autocommit).
@@ -17,7 +17,8 @@ reports, which a worker never imports. A worker that imports no SQLAlchemy holds
 - ``ping_s``: an idle connection older than this is checked with a round trip before use
   (a long-lived client outliving a Postgres restart); None, as in a worker: a dead one
   raises on use and the caller's retry takes a fresh one.
-- Errors carry Postgres's message, never the statement's parameters (prompts, responses).
+- Errors are psycopg's: Postgres's own message, with neither the statement nor its
+  parameters (prompts, responses) appended.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ class Database:
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self._idle: list[tuple[psycopg.Connection[Any], float, float]] = []  # conn, opened, used
-        self._open = 0  # connections out of the pool or idle in it
         self._opened: dict[int, float] = {}  # id(conn): when it was opened
 
     # -- checkout and checkin --------------------------------------------------------------
@@ -83,8 +83,6 @@ class Database:
                     item = self._idle.pop() if self._idle else None
                 if item is None:
                     conn = self._connect()
-                    with self._lock:
-                        self._open += 1
                     self._opened[id(conn)] = now
                     return conn
                 conn, opened, used = item
@@ -108,8 +106,6 @@ class Database:
 
     def _discard(self, conn: psycopg.Connection[Any]) -> None:
         self._opened.pop(id(conn), None)
-        with self._lock:
-            self._open -= 1
         with suppress(psycopg.Error):
             conn.close()
 
@@ -154,13 +150,6 @@ class Database:
             idle, self._idle = self._idle, []
         for conn, _, _ in idle:
             self._discard(conn)
-
-    dispose = close
-
-    @property
-    def opened(self) -> int:
-        """Connections open now, idle or in use."""
-        return self._open
 
 
 def scalar(cursor: psycopg.Cursor[Any]) -> Any:
