@@ -17,8 +17,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 import httpcore2
@@ -57,8 +56,10 @@ class Calls:
         with self._lock:
             return thread in self._sent
 
-    @contextmanager
-    def using(self, stream: _TrackedStream, *, writing: bool = False) -> Iterator[None]:
+    def enter(self, stream: _TrackedStream, *, writing: bool = False) -> int:
+        """The calling thread starts a read or write on ``stream`` (raises if it must stop);
+        returns the thread's ident for ``leave``. A pair of calls, not a context manager:
+        it runs on every socket read and write of every provider call."""
         ident = threading.get_ident()
         with self._lock:
             if ident in self._doomed:
@@ -66,12 +67,12 @@ class Calls:
             self._active[ident] = stream
             if writing:
                 self._sent.add(ident)
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._active.get(ident) is stream:
-                    del self._active[ident]
+        return ident
+
+    def leave(self, ident: int, stream: _TrackedStream) -> None:
+        with self._lock:
+            if self._active.get(ident) is stream:
+                del self._active[ident]
 
 
 class _TrackedStream(NetworkStream):
@@ -79,12 +80,18 @@ class _TrackedStream(NetworkStream):
         self._inner, self._calls = inner, calls
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with self._calls.using(self):
+        ident = self._calls.enter(self)
+        try:
             return self._inner.read(max_bytes, timeout)
+        finally:
+            self._calls.leave(ident, self)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        with self._calls.using(self, writing=True):
+        ident = self._calls.enter(self, writing=True)
+        try:
             self._inner.write(buffer, timeout)
+        finally:
+            self._calls.leave(ident, self)
 
     def close(self) -> None:
         self._inner.close()

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from farm.jobs import JobStatus, Usage
 from farm.reliability.fencing import SUPERSEDED, Verdict
-from farm.store.db import Database
+from farm.store.db import Database, compact
 from farm.store.jobs import StartedJob, fetch_one
 
 
@@ -65,8 +65,9 @@ class Recorded:
         return self.verdict is Verdict.CURRENT
 
 
-# fencing.verdict and fencing.next_status, in SQL (the tests check they agree)
-RECORD_SQL = """
+# fencing.verdict and fencing.next_status, in SQL (the tests check they agree); compact: within
+# the length psycopg caches its conversion of (farm.store.db)
+RECORD_SQL = compact("""
     WITH job AS (
         SELECT id, attempts, status,
                attempts = %(attempt)s AND status IN ('running', 'queued', 'cancelled')
@@ -131,7 +132,7 @@ RECORD_SQL = """
     FROM ins
     WHERE jobs.id = ins.job_id
     RETURNING jobs.status, ins.current
-"""
+""")
 
 
 def record(db: Database, job: StartedJob, outcome: Outcome, *,

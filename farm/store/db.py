@@ -19,6 +19,9 @@ its PostgreSQL dialect (ops/bench_imports.py).
   raises on use and the caller's retry takes a fresh one.
 - Errors are psycopg's: Postgres's own message, with neither the statement nor its
   parameters (prompts, responses) appended.
+- ``compact()``: a statement's layout without its indentation. psycopg caches how it
+  converts a statement of at most 4096 bytes (and 50 parameters) and converts a longer one
+  again on every call; tests/unit/test_statements.py keeps every worker statement within.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row, namedtuple_row
 
 Params = Mapping[str, Any] | Sequence[Any] | None
+
+
+def compact(sql: str) -> str:
+    """``sql`` with each line's leading and trailing blanks and the empty lines dropped: the
+    same statement in fewer bytes (a line break still ends a ``--`` comment)."""
+    return "\n".join(line.strip() for line in sql.strip().splitlines() if line.strip())
 
 
 class PoolTimeout(psycopg.OperationalError):
