@@ -42,7 +42,8 @@ Params = Mapping[str, Any] | Sequence[Any] | None
 def compact(sql: str) -> str:
     """``sql`` with each line's leading and trailing blanks and the empty lines dropped: the
     same statement in fewer bytes (a line break still ends a ``--`` comment)."""
-    return "\n".join(line.strip() for line in sql.strip().splitlines() if line.strip())
+    stripped = (line.strip() for line in sql.splitlines())
+    return "\n".join(line for line in stripped if line)
 
 
 class PoolTimeout(psycopg.OperationalError):

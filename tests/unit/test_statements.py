@@ -16,6 +16,7 @@ from farm.store.db import compact
 
 
 def _statements() -> dict[str, str]:
+    """Every module-level ``*_SQL`` string of the farm, by where it is defined."""
     found: dict[str, str] = {}
     for info in pkgutil.walk_packages(farm.__path__, "farm."):
         if info.name.endswith("__main__"):
@@ -23,8 +24,8 @@ def _statements() -> dict[str, str]:
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             if name.endswith("_SQL") and isinstance(value, str):
-                found.setdefault(f"{value}", f"{info.name}.{name}")
-    return {where: sql for sql, where in found.items()}
+                found[f"{info.name}.{name}"] = value
+    return found
 
 
 STATEMENTS = _statements()
