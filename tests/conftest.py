@@ -150,6 +150,54 @@ def farm(e2e_env: dict[str, str]) -> Iterator[Farm]:
         yield f
 
 
+@pytest.fixture(autouse=True)
+def leave_no_work_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each e2e and fault test: no job of it left to run, no hold, no paused queue.
+
+    The tests share one broker and one database; a test that fails half way can leave a
+    backlog, a spend-limit hold or a paused queue, and every later test would then fail
+    for its sake (waiting behind 500 jobs, or held). Its unfinished jobs are cancelled and
+    the farm's queues emptied, so a failure is reported once, by the test that had it."""
+    if not any(request.node.get_closest_marker(m) for m in ("e2e", "faults")):
+        yield
+        return
+    env: dict[str, str] = request.getfixturevalue("e2e_env")
+    yield
+    import redis
+    from sqlalchemy import text
+
+    from farm.reliability import hold
+
+    left: list[str] = []
+    client = redis.Redis.from_url(env["FARM_BROKER_URL"])
+    try:
+        if hold.release(client):
+            left.append("the farm held")
+        paused = client.smembers(PAUSED_KEY)
+        if paused:
+            left.append(f"paused queues {sorted(q.decode() for q in paused)}")
+            client.delete(PAUSED_KEY)
+    finally:
+        client.close()
+    settings = Settings(broker_url=env["FARM_BROKER_URL"], database_url=env["FARM_DATABASE_URL"],
+                        data_dir=Path(env["FARM_DATA_DIR"]))
+    with Farm(settings) as farm:
+        with farm.engine.connect() as conn:
+            unfinished = conn.execute(text(
+                "select id from jobs where status in ('queued', 'running')")).scalars().all()
+        for job_id in unfinished:
+            farm.cancel(job_id)
+        if unfinished:
+            left.append(f"{len(unfinished)} unfinished jobs (cancelled)")
+            purged = farm.app.control.purge()
+            left.append(f"{purged} messages purged")
+    if left:
+        print(f"\nleft behind by {request.node.nodeid}: {'; '.join(left)}")
+
+
+PAUSED_KEY = "farm:lim:queues:paused"
+
+
 @pytest.fixture
 def sim_stats(sim_url: str) -> Iterator[object]:
     def stats() -> dict[str, object]:
