@@ -14,14 +14,23 @@ With BASELINE_CLIENTS=grouped it calls through the farm's client layout instead
 (farm.provider.clients: one client per 100 threads, each keeping its threads' connections
 alive), and nothing else of the farm: the most a Celery task making this SDK call reaches in
 one process, the ceiling the wide scenario prints beside the farm.
+
+With BASELINE_CLIENTS=loop the task hands its call to one asyncio event loop in the worker
+process (a thread of its own; the SDK's AsyncAnthropic, one client per 100 slots, taken in
+turn) and waits for the answer: what Celery's threads pool reaches when the calls run on an
+event loop and not on its threads, the measure of an asyncio execution path for the wide
+scenario.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anthropic
 import httpx2
@@ -38,7 +47,9 @@ app.conf.update(
 )
 CONCURRENCY = int(os.environ.get("BASELINE_CONCURRENCY", "100"))
 
-GROUPED = os.environ.get("BASELINE_CLIENTS", "default") == "grouped"
+CLIENTS = os.environ.get("BASELINE_CLIENTS", "default")
+if CLIENTS not in ("default", "grouped", "loop"):
+    raise SystemExit(f"baseline: BASELINE_CLIENTS is default, grouped or loop, not {CLIENTS!r}")
 
 _local = threading.Lock()
 _sdk: Callable[[], anthropic.Anthropic] | None = None  # the calling thread's SDK client
@@ -51,13 +62,36 @@ def _grouped_client(connections: int) -> anthropic.Anthropic:
                              max_keepalive_connections=connections)))
 
 
+class _Loop:
+    """One event loop on a thread of its own making every call: ``messages.create`` (the
+    sync client's signature) runs the call there and waits for its answer."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="calls", daemon=True).start()
+        per = 100
+        self._clients = itertools.cycle([
+            anthropic.AsyncAnthropic(
+                max_retries=0, timeout=120, http_client=anthropic.DefaultAsyncHttpxClient(
+                    limits=httpx2.Limits(max_connections=per, max_keepalive_connections=per)))
+            for _ in range(max(1, -(-concurrency // per)))])
+        self.messages = self
+
+    def create(self, **kwargs: object) -> object:
+        call = next(self._clients).messages.create(**kwargs)  # type: ignore[call-overload]
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+
+
 def _clients() -> tuple[anthropic.Anthropic, redis.Redis]:
     global _sdk, _redis
     if _sdk is None or _redis is None:  # made once, by the first task
         with _local:
             if _sdk is None or _redis is None:
-                if GROUPED:
+                if CLIENTS == "grouped":
                     _sdk = Clients(_grouped_client, CONCURRENCY).current
+                elif CLIENTS == "loop":
+                    looped: Any = _Loop(CONCURRENCY)
+                    _sdk = lambda: looped  # noqa: E731
                 else:
                     client = anthropic.Anthropic(max_retries=0, timeout=120)
                     _sdk = lambda: client  # noqa: E731

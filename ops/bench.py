@@ -25,7 +25,7 @@ BASELINE_CONCURRENCY (ops/baseline.py). Variants alternate (farm,
 baseline, farm, baseline, …) in every scenario so drift on a noisy machine hits both; the
 medians and the ratios farm / plain are printed, a table per scenario.
 
-Environment: FARM_BENCH_SCENARIOS (latency,cpu), FARM_BENCH_ROUNDS (3, both scenarios),
+Environment: FARM_BENCH_SCENARIOS (latency,cpu,wide), FARM_BENCH_ROUNDS (3, every scenario),
 FARM_BENCH_JOBS (latency scenario, 1500; the cpu scenario's: FARM_BENCH_CPU_JOBS, 3000, and
 FARM_BENCH_CPU_LATENCY, 0.05 s), FARM_BENCH_CONCURRENCY (100, both), FARM_BENCH_POOLS
 (threads; e.g. "threads,gevent" to compare pools in the latency scenario; the cpu one runs
@@ -182,12 +182,13 @@ def run_farm(settings: Settings, env: dict[str, str], pool: str, log: Path,
 
 
 def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path, *, n: int = N,
-                 concurrency: int = CONCURRENCY, grouped: bool = False) -> Result:
-    """Plain Celery; ``grouped``: calling through the farm's client layout (ops/baseline.py)."""
+                 concurrency: int = CONCURRENCY, clients: str = "default") -> Result:
+    """Plain Celery; ``clients`` "grouped": calling through the farm's client layout, "loop":
+    on an asyncio event loop (ops/baseline.py)."""
     from celery import Celery
 
     env = {**env, "BASELINE_BROKER_URL": broker_url, "BASELINE_CONCURRENCY": str(concurrency),
-           "BASELINE_CLIENTS": "grouped" if grouped else "default"}
+           "BASELINE_CLIENTS": clients}
     argv = worker_argv("baseline", concurrency=concurrency, pool=pool, app="ops.baseline",
                        events=EVENTS, name=f"baseline-{uuid.uuid4().hex[:6]}@%h")
     worker = _start_worker(argv, env, log)
@@ -209,7 +210,8 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path, *, 
         elapsed = time.monotonic() - start
         cpu = _proc_cpu(worker.pid) - cpu0
         finished = [float(t) for t in counter.lrange(f"baseline:done:{run}", 0, -1)]
-        name = "plain-celery+clients" if grouped else "plain-celery"
+        name = {"default": "plain-celery", "grouped": "plain-celery+clients",
+                "loop": "plain-celery+loop"}[clients]
         return Result(f"{name}/{pool}", steady_rate(finished), n / elapsed, cpu / n,
                       _peak_rss_mb(worker.pid), n / (max(finished) - wall))
     finally:
@@ -263,10 +265,14 @@ def main() -> int:
 
         def ceiling(env: dict[str, str], log: Path, n: int, concurrency: int) -> Result:
             return run_baseline(broker_url, env, pool, log, n=n, concurrency=concurrency,
-                                grouped=True)
+                                clients="grouped")
+
+        def looped(env: dict[str, str], log: Path, n: int, concurrency: int) -> Result:
+            return run_baseline(broker_url, env, pool, log, n=n, concurrency=concurrency,
+                                clients="loop")
 
         wide = bench_wide.run(bench_wide.Context(env, logs, ROUNDS, pool, farm, plain,
-                                                 ceiling), broker_url)
+                                                 ceiling, looped), broker_url)
         print()
     print_goals([
         Goal(f"cpu-bound ({1000 * bench_cpu.LATENCY_S:.0f} ms, C={CONCURRENCY}): end-to-end "

@@ -4,10 +4,13 @@
 The farm and plain Celery (ops/baseline.py), one worker process each, the threads pool with
 FARM_BENCH_WIDE_CONCURRENCY (1000) threads, call a simulator answering in a fixed 1 s:
 FARM_BENCH_WIDE_JOBS (5000) jobs a run, the variants alternating (farm, plain, ceiling,
-farm, …, FARM_BENCH_ROUNDS rounds) so drift on a noisy machine hits them all. The third,
-the ceiling, is plain Celery's task calling through the farm's client layout
+loop, farm, …, FARM_BENCH_ROUNDS rounds) so drift on a noisy machine hits them all. The
+third, the ceiling, is plain Celery's task calling through the farm's client layout
 (farm.provider.clients) and doing nothing else of the farm: the most a Celery task making
-this SDK call reaches in one process, which no farm job, doing more, can pass. At 1000
+this SDK call in its own thread reaches in one process, which no farm job, doing more, can
+pass. The fourth, loop, is plain Celery's task handing its call to one asyncio event loop
+in the worker (the SDK's AsyncAnthropic) and waiting for it: what an asyncio execution
+path for the calls would reach under Celery's threads pool (issue 16, part 3). At 1000
 calls in flight and 1 s the provider would allow 1000 jobs/s: the bound is the worker
 process (one interpreter for 1000 threads, on cores shared with Postgres, Valkey, the
 simulator and the submitter), and that is what the scenario measures.
@@ -92,6 +95,7 @@ class Context:
     farm: Runner
     plain: Runner
     ceiling: Runner  # plain Celery through the farm's client layout, nothing else of it
+    looped: Runner  # plain Celery with its calls on one asyncio event loop
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ def run(ctx: Context, broker_url: str) -> float:
               f"{_maxclients(broker_url)}")
         for round_no in range(ctx.rounds):
             for name, runner in (("farm", ctx.farm), ("plain", ctx.plain),
-                                 ("ceiling", ctx.ceiling)):
+                                 ("ceiling", ctx.ceiling), ("loop", ctx.looped)):
                 _sim(port, "reset")
                 r = runner(env, ctx.logs / f"bench-wide-{name}.log", N, CONCURRENCY)
                 flight = int(_sim(port, "stats")["max_in_flight"])
@@ -180,6 +184,10 @@ def table(runs: list[Run], pool: str) -> float:
         print(f"ceiling: a bare Celery task making the same SDK call through the farm's client "
               f"layout reaches {top[0]:.1f} jobs/s = {top[0] / b[0]:.2f}x plain (the farm: "
               f"{f[0] / top[0]:.2f}x of it)")
+    loop = rows.get(f"plain-celery+loop/{pool}")
+    if loop is not None:
+        print(f"asyncio: a bare Celery task whose call runs on one event loop in the worker "
+              f"reaches {loop[0]:.1f} jobs/s = {loop[0] / b[0]:.2f}x plain")
     print(f"wide goal (C={CONCURRENCY}, 1 s latency, one process): farm {f[0]:.1f} jobs/s end "
           f"to end = {ratio:.2f}x plain Celery's {b[0]:.1f} ({pool}); goal >= {GOAL:.2f}x: "
           f"{'met' if ratio >= GOAL else 'NOT MET'} (steady {f[1] / b[1]:.2f}x)")
