@@ -22,7 +22,9 @@ Postgres, the baseline's last completion time in Redis; *steady* as in the laten
 
 CPU seconds per job, from /proc/<pid>/stat (utime+stime, cutime+cstime), the difference of
 two samples taken just before the first submit and once the last job is seen finished, of:
-  * worker: the Celery worker process (with all its threads);
+  * worker: the Celery worker process (with all its threads); "worker sys" is the part of
+    it spent in the kernel (its stime: system calls, and the interpreter lock handed from
+    thread to thread through futex waits and wakes), already counted in "worker";
   * postgres: the whole embedded server, the postmaster's process tree: every process's own
     times plus its reaped children's (cutime+cstime), summed over the postmaster and all its
     live descendants. A backend that lives through both samples counts by its own times; one
@@ -76,6 +78,7 @@ MODEL = "claude-haiku-4-5"  # the simple queue's model, and the baseline's
 # far above anything the run uses: they never bind, but the limiter runs on every call
 LIMITS = {MODEL: {"rpm": 10_000_000, "itpm": 10_000_000_000, "otpm": 10_000_000_000}}
 PROCS = ("worker", "postgres", "redis", "sim", "submitter")
+KERNEL = "worker sys"  # of the worker's CPU, the part in the kernel (its stime)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -121,6 +124,21 @@ def _all_stats() -> dict[int, tuple[int, int]]:
         f = raw.rsplit(b")", 1)[1].split()  # after "pid (comm)": state ppid … (man 5 proc)
         stats[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
     return stats
+
+
+def kernel_cpu(pid: int) -> float | None:
+    """The process's own system time so far (stime: its threads' time in the kernel), in
+    seconds; None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(raw.rsplit(b")", 1)[1].split()[12]) / TICK
+
+
+def worker_cpu(worker: int, roots: dict[str, int | None]) -> dict[str, float | None]:
+    """tree_cpu of the worker and the servers, and the worker's own system time."""
+    return {**tree_cpu({"worker": worker, **roots}), KERNEL: kernel_cpu(worker)}
 
 
 def tree_cpu(roots: dict[str, int | None]) -> dict[str, float | None]:
@@ -212,7 +230,7 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
             farm.wait(submit(_jobs(pool, ctx.concurrency, offset=N)), timeout=120)  # warm-up
             r.delete(bucket)  # the measured run's calls make it again
             jobs = _jobs(pool, N)
-            before = tree_cpu({"worker": worker.pid, **roots})
+            before = worker_cpu(worker.pid, roots)
             start, cpu0 = time.time(), time.process_time()
             ids = submit(jobs)
             submitter = time.process_time() - cpu0
@@ -222,7 +240,7 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
                     raise SystemExit(f"bench: {len(pending)} farm jobs not finished in 600 s")
                 time.sleep(1.0)
                 pending = unfinished(farm.db, list(pending))
-            after = tree_cpu({"worker": worker.pid, **roots})
+            after = worker_cpu(worker.pid, roots)
             views = farm.statuses(ids)
         bad = [v for v in views if v.status.value != "succeeded"]
         if bad:
@@ -277,12 +295,12 @@ def run_baseline(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int 
         send(_jobs(pool, ctx.concurrency, offset=N), warm)
         wait(warm, ctx.concurrency)
         jobs = _jobs(pool, N)
-        before = tree_cpu({"worker": worker.pid, **roots})
+        before = worker_cpu(worker.pid, roots)
         start, cpu0 = time.time(), time.process_time()
         send(jobs, run)
         submitter = time.process_time() - cpu0
         wait(run, N)
-        after = tree_cpu({"worker": worker.pid, **roots})
+        after = worker_cpu(worker.pid, roots)
         finished = [float(t) for t in counter.lrange(f"baseline:done:{run}", 0, -1)]
         cpu = _per_job(before, after, N)
         cpu["submitter"] = submitter / N
@@ -303,7 +321,7 @@ def _ms(value: float | None) -> str:
 
 
 def _total(cpu: dict[str, float | None]) -> float:
-    return sum(v for v in cpu.values() if v is not None)
+    return sum(v for p, v in cpu.items() if p in PROCS and v is not None)
 
 
 def run(ctx: Context) -> list[Result]:
@@ -330,7 +348,8 @@ def run(ctx: Context) -> list[Result]:
                 results.append(r)
                 print(f"  round {round_no + 1} {r.variant:<20} {r.end_to_end:7.1f} jobs/s end "
                       f"to end ({r.steady:6.1f} steady)  CPU ms/job: "
-                      + "  ".join(f"{p} {_ms(r.cpu.get(p))}" for p in PROCS)
+                      + "  ".join(f"{p} {_ms(r.cpu.get(p))}" for p in (*PROCS[:1], KERNEL,
+                                                                        *PROCS[1:]))
                       + f"  total {_ms(_total(r.cpu))}")
     finally:
         procs.stop_all([sim], grace=10)
@@ -344,13 +363,13 @@ def table(results: list[Result]) -> None:
         rs = [r for r in results if r.variant == variant]
         row: dict[str, Any] = {"e2e": statistics.median(r.end_to_end for r in rs),
                                "steady": statistics.median(r.steady for r in rs)}
-        for p in (*PROCS, "total"):
+        for p in (*PROCS, KERNEL, "total"):
             got = [(_total(r.cpu) if p == "total" else r.cpu.get(p)) for r in rs]
             row[p] = statistics.median(g for g in got if g is not None) if all(
                 g is not None for g in got) else None
         row["cores"] = row["total"] * row["e2e"]  # CPU busy: those processes' cores in use
         medians[variant] = row
-    cols = ("e2e", "steady", *PROCS, "total", "cores")
+    cols = ("e2e", "steady", PROCS[0], KERNEL, *PROCS[1:], "total", "cores")
     print(f"\ncpu scenario, medians of {len(results) // max(1, len(medians))} round(s) "
           "(jobs/s end to end and steady; CPU ms per job by process; cores: total CPU per job "
           "x jobs/s end to end):")
