@@ -38,6 +38,9 @@ two samples taken just before the first submit and once the last job is seen fin
   * sim: the simulator's process tree (shared by both variants, measured per run);
   * submitter: this process's CPU (time.process_time) while it submits the N jobs: for the
     farm validating, routing, recording and publishing; for plain Celery publishing.
+Each farm round also prints how many of its jobs were running at once (status running,
+counted once a second while more jobs than the worker's slots were unfinished; the median):
+how many of its slots the worker keeps busy under a backlog.
 The farm's postgres figure includes the bench's completion polls (one query a second over
 the jobs not finished yet), the baseline's redis figure its LLEN a second. Servers not
 embedded (FARM_BROKER_URL / FARM_DATABASE_URL set) cannot be sampled: shown as n/a.
@@ -61,6 +64,7 @@ from typing import Any
 
 import procs  # ops/, this script's directory
 import redis
+from sqlalchemy import text
 
 from farm import services
 from farm.client import Farm
@@ -100,6 +104,9 @@ class Result:
     end_to_end: float  # jobs/s, first submit .. last completion
     steady: float  # jobs/s, 10 % .. 90 % completion
     cpu: dict[str, float | None] = field(default_factory=dict)  # CPU s per job, by process
+    # the farm's jobs running at once (status running), median of the 1 s samples taken
+    # while more than the worker's slots were still unfinished; None for plain Celery
+    running: float | None = None
 
 
 def steady_rate(finished: list[float]) -> float:
@@ -235,11 +242,16 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
             ids = submit(jobs)
             submitter = time.process_time() - cpu0
             pending, deadline = set(ids), time.monotonic() + 600
+            running: list[int] = []
             while pending:  # farm.wait's polls, without its final read of every job
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bench: {len(pending)} farm jobs not finished in 600 s")
                 time.sleep(1.0)
                 pending = unfinished(farm.db, list(pending))
+                if len(pending) > ctx.concurrency:
+                    with farm.engine.connect() as conn:
+                        running.append(int(conn.execute(text(
+                            "select count(*) from jobs where status = 'running'")).scalar_one()))
             after = worker_cpu(worker.pid, roots)
             views = farm.statuses(ids)
         bad = [v for v in views if v.status.value != "succeeded"]
@@ -254,7 +266,7 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
         cpu = _per_job(before, after, N)
         cpu["submitter"] = submitter / N
         return Result(f"farm/{ctx.pool}", N / (max(finished) - start), steady_rate(finished),
-                      cpu)
+                      cpu, statistics.median(running) if running else None)
     finally:
         procs.stop_all([worker])
         r.close()
@@ -351,6 +363,9 @@ def run(ctx: Context) -> list[Result]:
                       + "  ".join(f"{p} {_ms(r.cpu.get(p))}" for p in (*PROCS[:1], KERNEL,
                                                                         *PROCS[1:]))
                       + f"  total {_ms(_total(r.cpu))}")
+                if r.running is not None:
+                    print(f"    (farm: {r.running:.0f} jobs running at once of "
+                          f"{ctx.concurrency} slots, while more than that were unfinished)")
     finally:
         procs.stop_all([sim], grace=10)
     table(results)
