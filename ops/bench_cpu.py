@@ -64,7 +64,6 @@ from typing import Any
 
 import procs  # ops/, this script's directory
 import redis
-from sqlalchemy import text
 
 from farm import services
 from farm.client import Farm
@@ -84,6 +83,7 @@ LIMITS = {MODEL: {"rpm": 10_000_000, "itpm": 10_000_000_000, "otpm": 10_000_000_
 PROCS = ("worker", "postgres", "redis", "sim", "submitter")
 KERNEL = "worker sys"  # of the worker's CPU, the part in the kernel (its stime)
 TICK = os.sysconf("SC_CLK_TCK")
+RUNNING_SQL = "SELECT count(*) FROM jobs WHERE status = 'running'"
 
 
 @dataclass
@@ -118,9 +118,10 @@ def steady_rate(finished: list[float]) -> float:
 
 # --- CPU of process trees --------------------------------------------------------------
 
-def _all_stats() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, ticks: own utime+stime plus reaped children's cutime+cstime)."""
-    stats: dict[int, tuple[int, int]] = {}
+def _all_stats() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, ticks: own utime+stime plus reaped children's cutime+cstime, own stime
+    ticks)."""
+    stats: dict[int, tuple[int, int, int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -129,30 +130,25 @@ def _all_stats() -> dict[int, tuple[int, int]]:
         except OSError:  # gone meanwhile
             continue
         f = raw.rsplit(b")", 1)[1].split()  # after "pid (comm)": state ppid … (man 5 proc)
-        stats[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+        stats[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]), int(f[12]))
     return stats
 
 
-def kernel_cpu(pid: int) -> float | None:
-    """The process's own system time so far (stime: its threads' time in the kernel), in
-    seconds; None once it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(raw.rsplit(b")", 1)[1].split()[12]) / TICK
-
-
 def worker_cpu(worker: int, roots: dict[str, int | None]) -> dict[str, float | None]:
-    """tree_cpu of the worker and the servers, and the worker's own system time."""
-    return {**tree_cpu({"worker": worker, **roots}), KERNEL: kernel_cpu(worker)}
-
-
-def tree_cpu(roots: dict[str, int | None]) -> dict[str, float | None]:
-    """CPU seconds so far of each named process tree (see the module docstring)."""
+    """tree_cpu of the worker and the servers, and the worker's own system time (its
+    stime: its threads' time in the kernel), from one read of /proc."""
     stats = _all_stats()
+    kernel = stats[worker][2] / TICK if worker in stats else None
+    return {**tree_cpu({"worker": worker, **roots}, stats), KERNEL: kernel}
+
+
+def tree_cpu(roots: dict[str, int | None], stats: dict[int, tuple[int, int, int]] | None = None
+             ) -> dict[str, float | None]:
+    """CPU seconds so far of each named process tree (see the module docstring); ``stats``:
+    a read of /proc already made (_all_stats)."""
+    stats = _all_stats() if stats is None else stats
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
+    for pid, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
     out: dict[str, float | None] = {}
     for name, root in roots.items():
@@ -249,9 +245,8 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
                 time.sleep(1.0)
                 pending = unfinished(farm.db, list(pending))
                 if len(pending) > ctx.concurrency:
-                    with farm.engine.connect() as conn:
-                        running.append(int(conn.execute(text(
-                            "select count(*) from jobs where status = 'running'")).scalar_one()))
+                    with farm.db.connect() as conn:
+                        running.append(int(conn.execute(RUNNING_SQL).fetchone()[0]))
             after = worker_cpu(worker.pid, roots)
             views = farm.statuses(ids)
         bad = [v for v in views if v.status.value != "succeeded"]

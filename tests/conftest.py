@@ -16,8 +16,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import redis
 
+from farm.capacity.build import redis_limiter
 from farm.client import Farm
+from farm.jobs import JobStatus
+from farm.reliability import hold
 from farm.settings import Settings
 from farm.store.db import Database
 
@@ -140,13 +144,15 @@ def workers(e2e_env: dict[str, str], worker_logs: Path) -> Iterator[list[Path]]:
         yield [log for log, _, _ in specs]
 
 
+def e2e_settings(env: dict[str, str]) -> Settings:
+    """The settings of a client of the farm the e2e workers run (their env)."""
+    return Settings(broker_url=env["FARM_BROKER_URL"], database_url=env["FARM_DATABASE_URL"],
+                    data_dir=Path(env["FARM_DATA_DIR"]))
+
+
 @pytest.fixture
 def farm(e2e_env: dict[str, str]) -> Iterator[Farm]:
-    settings = Settings(
-        broker_url=e2e_env["FARM_BROKER_URL"], database_url=e2e_env["FARM_DATABASE_URL"],
-        data_dir=Path(e2e_env["FARM_DATA_DIR"]),
-    )
-    with Farm(settings) as f:
+    with Farm(e2e_settings(e2e_env)) as f:
         yield f
 
 
@@ -161,41 +167,30 @@ def leave_no_work_behind(request: pytest.FixtureRequest) -> Iterator[None]:
     if not any(request.node.get_closest_marker(m) for m in ("e2e", "faults")):
         yield
         return
-    env: dict[str, str] = request.getfixturevalue("e2e_env")
+    settings = e2e_settings(request.getfixturevalue("e2e_env"))
     yield
-    import redis
-    from sqlalchemy import text
-
-    from farm.reliability import hold
-
     left: list[str] = []
-    client = redis.Redis.from_url(env["FARM_BROKER_URL"])
+    client = redis.Redis.from_url(str(settings.broker_url))
     try:
         if hold.release(client):
             left.append("the farm held")
-        paused = client.smembers(PAUSED_KEY)
+        limiter = redis_limiter(client, settings)
+        paused = sorted(limiter.paused_queues())
+        for queue in paused:
+            limiter.resume_queue(queue)
         if paused:
-            left.append(f"paused queues {sorted(q.decode() for q in paused)}")
-            client.delete(PAUSED_KEY)
+            left.append(f"paused queues {paused}")
     finally:
         client.close()
-    settings = Settings(broker_url=env["FARM_BROKER_URL"], database_url=env["FARM_DATABASE_URL"],
-                        data_dir=Path(env["FARM_DATA_DIR"]))
     with Farm(settings) as farm:
-        with farm.engine.connect() as conn:
-            unfinished = conn.execute(text(
-                "select id from jobs where status in ('queued', 'running')")).scalars().all()
-        for job_id in unfinished:
-            farm.cancel(job_id)
+        unfinished = farm.jobs(status=[s for s in JobStatus if not s.terminal], limit=100_000)
+        for job in unfinished:
+            farm.cancel(job.id)
         if unfinished:
             left.append(f"{len(unfinished)} unfinished jobs (cancelled)")
-            purged = farm.app.control.purge()
-            left.append(f"{purged} messages purged")
+            left.append(f"{farm.app.control.purge()} messages purged")
     if left:
         print(f"\nleft behind by {request.node.nodeid}: {'; '.join(left)}")
-
-
-PAUSED_KEY = "farm:lim:queues:paused"
 
 
 @pytest.fixture
