@@ -44,7 +44,7 @@ def _read(item: bytes) -> _Connection:
     connection = _Connection()
     state = {"client": _Client((f"haiku-simple{SEP}3".encode(), item)),
              "connection": connection, "connection_errors": (), "sep": SEP,
-             "_queue_cycle": _Cycle()}
+             "_queue_cycle": _Cycle(), "take_batch": 0}  # no Redis to take more from
     for name, value in state.items():
         object.__setattr__(channel, name, value)
     assert channel._brpop_read() is True
