@@ -63,6 +63,17 @@ def _reason(exc: ValueError) -> str:
     return str(exc) if type(exc) is ValueError else type(exc).__name__
 
 
+def _envelope(item: bytes | str, queue: str) -> dict[str, Any] | None:
+    """The item's envelope, or None: an item that is not a message is dropped, and the log
+    says why and how big, never what it holds (anyone may push anything to a list)."""
+    try:
+        return decode_envelope(item)
+    except ValueError as exc:
+        log.error("dropped an item on queue %s that is not a message: %s (%d bytes, "
+                  "not shown)", queue, _reason(exc), _size(item))
+        return None
+
+
 # KEYS: the list, the unacked hash, the unacked index. ARGV: how many at most, now. Pops up
 # to that many items and records each message as kombu's QoS.append does (its tag's score,
 # and [message, exchange, routing key] under its tag), the item's text kept as it is.
@@ -147,22 +158,16 @@ class Channel(kombu_redis.Channel):
             dest, item = dest__item
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            try:
-                payload = decode_envelope(item)
-            except ValueError as exc:
-                # why and how big, never what it holds (anyone may push anything to a list)
-                log.error("dropped an item on queue %s that is not a message: %s (%d bytes, "
-                          "not shown)", dest, _reason(exc), _size(item))
-                return True
-            self.connection._deliver(payload, dest)
-            self._take_more(dest__item[0], dest)
+            payload = _envelope(item, dest)
+            if payload is not None:
+                self.connection._deliver(payload, dest)
+                self._take_more(dest__item[0], dest)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:
                 flush()
-
 
     def _take_more(self, key: bytes | str, dest: str) -> None:
         """Up to ``BATCH`` more messages from the list ``key``, as the prefetch allows."""
@@ -182,11 +187,8 @@ class Channel(kombu_redis.Channel):
                 self.take_batch = 0
                 return
         for item, recorded in zip(reply[::2], reply[1::2], strict=True):
-            try:
-                payload = decode_envelope(item)
-            except ValueError as exc:
-                log.error("dropped an item on queue %s that is not a message: %s (%d bytes, "
-                          "not shown)", dest, _reason(exc), _size(item))
+            payload = _envelope(item, dest)
+            if payload is None:
                 continue
             if recorded:
                 self.qos.recorded.add(payload["properties"]["delivery_tag"])
