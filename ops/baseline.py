@@ -11,9 +11,9 @@ redis-py's default pool of 100 raises "Too many connections" once more than 100 
 record a completion at once.
 
 With BASELINE_CLIENTS=grouped it calls through the farm's client layout instead
-(farm.provider.clients: one client per 100 threads, each keeping its threads' connections
-alive), and nothing else of the farm: the most a Celery task making this SDK call reaches in
-one process, the ceiling the wide scenario prints beside the farm.
+(farm.provider.clients: one client per 10 threads, each keeping its threads' connections
+alive, one TLS context for all), and nothing else of the farm: the most a Celery task making
+this SDK call reaches in one process, the ceiling the wide scenario prints beside the farm.
 
 With BASELINE_CLIENTS=loop the task hands its call to one asyncio event loop in the worker
 process (a thread of its own; the SDK's AsyncAnthropic, one client per 100 slots, taken in
@@ -25,6 +25,7 @@ scenario.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import threading
@@ -59,7 +60,10 @@ _redis: redis.Redis | None = None
 def _grouped_client(connections: int) -> anthropic.Anthropic:
     return anthropic.Anthropic(max_retries=0, timeout=120, http_client=anthropic.DefaultHttpxClient(
         limits=httpx2.Limits(max_connections=connections,
-                             max_keepalive_connections=connections)))
+                             max_keepalive_connections=connections), verify=_tls()))
+
+
+_tls = functools.cache(httpx2.create_ssl_context)  # one for all the clients, as in the farm
 
 
 class _Loop:

@@ -23,7 +23,7 @@ both (FARM_BENCH_EVENTS).
 
 Nothing but the process may cap it, so both workers' pools are sized to their threads:
   * the farm's worker sizes its pools from its -c (farm.worker.runtime.size): its SDK
-    clients, one per 100 threads, each keeping its threads' connections alive
+    clients, one per 10 threads, each keeping its threads' connections alive
     (farm.provider.clients), and its Redis client's C + 32 connections. FARM_SLOTS is
     fixed (bench.main): 1000 slots, a prefetch of 1000. Postgres keeps the default pool
     (FARM_DB_POOL_SIZE 10: up to 30 connections, kept once opened): a job holds a

@@ -2,15 +2,21 @@
 own.
 
 One client for all threads was the simple choice, and it costs the most where a worker is
-widest: the HTTP connection pool (httpcore, under the SDK) looks over every connection and
-every waiting request, under one lock, on each request and each response. With 1,000
-threads on one pool of 1,000 connections that scan is most of a call's CPU. Measured here
-(one process, `-c 1000`, 1 s latency, 4,000 plain SDK calls from Celery tasks, one run):
-one client 154-174 jobs/s at 5.4-6.3 ms CPU per job; 10 clients of 108 connections 239
-jobs/s at 3.9 ms; 32 of 40, 246 jobs/s at 3.6 ms. So a worker has ``ceil(threads / GROUP)``
-clients (one up to 100 threads, as before), thread *i* uses client ``i mod n`` for its whole
-life (its connections stay warm), and each pool holds every connection its threads can use
-at once, all kept alive.
+busiest: the HTTP connection pool (httpcore, under the SDK) looks over every connection and
+every waiting request, under one lock, on each request and each response, and every other
+thread that wants the pool waits for that lock. With 1,000 threads on one pool of 1,000
+connections that scan is most of a call's CPU. Measured here (one process, `-c 1000`, 1 s
+latency, 4,000 plain SDK calls from Celery tasks, one run): one client 154-174 jobs/s at
+5.4-6.3 ms CPU per job; 10 clients of 108 connections 239 jobs/s at 3.9 ms; 32 of 40, 246
+jobs/s at 3.6 ms. At `-c 100` too, one pool for all 100 threads was the farm's bound where
+the provider is fast: in the cpu-bound bench (50 ms calls) 40 of its 100 threads were
+waiting for that pool's lock at any moment (`py-spy dump`), and with one client per 10
+threads the farm's jobs/s rose 1.14-1.17x (ops/bench_cpu.py, runs taken in turn). So a
+worker has ``ceil(threads / GROUP)`` clients, thread *i* uses client ``i mod n`` for its
+whole life (its connections stay warm), and each pool holds every connection its threads
+can use at once, all kept alive. The clients share one TLS context (``make``'s business,
+farm.provider.messages.tls_context): each would otherwise hold its own copy of the CA
+bundle, 0.77 MB.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable
 
 import anthropic
 
-GROUP = 100  # threads per client at most: the pool scan grows with it
+GROUP = 10  # threads per client at most: the pool scan grows with it
 SPARE = 8  # connections above a group's share: threads that are not task threads (batches)
 
 

@@ -16,7 +16,7 @@ from farm.costs.pricing import PriceBook, default_pricebook
 from farm.memo.inflight import InFlight
 from farm.provider.abort import Calls
 from farm.provider.clients import Clients
-from farm.provider.messages import make_client
+from farm.provider.messages import make_client, tls_context
 from farm.reliability.hold import HoldCheck
 from farm.reliability.leases import Republish, Running
 from farm.reliability.loops import start_threads
@@ -77,7 +77,8 @@ def build(settings: Settings, policies: Mapping[str, RetryPolicy],
     broker = redis.Redis.from_url(urls.broker_url,
                                   max_connections=settings.worker_concurrency + 32)
     calls = Calls()  # the lease watchdog stops a call through it
-    clients = Clients(lambda connections: make_client(settings, calls, connections),
+    tls = tls_context()  # one for all the clients: each context holds the CA bundle
+    clients = Clients(lambda connections: make_client(settings, calls, connections, tls),
                       settings.worker_concurrency)
     # Every worker statement stands alone (db.connect(), autocommit): no BEGIN/COMMIT round
     # trips. Up to 3x FARM_DB_POOL_SIZE connections, opened as the threads need them and
