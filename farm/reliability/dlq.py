@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from farm.store.db import Database, dict_one, dicts, scalar
 
 RECORD_SQL = """
@@ -37,10 +39,16 @@ LIST_SQL = """
 def record(db: Database, job_id: uuid.UUID, error_class: str, error_message: str) -> bool:
     """Add the job to the DLQ once; False when it was there already."""
     with db.connect() as conn:
-        cursor = conn.execute(RECORD_SQL, {
-            "job_id": job_id, "error_class": error_class, "error_message": error_message[:4000],
-        })
-        return bool(cursor.rowcount)
+        return record_on(conn, job_id, error_class, error_message)
+
+
+def record_on(conn: psycopg.Connection[Any], job_id: uuid.UUID, error_class: str,
+              error_message: str) -> bool:
+    """``record`` on ``conn``: in its transaction, when the job's row is written in it too."""
+    cursor = conn.execute(RECORD_SQL, {
+        "job_id": job_id, "error_class": error_class, "error_message": error_message[:4000],
+    })
+    return bool(cursor.rowcount)
 
 
 def entries(db: Database, *, limit: int = 100, include_replayed: bool = False,

@@ -28,9 +28,15 @@ def dead_letter(app: Celery, runtime: rt.Runtime, job_id: uuid.UUID, queue: str,
     """``dead`` outside a task (the batch loop, farm.batches): the message goes out on
     ``app``."""
     if dlq.record(runtime.db, job_id, error_class, message):
-        events.job_dead.send(None, queue=queue, error_class=error_class)
-        app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
-                      kwargs={"job_id": str(job_id), "error_class": error_class})
+        announce_dead(app, runtime, job_id, queue, error_class)
+
+
+def announce_dead(app: Celery, runtime: rt.Runtime, job_id: uuid.UUID, queue: str,
+                  error_class: str) -> None:
+    """What follows a job's new DLQ row: the job_dead event and the dead-letter message."""
+    events.job_dead.send(None, queue=queue, error_class=error_class)
+    app.send_task(DEAD_LETTER_TASK, queue=runtime.policy(queue).dead_letter_queue,
+                  kwargs={"job_id": str(job_id), "error_class": error_class})
 
 
 def finished(job: store.StartedJob, model: str, status: str) -> None:

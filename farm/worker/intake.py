@@ -18,12 +18,13 @@ from farm.batches import submit as batch_submit
 from farm.broker.layout import INTAKE_QUEUE
 from farm.costs.admit import check_cost_cap
 from farm.jobs import describe_problems
+from farm.reliability import dlq
 from farm.reliability.idempotency import IdempotencyConflictError
 from farm.routing.route import parse_and_route
 from farm.store import jobs as store
 from farm.store import keyed
 from farm.worker import runtime as rt
-from farm.worker.endings import dead
+from farm.worker.endings import announce_dead
 
 log = logging.getLogger("farm.tasks")
 
@@ -100,18 +101,23 @@ def duplicate(runtime: rt.Runtime, job_id: uuid.UUID, holder: uuid.UUID) -> dict
 
 def _refuse(task: Task, runtime: rt.Runtime, job_id: uuid.UUID, raw: Any, queue: str,
             reason: str) -> None:
-    """Record an inline job that cannot run as failed, with the reason, and dead-letter it.
-    Its request is kept as sent if Postgres can store it, else left out."""
+    """Record an inline job that cannot run as failed, with the reason, and dead-letter it:
+    the job's row and its DLQ row in one transaction (no one sees it failed and not in the
+    DLQ). Its request is kept as sent if Postgres can store it, else left out."""
     reason = reason.replace("\x00", "\\x00")  # a field name can hold one (a metadata key)
+
+    def refused(request: Any) -> bool:
+        with runtime.db.begin() as conn:
+            store.insert_failed_job(conn, job_id, request, queue, reason)
+            return dlq.record_on(conn, job_id, "invalid", reason)
+
     try:
         try:
-            with runtime.db.connect() as conn:
-                store.insert_failed_job(conn, job_id, raw, queue, reason)
+            fresh = refused(raw)
         except _UNSTORABLE as exc:
-            with runtime.db.connect() as conn:
-                store.insert_failed_job(conn, job_id, {"not_stored": db_error(exc)}, queue,
-                                        reason)
-        dead(task, runtime, job_id, queue, "invalid", reason)
+            fresh = refused({"not_stored": db_error(exc)})
+        if fresh:
+            announce_dead(task.app, runtime, job_id, queue, "invalid")
     except _DATABASE_ERRORS as exc:
         _intake_later(task, runtime, job_id, exc)
 
