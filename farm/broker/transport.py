@@ -127,7 +127,7 @@ class QoS(kombu_redis.QoS):
         self._acked_lock = threading.Lock()
 
     def ack(self, delivery_tag: str) -> None:
-        if not getattr(self.channel.connection, "flushes_acks", False):
+        if not self.channel.connection.flushes_acks:
             super().ack(delivery_tag)
             return
         with self._acked_lock:
@@ -142,9 +142,8 @@ class QoS(kombu_redis.QoS):
         if not tags:
             return 0
         try:
-            with self.channel.conn_or_acquire() as client:
-                client.pipeline().zrem(self.unacked_index_key, *tags).hdel(
-                    self.unacked_key, *tags).execute()
+            with self.pipe_or_acquire() as pipe:  # kombu's _remove_from_indices, for all
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
         except BaseException:
             with self._acked_lock:
                 self._acked[:0] = tags
@@ -195,6 +194,9 @@ class Channel(kombu_redis.Channel):
                             "and their repeated deliveries are acknowledged unrun",
                             type(exc).__name__)
         super().close()
+        # kombu disconnects the pool before it restores the unacknowledged messages, and the
+        # restore opens it again (its connections were left to the garbage collector)
+        self._disconnect_pools()
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu's own _brpop_read, with the decoding guarded

@@ -9,8 +9,8 @@ connections that scan is most of a call's CPU. Measured here (one process, `-c 1
 latency, 4,000 plain SDK calls from Celery tasks, one run): one client 154-174 jobs/s at
 5.4-6.3 ms CPU per job; 10 clients of 108 connections 239 jobs/s at 3.9 ms; 32 of 40, 246
 jobs/s at 3.6 ms. At `-c 100` too, one pool for all 100 threads was the farm's bound where
-the provider is fast: in the cpu-bound bench (50 ms calls) 40 of its 100 threads were
-waiting for that pool's lock at any moment (`py-spy dump`), and with one client per 10
+the provider is fast: in the cpu-bound bench (50 ms calls) 43 of its 100 threads on average
+were waiting for that pool's lock (`py-spy dump`), and with one client per 10
 threads the farm's jobs/s rose 1.14-1.17x (ops/bench_cpu.py, runs taken in turn). So a
 worker has ``ceil(threads / GROUP)`` clients, thread *i* uses client ``i mod n`` for its
 whole life (its connections stay warm), and each pool holds every connection its threads
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import anthropic
 
-GROUP = 10  # threads per client at most: the pool scan grows with it
+GROUP = 10  # threads per client at most: the pool's scan and its lock's queue grow with it
 SPARE = 8  # connections above a group's share: threads that are not task threads (batches)
 
 

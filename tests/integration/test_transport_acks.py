@@ -5,47 +5,39 @@ kombu's own event loop (its Hub) registered as a worker registers it."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Consumer
 from kombu.asynchronous import Hub
-
-from farm.broker import transport
+from tests_kombu import KombuQueue, kombu_queue
 
 
 @pytest.fixture
-def looped(broker_url: str) -> Iterator[tuple[Connection, Any, Queue, Hub]]:
-    """A connection whose transport is registered with an event loop (as a worker's is)."""
-    transport.register()
-    name = f"ack-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+def looped(broker_url: str) -> Iterator[tuple[KombuQueue, Hub]]:
+    """A queue whose connection's transport is registered with an event loop (as a
+    worker's is)."""
     hub = Hub()
-    with Connection(broker_url) as conn:
-        chan = conn.channel()
-        conn.transport.register_with_event_loop(conn.connection, hub)
+    with kombu_queue(broker_url) as made:
+        made.conn.transport.register_with_event_loop(made.conn.connection, hub)
         try:
-            yield conn, chan, queue, hub
+            yield made, hub
         finally:
-            chan.close()
+            made.chan.close()  # while the loop is there (kombu_queue closes it again: no-op)
             hub.close()
-            with redis.Redis.from_url(broker_url) as client:
-                client.delete(name)
 
 
-def _deliver(conn: Connection, chan: Any, queue: Queue, n: int) -> list[Any]:
-    producer = Producer(chan)
-    for i in range(n):
-        producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key,
-                         declare=[queue])
+def _deliver(made: KombuQueue, n: int) -> list[Any]:
+    """``n`` messages published, then consumed (none acknowledged)."""
+    made.publish(n)
     got: list[Any] = []
-    chan.basic_qos(0, 50, False)
-    Consumer(chan, [queue], callbacks=[lambda body, message: got.append(message)]).consume()
+    made.chan.basic_qos(0, 50, False)
+    Consumer(made.chan, [made.queue],
+             callbacks=[lambda body, message: got.append(message)]).consume()
     while len(got) < n:
-        conn.drain_events(timeout=5)
+        made.conn.drain_events(timeout=5)
     return got
 
 
@@ -64,10 +56,11 @@ def _tick(hub: Hub) -> None:
 
 
 def test_acks_free_the_prefetch_at_once_and_are_written_together_on_the_next_turn(
-        looped: tuple[Connection, Any, Queue, Hub]) -> None:
-    conn, chan, queue, hub = looped
+        looped: tuple[KombuQueue, Hub]) -> None:
+    made, hub = looped
+    conn, chan = made.conn, made.chan
     assert conn.transport.flushes_acks
-    got = _deliver(conn, chan, queue, 5)
+    got = _deliver(made, 5)
     room = chan.qos.can_consume_max_estimate()
     for message in got[:3]:
         message.ack()
@@ -83,9 +76,10 @@ def test_acks_free_the_prefetch_at_once_and_are_written_together_on_the_next_tur
 
 
 def test_a_failed_write_keeps_the_acks_for_the_next_turn(
-        looped: tuple[Connection, Any, Queue, Hub], monkeypatch: pytest.MonkeyPatch) -> None:
-    conn, chan, queue, hub = looped
-    got = _deliver(conn, chan, queue, 2)
+        looped: tuple[KombuQueue, Hub], monkeypatch: pytest.MonkeyPatch) -> None:
+    made, hub = looped
+    chan = made.chan
+    got = _deliver(made, 2)
     for message in got:
         message.ack()
 
@@ -102,9 +96,10 @@ def test_a_failed_write_keeps_the_acks_for_the_next_turn(
 
 
 def test_closing_the_channel_writes_the_acks_kept(
-        looped: tuple[Connection, Any, Queue, Hub], broker_url: str) -> None:
-    conn, chan, queue, _ = looped
-    got = _deliver(conn, chan, queue, 3)
+        looped: tuple[KombuQueue, Hub], broker_url: str) -> None:
+    made, _ = looped
+    chan, queue = made.chan, made.queue
+    got = _deliver(made, 3)
     got[0].ack()
     got[1].ack()
     tags = [m.delivery_tag for m in got]
@@ -117,17 +112,8 @@ def test_closing_the_channel_writes_the_acks_kept(
 
 
 def test_without_an_event_loop_an_ack_is_written_at_once(broker_url: str) -> None:
-    transport.register()
-    name = f"ack-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    with Connection(broker_url) as conn:
-        chan = conn.channel()
-        try:
-            assert not conn.transport.flushes_acks
-            got = _deliver(conn, chan, queue, 2)
-            got[0].ack()
-            assert _recorded(chan, got) == [False, True]
-        finally:
-            chan.close()
-            with redis.Redis.from_url(broker_url) as client:
-                client.delete(name)
+    with kombu_queue(broker_url) as made:
+        assert not made.conn.transport.flushes_acks
+        got = _deliver(made, 2)
+        got[0].ack()
+        assert _recorded(made.chan, got) == [False, True]

@@ -8,38 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Queue
+from tests_kombu import KombuQueue, kombu_queue
 
 from farm.broker import transport
 
 
 @pytest.fixture
-def channel(broker_url: str) -> Iterator[tuple[Connection, Any, Queue]]:
-    transport.register()
-    name = f"take-test-{uuid.uuid4().hex[:8]}"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    with Connection(broker_url) as conn:
-        chan = conn.channel()
-        assert isinstance(chan, transport.Channel)
-        try:
-            yield conn, chan, queue
-        finally:
-            chan.close()  # restores what a test left unacknowledged to the list: then delete
-            with redis.Redis.from_url(broker_url) as client:
-                client.delete(name)
-
-
-def _publish(chan: Any, queue: Queue, n: int) -> None:
-    producer = Producer(chan)
-    for i in range(n):
-        producer.publish({"n": i}, exchange=queue.exchange, routing_key=queue.routing_key,
-                         declare=[queue])
+def channel(broker_url: str) -> Iterator[KombuQueue]:
+    with kombu_queue(broker_url) as made:
+        yield made
 
 
 def _one_wakeup(conn: Connection, chan: Any, queue: Queue, prefetch: int) -> list[Any]:
@@ -53,9 +35,9 @@ def _one_wakeup(conn: Connection, chan: Any, queue: Queue, prefetch: int) -> lis
 
 
 def test_one_wakeup_takes_the_brpop_message_and_a_batch_in_order(
-        channel: tuple[Connection, Any, Queue]) -> None:
+        channel: KombuQueue) -> None:
     conn, chan, queue = channel
-    _publish(chan, queue, 10)
+    channel.publish(10)
     got = _one_wakeup(conn, chan, queue, prefetch=50)
     assert [m.payload for m in got] == [{"n": i} for i in range(1 + transport.BATCH)]
     with chan.conn_or_acquire() as client:
@@ -74,9 +56,9 @@ def test_one_wakeup_takes_the_brpop_message_and_a_batch_in_order(
         assert not any(client.zscore(chan.unacked_index_key, m.delivery_tag) for m in got)
 
 
-def test_the_prefetch_bounds_the_batch(channel: tuple[Connection, Any, Queue]) -> None:
+def test_the_prefetch_bounds_the_batch(channel: KombuQueue) -> None:
     conn, chan, queue = channel
-    _publish(chan, queue, 10)
+    channel.publish(10)
     got = _one_wakeup(conn, chan, queue, prefetch=2)
     assert [m.payload for m in got] == [{"n": 0}, {"n": 1}]
     with chan.conn_or_acquire() as client:
@@ -84,9 +66,9 @@ def test_the_prefetch_bounds_the_batch(channel: tuple[Connection, Any, Queue]) -
 
 
 def test_taken_messages_not_acknowledged_are_restored_as_sent(
-        channel: tuple[Connection, Any, Queue]) -> None:
+        channel: KombuQueue) -> None:
     conn, chan, queue = channel
-    _publish(chan, queue, 3)
+    channel.publish(3)
     got = _one_wakeup(conn, chan, queue, prefetch=50)
     assert len(got) == 3
     chan.qos.restore_unacked()  # what a worker's shutdown or the visibility timeout does
@@ -99,13 +81,13 @@ def test_taken_messages_not_acknowledged_are_restored_as_sent(
 
 
 def test_an_item_that_is_no_message_is_dropped_unrecorded(
-        channel: tuple[Connection, Any, Queue], caplog: pytest.LogCaptureFixture) -> None:
+        channel: KombuQueue, caplog: pytest.LogCaptureFixture) -> None:
     conn, chan, queue = channel
-    _publish(chan, queue, 1)
+    channel.publish(1)
     with chan.conn_or_acquire() as client:
         # behind the first message: not JSON, JSON without a tag, then a message
         client.lpush(queue.name, b"\xffnot json", json.dumps({"body": "x"}))
-    _publish(chan, queue, 1)
+    channel.publish(1)
     with caplog.at_level(logging.ERROR, logger="farm.broker"):
         got = _one_wakeup(conn, chan, queue, prefetch=50)
     assert [m.payload for m in got] == [{"n": 0}, {"n": 0}]
@@ -122,12 +104,12 @@ def test_an_item_that_is_no_message_is_dropped_unrecorded(
 
 
 def test_a_broker_without_rpop_count_falls_back_to_one_at_a_time(
-        channel: tuple[Connection, Any, Queue], caplog: pytest.LogCaptureFixture,
+        channel: KombuQueue, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     conn, chan, queue = channel
     # the error an old Redis gives to RPOP with a count, from inside the script
     monkeypatch.setattr(transport, "TAKE", "return redis.call('RPOP', KEYS[1], 1, 2)")
-    _publish(chan, queue, 3)
+    channel.publish(3)
     with caplog.at_level(logging.WARNING, logger="farm.broker"):
         got = _one_wakeup(conn, chan, queue, prefetch=50)
     assert [m.payload for m in got] == [{"n": 0}]
