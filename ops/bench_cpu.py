@@ -20,29 +20,16 @@ broker pools grown to their size; not measured), then FARM_BENCH_CPU_JOBS (3000)
 *End to end* is N / (first submit .. last completion): the farm's last finished_at in
 Postgres, the baseline's last completion time in Redis; *steady* as in the latency scenario.
 
-CPU seconds per job, from /proc/<pid>/stat (utime+stime, cutime+cstime), the difference of
-two samples taken just before the first submit and once the last job is seen finished, of:
-  * worker: the Celery worker process (with all its threads); "worker sys" is the part of
-    it spent in the kernel (its stime: system calls, and the interpreter lock handed from
-    thread to thread through futex waits and wakes), already counted in "worker";
-  * postgres: the whole embedded server, the postmaster's process tree: every process's own
-    times plus its reaped children's (cutime+cstime), summed over the postmaster and all its
-    live descendants. A backend that lives through both samples counts by its own times; one
-    that exits in between moves its whole lifetime into the postmaster's cutime, and was
-    counted live in the first sample, so the difference is exactly its time in the window
-    (likewise one forked and gone in between). pg_stat_activity would miss the auxiliary
-    processes (walwriter, checkpointer, autovacuum) and the short-lived ones. The only error
-    is a backend exiting between the reads of one sample, rare at the two idle moments
-    sampled;
-  * redis: the Valkey/Redis server's process tree the same way (a BGSAVE fork included);
-  * sim: the simulator's process tree (shared by both variants, measured per run);
-  * submitter: this process's CPU (time.process_time) while it submits the N jobs: for the
-    farm validating, routing, recording and publishing; for plain Celery publishing.
-Each farm round also prints how many of its jobs were running at once (status running,
-counted once a second while more jobs than the worker's slots were unfinished; the median):
-how many of its slots the worker keeps busy under a backlog.
+CPU seconds per job of every process involved: ops/proctime.py says how each is counted.
+
+Each round also prints, sampled once a second, what waited in the queue and what the worker
+held (ops/backlog.py: the queue's lists and kombu's unacked hash; medians over the samples with
+at least CONCURRENCY waiting), and for the farm how many of its jobs were running (status
+running, while more than the worker's slots were unfinished; the median): a worker holding
+far fewer than its slots while a backlog waits is bound by its consumer.
 The farm's postgres figure includes the bench's completion polls (one query a second over
-the jobs not finished yet), the baseline's redis figure its LLEN a second. Servers not
+the jobs not finished yet), both redis figures the backlog sample (one pipelined read a
+second) and the baseline's also its completion poll (an LLEN a second). Servers not
 embedded (FARM_BROKER_URL / FARM_DATABASE_URL set) cannot be sampled: shown as n/a.
 
 Environment: FARM_BENCH_CPU_JOBS (3000), FARM_BENCH_CPU_LATENCY (0.05 s); the rest is the
@@ -64,6 +51,8 @@ from typing import Any
 
 import procs  # ops/, this script's directory
 import redis
+from backlog import Backlog, farm_keys, plain_keys
+from proctime import KERNEL, server_pids, worker_cpu
 
 from farm import services
 from farm.client import Farm
@@ -81,8 +70,6 @@ MODEL = "claude-haiku-4-5"  # the simple queue's model, and the baseline's
 # far above anything the run uses: they never bind, but the limiter runs on every call
 LIMITS = {MODEL: {"rpm": 10_000_000, "itpm": 10_000_000_000, "otpm": 10_000_000_000}}
 PROCS = ("worker", "postgres", "redis", "sim", "submitter")
-KERNEL = "worker sys"  # of the worker's CPU, the part in the kernel (its stime)
-TICK = os.sysconf("SC_CLK_TCK")
 RUNNING_SQL = "SELECT count(*) FROM jobs WHERE status = 'running'"
 
 
@@ -107,6 +94,7 @@ class Result:
     # the farm's jobs running at once (status running), median of the 1 s samples taken
     # while more than the worker's slots were still unfinished; None for plain Celery
     running: float | None = None
+    backlog: tuple[float, float] | None = None  # (waiting, held) under a backlog, medians
 
 
 def steady_rate(finished: list[float]) -> float:
@@ -114,69 +102,6 @@ def steady_rate(finished: list[float]) -> float:
     times = sorted(finished)
     lo, hi = len(times) // 10, (9 * len(times)) // 10
     return (hi - lo) / (times[hi] - times[lo])
-
-
-# --- CPU of process trees --------------------------------------------------------------
-
-def _all_stats() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, ticks: own utime+stime plus reaped children's cutime+cstime, own stime
-    ticks)."""
-    stats: dict[int, tuple[int, int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry.name}/stat").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        f = raw.rsplit(b")", 1)[1].split()  # after "pid (comm)": state ppid … (man 5 proc)
-        stats[int(entry.name)] = (int(f[1]), sum(int(x) for x in f[11:15]), int(f[12]))
-    return stats
-
-
-def worker_cpu(worker: int, roots: dict[str, int | None]) -> dict[str, float | None]:
-    """tree_cpu of the worker and the servers, and the worker's own system time (its
-    stime: its threads' time in the kernel), from one read of /proc."""
-    stats = _all_stats()
-    kernel = stats[worker][2] / TICK if worker in stats else None
-    return {**tree_cpu({"worker": worker, **roots}, stats), KERNEL: kernel}
-
-
-def tree_cpu(roots: dict[str, int | None], stats: dict[int, tuple[int, int, int]] | None = None
-             ) -> dict[str, float | None]:
-    """CPU seconds so far of each named process tree (see the module docstring); ``stats``:
-    a read of /proc already made (_all_stats)."""
-    stats = _all_stats() if stats is None else stats
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    out: dict[str, float | None] = {}
-    for name, root in roots.items():
-        if root is None or root not in stats:
-            out[name] = None
-            continue
-        ticks, stack = 0, [root]
-        while stack:
-            pid = stack.pop()
-            ticks += stats[pid][1]
-            stack.extend(children.get(pid, ()))
-        out[name] = ticks / TICK
-    return out
-
-
-def _pid_file(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def server_pids(settings: Settings) -> dict[str, int | None]:
-    """The embedded Postgres's postmaster and the embedded Valkey, unless URLs are set."""
-    data = settings.data_dir
-    return {"postgres": None if settings.database_url else _pid_file(
-                data / "postgres" / "postmaster.pid"),
-            "redis": None if settings.broker_url else _pid_file(data / "valkey" / "valkey.pid")}
 
 
 # --- the workload ----------------------------------------------------------------------
@@ -239,10 +164,12 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
             submitter = time.process_time() - cpu0
             pending, deadline = set(ids), time.monotonic() + 600
             running: list[int] = []
+            backlog = Backlog(r, farm_keys("haiku-simple"))
             while pending:  # farm.wait's polls, without its final read of every job
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bench: {len(pending)} farm jobs not finished in 600 s")
                 time.sleep(1.0)
+                backlog.sample()
                 pending = unfinished(farm.db, list(pending))
                 if len(pending) > ctx.concurrency:
                     with farm.db.connect() as conn:
@@ -261,7 +188,8 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
         cpu = _per_job(before, after, N)
         cpu["submitter"] = submitter / N
         return Result(f"farm/{ctx.pool}", N / (max(finished) - start), steady_rate(finished),
-                      cpu, statistics.median(running) if running else None)
+                      cpu, statistics.median(running) if running else None,
+                      backlog.under(ctx.concurrency))
     finally:
         procs.stop_all([worker])
         r.close()
@@ -280,6 +208,7 @@ def run_baseline(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int 
     sender = Celery("bench-sender", broker=ctx.broker_url, set_as_current=False)
     sender.conf.task_serializer = "json"
     done: list[str] = []
+    backlog = Backlog(counter, plain_keys("baseline"))
 
     def send(jobs: list[dict[str, str]], run: str) -> None:
         with sender.producer_or_acquire() as producer:
@@ -287,12 +216,14 @@ def run_baseline(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int 
                 sender.send_task("baseline.call", queue="baseline", producer=producer,
                                  args=(job["prompt"], MAX_TOKENS, run, job.get("system")))
 
-    def wait(run: str, n: int) -> None:
+    def wait(run: str, n: int, sample: bool = False) -> None:
         deadline = time.monotonic() + 600
         while counter.llen(f"baseline:done:{run}") < n:
             if time.monotonic() > deadline:
                 raise SystemExit("bench: baseline did not finish in 600 s")
             time.sleep(1.0)
+            if sample:
+                backlog.sample()
 
     try:
         warm, run = uuid.uuid4().hex, uuid.uuid4().hex
@@ -306,13 +237,13 @@ def run_baseline(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int 
         start, cpu0 = time.time(), time.process_time()
         send(jobs, run)
         submitter = time.process_time() - cpu0
-        wait(run, N)
+        wait(run, N, sample=True)
         after = worker_cpu(worker.pid, roots)
         finished = [float(t) for t in counter.lrange(f"baseline:done:{run}", 0, -1)]
         cpu = _per_job(before, after, N)
         cpu["submitter"] = submitter / N
         return Result(f"plain-celery/{ctx.pool}", N / (max(finished) - start),
-                      steady_rate(finished), cpu)
+                      steady_rate(finished), cpu, backlog=backlog.under(ctx.concurrency))
     finally:
         procs.stop_all([worker])
         for key in done:
@@ -325,6 +256,16 @@ def run_baseline(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int 
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{1000 * value:.3f}"
+
+
+def _held(r: Result, slots: int) -> str:
+    """What the worker held and ran while a backlog waited, as sampled (medians)."""
+    running = "" if r.running is None else f", {r.running:.0f} running"
+    if r.backlog is None:
+        return f"(no sample with {slots} or more waiting{running})"
+    waiting, held = r.backlog
+    return (f"(while {waiting:.0f} waited in the queue: the worker held {held:.0f} of the "
+            f"{slots} it may{running})")
 
 
 def _total(cpu: dict[str, float | None]) -> float:
@@ -358,9 +299,7 @@ def run(ctx: Context) -> list[Result]:
                       + "  ".join(f"{p} {_ms(r.cpu.get(p))}" for p in (*PROCS[:1], KERNEL,
                                                                         *PROCS[1:]))
                       + f"  total {_ms(_total(r.cpu))}")
-                if r.running is not None:
-                    print(f"    (farm: {r.running:.0f} jobs running at once of "
-                          f"{ctx.concurrency} slots, while more than that were unfinished)")
+                print("    " + _held(r, ctx.concurrency))
     finally:
         procs.stop_all([sim], grace=10)
     table(results)
