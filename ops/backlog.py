@@ -16,20 +16,16 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.broker.layout import UNACKED, queue_keys
+from kombu.transport import redis as kombu_redis
 
-KOMBU_SEP = "\x06\x16"  # kombu's default priority separator and steps (plain Celery)
-KOMBU_STEPS = (3, 6, 9)
+from farm.broker.layout import UNACKED
 
 
 def plain_keys(queue: str) -> list[str]:
-    """The lists of a plain Celery queue on Redis (kombu's defaults)."""
-    return [queue, *(f"{queue}{KOMBU_SEP}{step}" for step in KOMBU_STEPS)]
-
-
-def farm_keys(queue: str) -> list[str]:
-    """The lists of a farm queue (its priority steps, farm.broker.layout)."""
-    return queue_keys(queue)
+    """The lists of a plain Celery queue on Redis: kombu's default priority steps and
+    separator, as its Redis channel names them (farm queues: farm.broker.layout.queue_keys)."""
+    channel = kombu_redis.Channel
+    return [f"{queue}{channel.sep}{step}" if step else queue for step in channel.priority_steps]
 
 
 @dataclass

@@ -51,10 +51,11 @@ from typing import Any
 
 import procs  # ops/, this script's directory
 import redis
-from backlog import Backlog, farm_keys, plain_keys
+from backlog import Backlog, plain_keys
 from proctime import KERNEL, server_pids, worker_cpu
 
 from farm import services
+from farm.broker.layout import queue_keys
 from farm.client import Farm
 from farm.routing.route import parse_and_route
 from farm.settings import Settings
@@ -164,7 +165,7 @@ def run_farm(ctx: Context, pool: list[dict[str, str]], roots: dict[str, int | No
             submitter = time.process_time() - cpu0
             pending, deadline = set(ids), time.monotonic() + 600
             running: list[int] = []
-            backlog = Backlog(r, farm_keys("haiku-simple"))
+            backlog = Backlog(r, queue_keys("haiku-simple"))
             while pending:  # farm.wait's polls, without its final read of every job
                 if time.monotonic() > deadline:
                     raise SystemExit(f"bench: {len(pending)} farm jobs not finished in 600 s")
