@@ -3,19 +3,17 @@
 A call in flight blocks its worker thread in a socket read, and a stalled network (a
 partition) can hold it there until the request timeout. The lease watchdog
 (``farm.reliability.watchdog``) must be able to stop it sooner. So the farm's HTTP
-connections go through ``TrackingBackend``: every read and write registers the connection
-with the calling thread, and ``Calls.abandon(thread)`` shuts that connection down. The
-blocked read returns at once, the SDK raises a connection error, and the task records the
-call as ``abandoned``. The connection is reset (SO_LINGER 0), so a request still in the send
-buffer is discarded rather than delivered after the network heals. A thread marked for
-abandonment fails its next read or write at once, so a call that had not reached the
-network yet never does.
+connections go through ``TrackingBackend``: every read and write of their stream
+(farm.provider.stream) registers the connection with the calling thread, and
+``Calls.abandon(thread)`` shuts that connection down. The blocked read returns at once,
+the SDK raises a connection error, and the task records the call as ``abandoned``. The
+connection is reset (SO_LINGER 0), so a request still in the send buffer is discarded
+rather than delivered after the network heals. A thread marked for abandonment fails its
+next read or write at once, so a call that had not reached the network yet never does.
 """
 
 from __future__ import annotations
 
-import socket
-import struct
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -23,13 +21,15 @@ from typing import Any
 import httpcore2
 from httpcore2 import NetworkBackend, NetworkStream
 
+from farm.provider.stream import Stream
+
 
 class Calls:
     """Which connection each thread is reading or writing, and the threads to stop."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: dict[int, _TrackedStream] = {}
+        self._active: dict[int, Stream] = {}
         self._doomed: set[int] = set()
         self._sent: set[int] = set()  # threads that wrote a request since their last clear
 
@@ -56,7 +56,7 @@ class Calls:
         with self._lock:
             return thread in self._sent
 
-    def enter(self, stream: _TrackedStream, *, writing: bool = False) -> int:
+    def enter(self, stream: Stream, *, writing: bool = False) -> int:
         """The calling thread starts a read or write on ``stream`` (raises if it must stop);
         returns the thread's ident for ``leave``. A pair of calls, not a context manager:
         it runs on every socket read and write of every provider call."""
@@ -69,54 +69,10 @@ class Calls:
                 self._sent.add(ident)
         return ident
 
-    def leave(self, ident: int, stream: _TrackedStream) -> None:
+    def leave(self, ident: int, stream: Stream) -> None:
         with self._lock:
             if self._active.get(ident) is stream:
                 del self._active[ident]
-
-
-class _TrackedStream(NetworkStream):
-    def __init__(self, inner: NetworkStream, calls: Calls) -> None:
-        self._inner, self._calls = inner, calls
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        ident = self._calls.enter(self)
-        try:
-            return self._inner.read(max_bytes, timeout)
-        finally:
-            self._calls.leave(ident, self)
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        ident = self._calls.enter(self, writing=True)
-        try:
-            self._inner.write(buffer, timeout)
-        finally:
-            self._calls.leave(ident, self)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                  timeout: float | None = None) -> NetworkStream:
-        return _TrackedStream(self._inner.start_tls(ssl_context, server_hostname, timeout),
-                              self._calls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-    def kill(self) -> None:
-        """Reset the connection under the reader: a blocked recv returns at once."""
-        sock = self._inner.get_extra_info("socket")
-        if not isinstance(sock, socket.socket):
-            return
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            # SHUT_RD wakes the blocked reader, sends nothing; its close then resets (linger
-            # 0). The plain socket's shutdown, also under TLS: it must not touch the SSL state
-            # that the reading thread is using
-            socket.socket.shutdown(sock, socket.SHUT_RD)
-        except OSError:
-            pass  # already closed
 
 
 class TrackingBackend(NetworkBackend):
@@ -130,12 +86,12 @@ class TrackingBackend(NetworkBackend):
                     local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> NetworkStream:
         stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _TrackedStream(stream, self._calls)
+        return Stream(stream, self._calls)
 
     def connect_unix_socket(self, path: str, timeout: float | None = None,
                             socket_options: Iterable[Any] | None = None) -> NetworkStream:
         stream = self._inner.connect_unix_socket(path, timeout, socket_options)
-        return _TrackedStream(stream, self._calls)
+        return Stream(stream, self._calls)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -147,6 +103,8 @@ def tracked_transport(calls: Calls, **options: Any) -> Any:
     check below fails loudly should a new httpx version move it."""
     import httpx2
 
+    if options.get("http2"):  # its streams keep a request until its answer is read
+        raise ValueError("the tracked transport speaks HTTP/1.1 only (farm.provider.stream)")
     transport = httpx2.HTTPTransport(**options)
     pool = getattr(transport, "_pool", None)
     if not isinstance(pool, httpcore2.ConnectionPool) or not hasattr(pool, "_network_backend"):
