@@ -21,9 +21,10 @@ publish to last completion, ramp-up and tail included: at 100 concurrency and 1 
 that alone caps 1500 jobs at 1500 / 16 s = 94 jobs/s); the worker's CPU seconds per job
 (user+sys from /proc); and the worker's peak RSS (VmHWM). The farm's worker sizes its
 pools from its own -c (farm.worker.runtime.size); plain Celery's completion counter gets
-BASELINE_CONCURRENCY (ops/baseline.py). Variants alternate (farm,
-baseline, farm, baseline, …) in every scenario so drift on a noisy machine hits both; the
-medians and the ratios farm / plain are printed, a table per scenario.
+BASELINE_CONCURRENCY (ops/baseline.py). Variants alternate, each round in another order
+(farm, baseline; baseline, farm; …: procs.in_turn) in every scenario, so drift on a noisy
+machine and the place in a round hit both; the medians and the ratios farm / plain are
+printed, a table per scenario.
 
 Environment: FARM_BENCH_SCENARIOS (latency,cpu,wide), FARM_BENCH_ROUNDS (3, every scenario),
 FARM_BENCH_JOBS (latency scenario, 1500; the cpu scenario's: FARM_BENCH_CPU_JOBS, 3000, and
@@ -330,7 +331,7 @@ def run_latency(settings: Settings, env: dict[str, str], broker_url: str, logs: 
             variants = (*variants, "farm+budgets")
         for round_no in range(ROUNDS):
             for pool in POOLS:
-                for variant in (*variants, "baseline"):
+                for variant in procs.in_turn((*variants, "baseline"), round_no):
                     log = logs / f"bench-{variant}-{pool}.log"
                     if variant.startswith("farm"):
                         r = run_farm(settings, env, pool, log,

@@ -291,7 +291,7 @@ def run(ctx: Context) -> list[Result]:
               f"({MODEL}), task events {'on' if ctx.events else 'off'}, "
               f"on {os.cpu_count()} cores")
         for round_no in range(ctx.rounds):
-            for runner in (run_farm, run_baseline):
+            for runner in procs.in_turn((run_farm, run_baseline), round_no):
                 log = ctx.logs / f"bench-cpu-{runner.__name__}.log"
                 r = runner(ctx, pool, roots, log)
                 results.append(r)

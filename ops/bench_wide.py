@@ -4,7 +4,8 @@
 The farm and plain Celery (ops/baseline.py), one worker process each, the threads pool with
 FARM_BENCH_WIDE_CONCURRENCY (1000) threads, call a simulator answering in a fixed 1 s:
 FARM_BENCH_WIDE_JOBS (5000) jobs a run, the variants alternating (farm, plain, ceiling,
-loop, farm, …, FARM_BENCH_ROUNDS rounds) so drift on a noisy machine hits them all. The
+loop; then plain, ceiling, loop, farm; …, FARM_BENCH_ROUNDS rounds: procs.in_turn) so
+drift on a noisy machine, and the place in a round, hit them all. The
 third, the ceiling, is plain Celery's task calling through the farm's client layout
 (farm.provider.clients) and doing nothing else of the farm: the most a Celery task making
 this SDK call in its own thread reaches in one process, which no farm job, doing more, can
@@ -145,8 +146,9 @@ def run(ctx: Context, broker_url: str) -> float:
               f"{procs.open_files_at_least(FILES)}, Valkey maxclients "
               f"{_maxclients(broker_url)}")
         for round_no in range(ctx.rounds):
-            for name, runner in (("farm", ctx.farm), ("plain", ctx.plain),
-                                 ("ceiling", ctx.ceiling), ("loop", ctx.looped)):
+            for name, runner in procs.in_turn((("farm", ctx.farm), ("plain", ctx.plain),
+                                                ("ceiling", ctx.ceiling),
+                                                ("loop", ctx.looped)), round_no):
                 _sim(port, "reset")
                 r = runner(env, ctx.logs / f"bench-wide-{name}.log", N, CONCURRENCY)
                 flight = int(_sim(port, "stats")["max_in_flight"])
