@@ -52,6 +52,7 @@ from pathlib import Path
 
 import bench_cpu  # ops/, this script's directory
 import bench_wide
+import benchdb
 import procs
 import redis
 from bench_cpu import steady_rate
@@ -239,8 +240,11 @@ def main() -> int:
                 # plain Celery's completion counter sized to its threads (run_baseline
                 # sets its own concurrency's); the farm's worker sizes itself from its -c
                 "BASELINE_CONCURRENCY": str(CONCURRENCY)})
+    # a database of its own, empty at the start (ops/benchdb.py), for every scenario
+    env["FARM_DATABASE_URL"] = benchdb.fresh(resolve_urls(base).database_url)
     settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
-                        anthropic_base_url=env["ANTHROPIC_BASE_URL"])
+                        anthropic_base_url=env["ANTHROPIC_BASE_URL"],
+                        database_url=env["FARM_DATABASE_URL"])
     upgrade(settings)
     broker_url = resolve_urls(settings).broker_url
     logs = base.data_dir / "run"

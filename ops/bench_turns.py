@@ -3,10 +3,10 @@
 This machine's speed drifts by more than a change is worth, so a change is judged by runs of
 the old and the new code taken in turn, not by `make bench`es an hour apart. Each round runs
 the farm of every checkout given and plain Celery (from this checkout's ops/baseline.py),
-one after the other, each round in another order (procs.in_turn), on the same embedded
-servers and simulator as `make bench`: its CPU-bound scenario (ops/bench_cpu.py: 3000 jobs,
-50 ms, C=100) or its wide one (ops/bench_wide.py: 5000 jobs, 1 s, C=1000); it prints each
-run, then the medians.
+one after the other, each round in another order (procs.in_turn), on the same servers,
+database (ops/benchdb.py, made anew) and simulator as `make bench`: its CPU-bound scenario
+(ops/bench_cpu.py: 3000 jobs, 50 ms, C=100) or its wide one (ops/bench_wide.py: 5000 jobs,
+1 s, C=1000); it prints each run, then the medians.
 
     git worktree add /tmp/old HEAD~1
     .venv/bin/python ops/bench_turns.py --rounds 4 /tmp/old .
@@ -27,6 +27,7 @@ from pathlib import Path
 import bench  # ops/, this script's directory
 import bench_cpu
 import bench_wide
+import benchdb
 import procs
 
 from farm import services
@@ -59,8 +60,10 @@ def main() -> int:
                 "FARM_TASK_EVENTS": "true", "FARM_SLOTS": "fixed",
                 "BASELINE_CONCURRENCY": str(bench.CONCURRENCY),
                 "PYTHONPATH": str(bench_cpu.ROOT)})
+    env["FARM_DATABASE_URL"] = benchdb.fresh(resolve_urls(base).database_url)
     settings = Settings(anthropic_api_key="sim-bench-key", task_events=True,
-                        anthropic_base_url=env["ANTHROPIC_BASE_URL"])
+                        anthropic_base_url=env["ANTHROPIC_BASE_URL"],
+                        database_url=env["FARM_DATABASE_URL"])
     upgrade(settings)
     logs = base.data_dir / "run"
     logs.mkdir(parents=True, exist_ok=True)

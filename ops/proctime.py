@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from farm.services import read_endpoints
 from farm.settings import Settings
 
 KERNEL = "worker sys"  # of the worker's CPU, the part in the kernel (its stime)
@@ -84,9 +86,22 @@ def _pid_file(path: Path) -> int | None:
         return None
 
 
+def _server(url: str) -> tuple[str | None, int | None]:
+    parsed = urlsplit(url)
+    return parsed.hostname, parsed.port
+
+
 def server_pids(settings: Settings) -> dict[str, int | None]:
-    """The embedded Postgres's postmaster and the embedded Valkey, unless URLs are set."""
+    """The embedded Postgres's postmaster and the embedded Valkey, unless the settings' URLs
+    name other servers (a database of the embedded server, the bench's own, is embedded)."""
     data = settings.data_dir
-    return {"postgres": None if settings.database_url else _pid_file(
-                data / "postgres" / "postmaster.pid"),
-            "redis": None if settings.broker_url else _pid_file(data / "valkey" / "valkey.pid")}
+    embedded = read_endpoints(data)
+
+    def ours(url: str | None, embedded_url: str | None) -> bool:
+        return url is None or (embedded_url is not None
+                               and _server(url) == _server(embedded_url))
+
+    return {"postgres": _pid_file(data / "postgres" / "postmaster.pid") if ours(
+                settings.database_url, embedded and embedded.database_url) else None,
+            "redis": _pid_file(data / "valkey" / "valkey.pid") if ours(
+                settings.broker_url, embedded and embedded.broker_url) else None}
