@@ -68,8 +68,7 @@ class KernelTimeoutConnection(redis.Connection):
         try:
             return super().read_response(*args, **kwargs)
         except ConnectionError as exc:
-            if _timed_out(exc):
-                self.disconnect()
+            if _timed_out(exc):  # redis-py has disconnected it (unless told not to)
                 raise TimeoutError(f"Timeout reading from {self._host_error()}") from None
             raise
 
