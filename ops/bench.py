@@ -47,12 +47,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import bench_cpu  # ops/, this script's directory
 import bench_wide
-import benchdb
 import procs
 import redis
 from bench_cpu import steady_rate
@@ -61,7 +62,7 @@ from farm import services
 from farm.client import Farm
 from farm.services import resolve_urls
 from farm.settings import Settings
-from farm.store.migrate import upgrade
+from farm.store.migrate import fresh_database
 from farm.worker.command import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,9 +224,24 @@ def run_baseline(broker_url: str, env: dict[str, str], pool: str, log: Path, *, 
         sender.close()
 
 
-def main() -> int:
-    if "wide" in SCENARIOS:  # before the embedded servers and workers start: they inherit it
-        bench_wide.open_files()
+@dataclass(frozen=True)
+class Stage:
+    """What every bench run shares: the environment of the processes it starts, the
+    settings of its own clients, the broker, the folder of the logs, the simulator's port."""
+
+    env: dict[str, str]
+    settings: Settings
+    broker_url: str
+    logs: Path
+    sim_port: int
+
+
+@contextmanager
+def staged() -> Iterator[Stage]:
+    """The embedded servers up (unless URLs are set) and a database of the bench's own on
+    the farm's Postgres server, migrated, dropped afterwards (farm.store.migrate's
+    ``fresh_database``): a run starts from empty tables and writes nothing into the farm's
+    database."""
     base = Settings()
     if base.broker_url is None or base.database_url is None:
         services.up(base.data_dir)
@@ -240,15 +256,26 @@ def main() -> int:
                 # plain Celery's completion counter sized to its threads (run_baseline
                 # sets its own concurrency's); the farm's worker sizes itself from its -c
                 "BASELINE_CONCURRENCY": str(CONCURRENCY)})
-    # a database of its own, empty at the start (ops/benchdb.py), for every scenario
-    env["FARM_DATABASE_URL"] = benchdb.fresh(resolve_urls(base).database_url)
-    settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
-                        anthropic_base_url=env["ANTHROPIC_BASE_URL"],
-                        database_url=env["FARM_DATABASE_URL"])
-    upgrade(settings)
-    broker_url = resolve_urls(settings).broker_url
-    logs = base.data_dir / "run"
-    logs.mkdir(parents=True, exist_ok=True)
+    with fresh_database(resolve_urls(base).database_url, "farm_bench", "head") as database:
+        env["FARM_DATABASE_URL"] = database
+        settings = Settings(anthropic_api_key="sim-bench-key", task_events=EVENTS,
+                            anthropic_base_url=env["ANTHROPIC_BASE_URL"],
+                            database_url=database)
+        logs = base.data_dir / "run"
+        logs.mkdir(parents=True, exist_ok=True)
+        yield Stage(env, settings, resolve_urls(settings).broker_url, logs, sim_port)
+
+
+def main() -> int:
+    if "wide" in SCENARIOS:  # before the embedded servers and workers start: they inherit it
+        bench_wide.open_files()
+    with staged() as stage:
+        return run_all(stage)
+
+
+def run_all(stage: Stage) -> int:
+    """Every scenario asked for, then the goals."""
+    env, settings, broker_url, logs = stage.env, stage.settings, stage.broker_url, stage.logs
     pool = POOLS[0]
     latency = rss = cpu = wide = None
     if "latency" in SCENARIOS:

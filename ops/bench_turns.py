@@ -4,7 +4,7 @@ This machine's speed drifts by more than a change is worth, so a change is judge
 the old and the new code taken in turn, not by `make bench`es an hour apart. Each round runs
 the farm of every checkout given and plain Celery (from this checkout's ops/baseline.py),
 one after the other, each round in another order (procs.in_turn), on the same servers,
-database (ops/benchdb.py, made anew) and simulator as `make bench`: its CPU-bound scenario
+database (one of its own, bench.staged) and simulator as `make bench`: its CPU-bound scenario
 (ops/bench_cpu.py: 3000 jobs, 50 ms, C=100) or its wide one (ops/bench_wide.py: 5000 jobs,
 1 s, C=1000); it prints each run, then the medians.
 
@@ -19,7 +19,6 @@ imports that checkout's `farm`; the bench's own code (submitting, measuring) is 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -27,13 +26,7 @@ from pathlib import Path
 import bench  # ops/, this script's directory
 import bench_cpu
 import bench_wide
-import benchdb
 import procs
-
-from farm import services
-from farm.services import resolve_urls
-from farm.settings import Settings
-from farm.store.migrate import upgrade
 
 
 def main() -> int:
@@ -50,34 +43,24 @@ def main() -> int:
     wide = args.scenario == "wide"
     if wide:  # before the embedded servers start: they inherit it
         bench_wide.open_files()
-    base = Settings()
-    if base.broker_url is None or base.database_url is None:
-        services.up(base.data_dir)
-    port = services.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    env.update({"ANTHROPIC_API_KEY": "sim-bench-key",
-                "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}",
-                "FARM_TASK_EVENTS": "true", "FARM_SLOTS": "fixed",
-                "BASELINE_CONCURRENCY": str(bench.CONCURRENCY),
-                "PYTHONPATH": str(bench_cpu.ROOT)})
-    env["FARM_DATABASE_URL"] = benchdb.fresh(resolve_urls(base).database_url)
-    settings = Settings(anthropic_api_key="sim-bench-key", task_events=True,
-                        anthropic_base_url=env["ANTHROPIC_BASE_URL"],
-                        database_url=env["FARM_DATABASE_URL"])
-    upgrade(settings)
-    logs = base.data_dir / "run"
-    logs.mkdir(parents=True, exist_ok=True)
-    ctx = bench_cpu.Context(settings, env, resolve_urls(settings).broker_url, logs,
-                            bench.CONCURRENCY, 1, "threads", True)
+    with bench.staged() as stage:
+        return turns(stage, checkouts, args.rounds, wide, args.no_plain)
+
+
+def turns(stage: bench.Stage, checkouts: list[Path], rounds: int, wide: bool,
+          no_plain: bool) -> int:
+    settings, env, logs = stage.settings, stage.env, stage.logs
+    ctx = bench_cpu.Context(settings, env, stage.broker_url, logs, bench.CONCURRENCY, 1,
+                            "threads", bench.EVENTS)
     prompts = bench_cpu.prompts(settings)
     latency = bench_wide.LATENCY_S if wide else bench_cpu.LATENCY_S
-    sim = procs.start_sim(port, ["--latency", str(latency)], env=env)
+    sim = procs.start_sim(stage.sim_port, ["--latency", str(latency)], env=env)
     roots = {**bench_cpu.server_pids(settings), "sim": sim.pid}
     runs: dict[str, list[tuple[float, float]]] = {}
     own_root = bench_cpu.ROOT
     try:
-        for round_no in range(args.rounds):
-            for checkout in procs.in_turn([*checkouts, *([] if args.no_plain else [None])],
+        for round_no in range(rounds):
+            for checkout in procs.in_turn([*checkouts, *([] if no_plain else [None])],
                                           round_no):
                 name = "plain Celery" if checkout is None else str(checkout)
                 root = checkout or own_root  # the worker's working directory
@@ -108,7 +91,7 @@ def main() -> int:
         procs.stop_all([sim], grace=10)
     what = (f"wide (1 s, C={bench_wide.CONCURRENCY})" if wide
             else f"CPU-bound (50 ms, C={bench.CONCURRENCY})")
-    print(f"\nmedians of {args.rounds} round(s), {what}:")
+    print(f"\nmedians of {rounds} round(s), {what}:")
     for name, measured in runs.items():
         print(f"  {name:<40} {statistics.median(m[0] for m in measured):7.1f} jobs/s end to end"
               f"  worker {statistics.median(m[1] for m in measured):.3f} ms CPU/job")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,7 +18,21 @@ from farm.capacity.limits import ModelState
 from farm.services import free_port
 from farm.store.migrate import fresh_database
 
-__all__ = ["free_port", "fresh_database", "random_headers", "wait_port"]
+__all__ = ["free_port", "fresh_database", "ops_module", "random_headers", "wait_port"]
+
+OPS = Path(__file__).resolve().parents[1] / "ops"
+
+
+def ops_module(name: str) -> ModuleType:
+    """The module ops/``name``.py, loaded once (ops/ is scripts, not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, OPS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

@@ -4,23 +4,15 @@ the two paths' jobs differing only in the features."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from farm.jobs import JobRequest
 from farm.routing.route import parse_and_route
 from farm.settings import Settings
 from farm.sim.content import estimate_input_tokens
+from tests_support import ops_module
 
-OPS = Path(__file__).resolve().parents[2] / "ops" / "bench_cost_workload.py"
-_spec = importlib.util.spec_from_file_location("bench_cost_workload", OPS)
-assert _spec is not None and _spec.loader is not None
-workload = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("bench_cost_workload", workload)
-_spec.loader.exec_module(workload)
+workload = ops_module("bench_cost_workload")
 
 HAIKU_MIN_CACHEABLE = 4096  # tokens: the largest minimum of the farm's models
 

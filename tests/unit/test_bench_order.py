@@ -3,16 +3,9 @@ place in turn, so a place's advantage (the run before leaves work behind) is sha
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from tests_support import ops_module
 
-OPS = Path(__file__).resolve().parents[2] / "ops" / "procs.py"
-_spec = importlib.util.spec_from_file_location("procs", OPS)
-assert _spec is not None and _spec.loader is not None
-procs = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("procs", procs)
-_spec.loader.exec_module(procs)
+procs = ops_module("procs")
 
 
 def test_two_variants_alternate_which_goes_first() -> None:
