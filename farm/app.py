@@ -51,6 +51,11 @@ def create_app(settings: Settings, *, broker_url: str | None = None) -> Celery:
 
 def send_job(app: Celery, job_id: uuid.UUID, queue: str, priority: Priority,
              producer: Any = None) -> None:
-    """Publish a job's message. Only its id travels: the request stays in Postgres."""
+    """Publish a job's message. Only its id travels: the request stays in Postgres.
+
+    Nothing is declared on the way (``declare=[]``): the message goes through the anonymous
+    exchange straight onto the queue's list, which needs no declaration on Redis, and
+    kombu's declare-once check still copied and bound the queue on every publish."""
     app.send_task(RUN_JOB_TASK, kwargs={"job_id": str(job_id)}, task_id=str(job_id),
-                  queue=queue, priority=celery_priority(priority), producer=producer)
+                  queue=queue, priority=celery_priority(priority), producer=producer,
+                  declare=[])

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import redis
+from kombu.exceptions import BatchPublishError
 
 from farm.app import create_app, send_job
 from farm.batches import submit as batch_submit
@@ -168,17 +169,23 @@ class Farm:
 
     def _publish(self, chunk: list[tuple[uuid.UUID, tuple[JobRequest, Route]]], producer: Any,
                  *, submitted: int) -> None:
-        published = 0
+        """Publish a chunk's messages in one round trip (kombu's publish batch: one pipeline
+        of LPUSHes). When it fails, which of them reached the broker is unknown: every job
+        of the chunk not yet taken by a worker is recorded as failed, so a message that did
+        arrive finds its job finished and is acknowledged unrun; one a worker already took
+        counts as published."""
+        if not chunk:
+            return
         try:
-            for job_id, (request, chosen) in chunk:
-                send_job(self.app, job_id, chosen.queue, request.priority, producer)
-                published += 1
+            with producer.batch(max_size=len(chunk)):
+                for job_id, (request, chosen) in chunk:
+                    send_job(self.app, job_id, chosen.queue, request.priority, producer)
         except Exception as exc:
-            reason = f"publish failed: {type(exc).__name__}: {exc}"[:500]
-            failed = [i for i, _ in chunk[published:]]
+            cause = exc.__cause__ if isinstance(exc, BatchPublishError) and exc.__cause__ else exc
+            reason = f"publish failed: {type(cause).__name__}: {cause}"[:500]
             with self.db.begin() as conn:
-                store.fail_unpublished(conn, failed, reason)
-            raise SubmitError(submitted + published, reason, failed) from exc
+                failed = store.fail_unpublished(conn, [i for i, _ in chunk], reason)
+            raise SubmitError(submitted + len(chunk) - len(failed), reason, failed) from exc
 
     # --- reading ----------------------------------------------------------------------
 

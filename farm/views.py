@@ -23,9 +23,10 @@ class InvalidJobError(ValueError):
 
 
 class SubmitError(RuntimeError):
-    """Publishing stopped part-way: the first `published` jobs are enqueued; the rest of
-    their chunk (`failed`, their ids) is recorded as failed, never to run, and later
-    chunks were never recorded. The message says all three."""
+    """Publishing stopped part-way: `published` jobs are enqueued (the chunks before, and
+    any job of the failed chunk a worker had taken already); the rest of that chunk
+    (`failed`, their ids) is recorded as failed, never to run, and later chunks were never
+    recorded. The message says all three."""
 
     def __init__(self, published: int, reason: str,
                  failed: Sequence[uuid.UUID] = ()) -> None:

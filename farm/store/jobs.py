@@ -284,11 +284,16 @@ def kill_job(db: Database, job_id: uuid.UUID, error: str, *, uncount: bool = Fal
 
 
 def fail_unpublished(conn: psycopg.Connection[Any], job_ids: Sequence[uuid.UUID],
-                     error: str) -> None:
-    """Jobs whose message could not be published: failed, with the reason."""
-    conn.execute("UPDATE jobs SET status = 'failed', error = %(error)s, finished_at = now() "
-                 "WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND status = 'queued'",
-                 {"ids": list(job_ids), "error": error})
+                     error: str) -> list[uuid.UUID]:
+    """Jobs whose message may not have been published: failed, with the reason, unless a
+    worker has taken one already (its message did arrive). Returns the ids failed, in the
+    order given."""
+    rows = conn.execute("UPDATE jobs SET status = 'failed', error = %(error)s, "
+                        "finished_at = now() WHERE id = ANY(CAST(%(ids)s AS uuid[])) "
+                        "AND status = 'queued' RETURNING id",
+                        {"ids": list(job_ids), "error": error}).fetchall()
+    done = {row[0] for row in rows}
+    return [i for i in job_ids if i in done]
 
 
 CANCEL_SQL = f"""

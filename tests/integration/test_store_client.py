@@ -12,7 +12,7 @@ import redis
 from sqlalchemy import text
 
 from farm.broker.layout import queue_keys
-from farm.client import Farm, InvalidJobError, JobFinishedError, WaitTimeoutError
+from farm.client import Farm, InvalidJobError, JobFinishedError, SubmitError, WaitTimeoutError
 from farm.jobs import JobRequest, JobStatus, new_job_id
 from farm.routing.route import parse_and_route
 from farm.settings import DEFAULT_QUEUES, Settings
@@ -171,3 +171,52 @@ def test_a_strict_cancel_of_a_finished_job_raises(farm: Farm) -> None:
     with pytest.raises(JobFinishedError, match="already finished \\(cancelled\\)") as info:
         farm.cancel(job, strict=True)
     assert info.value.status is JobStatus.CANCELLED
+
+
+def test_a_chunk_is_published_in_one_round_trip_in_order(
+        farm: Farm, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    executed: list[int] = []
+    execute = redis.client.Pipeline.execute
+
+    def counted(self: redis.client.Pipeline, *args: object, **kwargs: object) -> object:
+        executed.append(len(self.command_stack))
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted)
+    ids = farm.submit_many([{"prompt": f"What is {i} + {i}?", "complexity": "simple"}
+                            for i in range(250)])
+    assert executed == [100, 100, 50]  # a pipeline of LPUSHes per chunk of SUBMIT_CHUNK
+    [key] = [k for k in _queued_messages(broker_url) if k.startswith("haiku-simple")]
+    popped = _queued_messages(broker_url)[key][::-1]  # a worker pops from the right
+    assert [m["headers"]["id"] for m in popped] == [str(i) for i in ids]  # type: ignore[index]
+
+
+def test_a_failed_chunk_fails_its_jobs_but_one_a_worker_took(
+        farm: Farm, broker_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = farm.submit_many([{"prompt": "before", "complexity": "simple"}])
+    tag = uuid.uuid4().hex
+    execute = redis.client.Pipeline.execute
+
+    def cut(self: redis.client.Pipeline, *args: object, **kwargs: object) -> object:
+        if len(self.command_stack) < 3:
+            return execute(self, *args, **kwargs)
+        execute(self, *args, **kwargs)  # the messages arrive, the answer does not
+        with farm.db.begin() as conn:  # and a worker has taken the second job already
+            conn.execute("UPDATE jobs SET status = 'running' "
+                         "WHERE request->>'prompt' = %(p)s", {"p": f"{tag} 1"})
+        raise redis.ConnectionError("connection lost")
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", cut)
+    with pytest.raises(SubmitError) as info:
+        farm.submit_many([{"prompt": f"{tag} {i}", "complexity": "simple"} for i in range(3)])
+    with farm.db.connect() as conn:
+        found = {p: (i, s, e) for p, i, s, e in conn.execute(
+            "SELECT request->>'prompt', id, status, error FROM jobs "
+            "WHERE request->>'prompt' LIKE %(t)s", {"t": f"{tag} %"}).fetchall()}
+    assert found[f"{tag} 1"][1] == "running"  # its message arrived: it is not failed
+    assert info.value.failed == [found[f"{tag} 0"][0], found[f"{tag} 2"][0]]
+    assert info.value.published == 1
+    for prompt in (f"{tag} 0", f"{tag} 2"):
+        assert found[prompt][1] == "failed"
+        assert found[prompt][2] == "publish failed: ConnectionError: connection lost"
+    assert farm.status(first[0]).status is JobStatus.QUEUED
