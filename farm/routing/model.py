@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import base64
+import heapq
 import json
 import math
 import sys
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DIM = 1 << 18
+KNOWN = 1 << 16  # names whose weight a model keeps looked up (a job has a few hundred)
 MODEL_PATH = Path(__file__).with_name("model.json")
 
 
@@ -39,10 +41,20 @@ class Model:
     threshold: float = 0.5
     dim: int = DIM
     meta: Mapping[str, object] = field(default_factory=dict)  # how it was trained, figures
+    # name -> weight, filled as names are met (words recur from job to job): a dict lookup
+    # instead of encoding and hashing the name again; emptied when it holds KNOWN names
+    _known: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     def contributions(self, feats: Mapping[str, float]) -> dict[str, float]:
-        return {name: self.weights.get(index(name, self.dim), 0.0) * value
-                for name, value in feats.items()}
+        known, out = self._known, {}
+        for name, value in feats.items():
+            weight = known.get(name)
+            if weight is None:
+                if len(known) >= KNOWN:
+                    known.clear()
+                weight = known[name] = self.weights.get(index(name, self.dim), 0.0)
+            out[name] = weight * value
+        return out
 
     def score(self, feats: Mapping[str, float]) -> float:
         return sigmoid(sum(self.contributions(feats).values()))
@@ -51,9 +63,9 @@ class Model:
         """The ``top`` feature names (of ``contributions``) that pushed hardest towards the
         decision."""
         sign = 1.0 if complex_ else -1.0
-        ranked = sorted(((c * sign, name) for name, c in parts.items()
-                         if c * sign > 0 and name != "s:bias"), reverse=True)
-        return [name for _, name in ranked[:top]]
+        ranked = heapq.nlargest(top, ((c * sign, name) for name, c in parts.items()
+                                      if c * sign > 0 and name != "s:bias"))
+        return [name for _, name in ranked]
 
     def to_json(self) -> str:
         """Weights as int16 steps of ``max|w| / 32767`` (a 1e-4 relative error at most),

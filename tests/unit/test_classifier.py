@@ -131,6 +131,22 @@ def test_model_scores_explains_and_round_trips_through_json(tmp_path: Path) -> N
     assert sigmoid(1e9) == pytest.approx(1.0) and sigmoid(-1e9) == pytest.approx(0.0)
 
 
+def test_looked_up_weights_give_what_hashing_gives_and_stay_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = learned.shipped()
+    fresh = Model(model.weights, model.threshold)  # nothing looked up yet
+    monkeypatch.setattr("farm.routing.model.KNOWN", 50)
+    for row in LABELLED[:40]:
+        feats = features(row["prompt"], row.get("system"))
+        expected = {n: model.weights.get(index(n), 0.0) * v for n, v in feats.items()}
+        assert fresh.contributions(feats) == expected
+        assert fresh.contributions(feats) == expected  # a second time, from what it knows
+        assert len(fresh._known) <= 50
+    ranked = sorted(((c, n) for n, c in expected.items() if c > 0 and n != "s:bias"),
+                    reverse=True)
+    assert fresh.explain(expected, True, top=5) == [n for _, n in ranked[:5]]
+
+
 TOY = [{"id": f"t{i}", "family": "f", "split": "train", "prompt": p, "label": lab}
        for i, (p, lab) in enumerate([
            ("design a sharded queue with exactly-once delivery", "complex"),
